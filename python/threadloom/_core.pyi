@@ -1,0 +1,201 @@
+"""Type stubs for the Rust extension module `threadloom._core`."""
+
+from collections.abc import Iterable, Mapping
+from os import PathLike
+from typing import Any, final
+
+_Metadata = Mapping[str, Any] | str | bytes | None
+
+@final
+class Retention:
+    def __new__(
+        cls,
+        *,
+        thread_inactivity_s: float = 7_776_000.0,
+        thread_max_age_s: float = 31_536_000.0,
+        response_ttl_s: float = 2_592_000.0,
+        anchor_window_s: float = 86_400.0,
+    ) -> Retention: ...
+    @property
+    def thread_inactivity_s(self) -> float: ...
+    @property
+    def thread_max_age_s(self) -> float: ...
+    @property
+    def response_ttl_s(self) -> float: ...
+    @property
+    def anchor_window_s(self) -> float: ...
+
+@final
+class ResponseInfo:
+    def __new__(
+        cls,
+        model: str,
+        *,
+        status: str = "completed",
+        output_count: int = 1,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cached_tokens: int = 0,
+        error: str | None = None,
+        metadata: _Metadata = None,
+    ) -> ResponseInfo: ...
+
+@final
+class Thread:
+    @property
+    def id(self) -> str: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def head(self) -> str | None: ...
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+    @property
+    def metadata_json(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def visible(self) -> bool: ...
+    @property
+    def created_ms(self) -> int: ...
+    @property
+    def last_activity_ms(self) -> int: ...
+    @property
+    def message_count(self) -> int: ...
+
+@final
+class Response:
+    @property
+    def id(self) -> str: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def last_turn(self) -> str: ...
+    @property
+    def parent_turn(self) -> str | None: ...
+    @property
+    def input_count(self) -> int: ...
+    @property
+    def output_count(self) -> int: ...
+    @property
+    def thread_id(self) -> str | None: ...
+    @property
+    def previous_response_id(self) -> str | None: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def cached_tokens(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def created_ms(self) -> int: ...
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+
+@final
+class Turn:
+    @property
+    def id(self) -> str: ...
+    @property
+    def parent_id(self) -> str | None: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def reasoning(self) -> str | None: ...
+    @property
+    def depth(self) -> int: ...
+    @property
+    def created_ms(self) -> int: ...
+
+@final
+class Appended:
+    @property
+    def turn_ids(self) -> list[str]: ...
+    @property
+    def response(self) -> Response | None: ...
+    @property
+    def thread(self) -> Thread | None: ...
+
+@final
+class ThreadPage:
+    @property
+    def threads(self) -> list[Thread]: ...
+    @property
+    def next_cursor(self) -> str | None: ...
+
+@final
+class Store:
+    def __new__(
+        cls,
+        path: str | PathLike[str],
+        *,
+        map_size: int | None = None,
+        max_map_size: int | None = None,
+        retention: Retention | None = None,
+    ) -> Store: ...
+    @property
+    def path(self) -> str: ...
+    @property
+    def retention(self) -> Retention: ...
+    @property
+    def format_version(self) -> int: ...
+    def create_thread(
+        self,
+        thread_id: str | None = None,
+        *,
+        owner: str = "default",
+        metadata: _Metadata = None,
+        visible: bool = True,
+        exist_ok: bool = False,
+    ) -> Thread: ...
+    def get_thread(self, thread_id: str, *, owner: str = "default") -> Thread: ...
+    def list_threads(
+        self,
+        *,
+        owner: str = "default",
+        visible: bool = True,
+        limit: int = 20,
+        after: str | None = None,
+    ) -> ThreadPage: ...
+    def update_thread(
+        self,
+        thread_id: str,
+        *,
+        owner: str = "default",
+        metadata: _Metadata = None,
+        state: str | None = None,
+    ) -> Thread: ...
+    def delete_thread(self, thread_id: str, *, owner: str = "default") -> None: ...
+    def append(
+        self,
+        turns: Iterable[Mapping[str, str | None]],
+        *,
+        owner: str = "default",
+        thread: str | None = None,
+        after_response: str | None = None,
+        after_turn: str | None = None,
+        response: ResponseInfo | None = None,
+        expected_head: str | None = None,
+        anchor_window: bool = False,
+    ) -> Appended: ...
+    def history(
+        self,
+        *,
+        owner: str = "default",
+        thread: str | None = None,
+        response: str | None = None,
+        turn: str | None = None,
+    ) -> list[Turn]: ...
+    def get_response(self, response_id: str, *, owner: str = "default") -> Response: ...
+    def delete_response(self, response_id: str, *, owner: str = "default") -> None: ...
+    def sweep(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, int]: ...
+    def verify(self) -> None: ...

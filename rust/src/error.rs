@@ -1,0 +1,64 @@
+//! The one error type of the core. Every fallible path returns it; the Python layer maps each
+//! variant onto a named exception in `threadloom.errors`.
+
+use std::fmt;
+
+/// What went wrong, with a message meant for the person who sent the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// An id that does not exist, belongs to another owner, or has expired.
+    NotFound(String),
+    /// The operation is illegal in the object's current state (locked thread, failed response...).
+    StateConflict(String),
+    /// A size or count limit would be exceeded.
+    LimitExceeded(String),
+    /// The input itself is malformed.
+    InvalidInput(String),
+    /// The LMDB map is full and could not grow.
+    StoreFull(String),
+    /// The on-disk data has a format this code does not know.
+    Format(String),
+    /// An I/O or LMDB failure.
+    Storage(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn message(&self) -> &str {
+        match self {
+            Error::NotFound(m)
+            | Error::StateConflict(m)
+            | Error::LimitExceeded(m)
+            | Error::InvalidInput(m)
+            | Error::StoreFull(m)
+            | Error::Format(m)
+            | Error::Storage(m) => m,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<heed::Error> for Error {
+    fn from(e: heed::Error) -> Self {
+        match e {
+            heed::Error::Mdb(heed::MdbError::MapFull) => {
+                Error::StoreFull("the store's map is full".to_owned())
+            }
+            other => Error::Storage(format!("storage error: {other}")),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Storage(format!("I/O error: {e}"))
+    }
+}

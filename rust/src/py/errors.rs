@@ -1,0 +1,37 @@
+//! Maps the core's `Error` onto the exception classes defined in `threadloom.errors`. The classes
+//! live in Python so they can also derive from the matching builtins (LookupError, ValueError).
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+use crate::error::Error;
+
+fn class<'py>(py: Python<'py>, name: &'static str) -> PyResult<Bound<'py, PyType>> {
+    static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let module =
+        MODULE.get_or_try_init(py, || py.import("threadloom.errors").map(Bound::unbind))?;
+    Ok(module.bind(py).getattr(name)?.cast_into::<PyType>()?)
+}
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        let name = match &err {
+            Error::NotFound(_) => "NotFound",
+            Error::StateConflict(_) => "StateConflict",
+            Error::LimitExceeded(_) => "LimitExceeded",
+            Error::InvalidInput(_) => "InvalidInput",
+            Error::StoreFull(_) => "StoreFull",
+            Error::Format(_) => "StoreFormatError",
+            Error::Storage(_) => "StoreError",
+        };
+        let message = err.message().to_owned();
+        Python::attach(|py| match class(py, name) {
+            Ok(cls) => PyErr::from_type(cls, message),
+            Err(import_error) => PyRuntimeError::new_err(format!(
+                "{message} (and threadloom.errors could not be loaded: {import_error})"
+            )),
+        })
+    }
+}

@@ -1,0 +1,5 @@
+//! Thin PyO3 wrappers over the pure-Rust core. Each method owns its inputs, releases the GIL for
+//! the real work, and converts the result back.
+
+pub mod errors;
+pub mod store;

@@ -1,0 +1,729 @@
+//! `threadloom._core.Store` and the record classes it returns.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+use crate::error::Error;
+use crate::ids;
+use crate::store::{
+    self, Anchor, AppendOptions, HistoryBuffer, NewResponse, NewTurn, ResponseRecord,
+    ResponseStatus, Role, StoreOptions, ThreadRecord, ThreadState, Usage,
+};
+
+const DEFAULT_OWNER: &str = "default";
+
+fn json_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    static JSON: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    Ok(JSON
+        .get_or_try_init(py, || py.import("json").map(Bound::unbind))?
+        .bind(py))
+}
+
+/// Accepts metadata as a dict (encoded here), or as JSON text in `str`/`bytes`.
+fn metadata_text(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    let Some(value) = value else { return Ok(None) };
+    if value.is_none() {
+        return Ok(None);
+    }
+    if let Ok(s) = value.cast::<PyString>() {
+        return Ok(Some(s.to_str()?.to_owned()));
+    }
+    if let Ok(b) = value.cast::<PyBytes>() {
+        return String::from_utf8(b.as_bytes().to_vec())
+            .map(Some)
+            .map_err(|_| Error::InvalidInput("metadata bytes are not UTF-8".into()).into());
+    }
+    if value.cast::<PyDict>().is_err() {
+        return Err(Error::InvalidInput("metadata must be a dict or JSON text".into()).into());
+    }
+    let py = value.py();
+    let text = json_module(py)?
+        .call_method1("dumps", (value,))
+        .map_err(|e| Error::InvalidInput(format!("metadata cannot be encoded as JSON: {e}")))?;
+    Ok(Some(text.extract()?))
+}
+
+fn metadata_object<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyAny>> {
+    json_module(py)?.call_method1("loads", (text,))
+}
+
+fn ms_to_s(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn s_to_ms(name: &str, seconds: f64) -> PyResult<i64> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return Err(Error::InvalidInput(format!(
+            "{name} must be a non-negative number of seconds"
+        ))
+        .into());
+    }
+    Ok((seconds * 1000.0).round().min(i64::MAX as f64) as i64)
+}
+
+/// How long threads and responses live. Times are in seconds.
+#[pyclass(frozen, from_py_object, module = "threadloom._core")]
+#[derive(Clone)]
+pub struct Retention {
+    inner: store::Retention,
+}
+
+#[pymethods]
+impl Retention {
+    #[new]
+    #[pyo3(signature = (*, thread_inactivity_s=7_776_000.0, thread_max_age_s=31_536_000.0, response_ttl_s=2_592_000.0, anchor_window_s=86_400.0))]
+    fn new(
+        thread_inactivity_s: f64,
+        thread_max_age_s: f64,
+        response_ttl_s: f64,
+        anchor_window_s: f64,
+    ) -> PyResult<Self> {
+        Ok(Retention {
+            inner: store::Retention {
+                thread_inactivity_ms: s_to_ms("thread_inactivity_s", thread_inactivity_s)?,
+                thread_max_age_ms: s_to_ms("thread_max_age_s", thread_max_age_s)?,
+                response_ttl_ms: s_to_ms("response_ttl_s", response_ttl_s)?,
+                anchor_window_ms: s_to_ms("anchor_window_s", anchor_window_s)?,
+            },
+        })
+    }
+
+    /// A thread with no new message for this long expires.
+    #[getter]
+    fn thread_inactivity_s(&self) -> f64 {
+        ms_to_s(self.inner.thread_inactivity_ms)
+    }
+
+    /// A thread older than this expires.
+    #[getter]
+    fn thread_max_age_s(&self) -> f64 {
+        ms_to_s(self.inner.thread_max_age_ms)
+    }
+
+    /// Responses expire this long after creation.
+    #[getter]
+    fn response_ttl_s(&self) -> f64 {
+        ms_to_s(self.inner.response_ttl_ms)
+    }
+
+    /// The window in which a response may be continued where a dialect enforces one.
+    #[getter]
+    fn anchor_window_s(&self) -> f64 {
+        ms_to_s(self.inner.anchor_window_ms)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Retention(thread_inactivity_s={}, thread_max_age_s={}, response_ttl_s={}, anchor_window_s={})",
+            self.thread_inactivity_s(),
+            self.thread_max_age_s(),
+            self.response_ttl_s(),
+            self.anchor_window_s()
+        )
+    }
+}
+
+/// What to record about the response that an `append` stores.
+#[pyclass(frozen, from_py_object, module = "threadloom._core")]
+#[derive(Clone)]
+pub struct ResponseInfo {
+    inner: NewResponse,
+}
+
+#[pymethods]
+impl ResponseInfo {
+    #[new]
+    #[pyo3(signature = (model, *, status="completed", output_count=1, prompt_tokens=0, completion_tokens=0, cached_tokens=0, error=None, metadata=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        model: String,
+        status: &str,
+        output_count: u32,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        cached_tokens: u64,
+        error: Option<String>,
+        metadata: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        Ok(ResponseInfo {
+            inner: NewResponse {
+                status: ResponseStatus::parse(status)?,
+                model,
+                output_count,
+                usage: Usage {
+                    prompt_tokens,
+                    completion_tokens,
+                    cached_tokens,
+                },
+                error,
+                metadata: metadata_text(metadata)?,
+            },
+        })
+    }
+}
+
+/// A thread: a named, mutable pointer to the newest turn of a conversation.
+#[pyclass(frozen, module = "threadloom._core")]
+pub struct Thread {
+    inner: ThreadRecord,
+}
+
+#[pymethods]
+impl Thread {
+    /// The thread id.
+    #[getter]
+    fn id(&self) -> &str {
+        &self.inner.id
+    }
+    /// The tenant that owns the thread.
+    #[getter]
+    fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+    /// The newest turn's id, or None for an empty thread.
+    #[getter]
+    fn head(&self) -> Option<&str> {
+        self.inner.head.as_deref()
+    }
+    /// The metadata object, decoded.
+    #[getter]
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        metadata_object(py, &self.inner.metadata)
+    }
+    /// The metadata as compact JSON text.
+    #[getter]
+    fn metadata_json(&self) -> &str {
+        &self.inner.metadata
+    }
+    /// "open", "locked" or "archived".
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.inner.state.as_str()
+    }
+    /// False for hidden threads.
+    #[getter]
+    fn visible(&self) -> bool {
+        self.inner.visible
+    }
+    /// Creation time, Unix milliseconds.
+    #[getter]
+    fn created_ms(&self) -> i64 {
+        self.inner.created_ms
+    }
+    /// Time of the last new message, Unix milliseconds.
+    #[getter]
+    fn last_activity_ms(&self) -> i64 {
+        self.inner.last_activity_ms
+    }
+    /// Number of messages in the thread's history.
+    #[getter]
+    fn message_count(&self) -> u32 {
+        self.inner.message_count
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Thread(id={:?}, state={:?}, visible={}, message_count={})",
+            self.inner.id,
+            self.inner.state.as_str(),
+            self.inner.visible,
+            self.inner.message_count
+        )
+    }
+}
+
+/// A stored response: the turns one generation added, its status and usage.
+#[pyclass(frozen, module = "threadloom._core")]
+pub struct Response {
+    inner: ResponseRecord,
+}
+
+#[pymethods]
+impl Response {
+    /// The response id, `resp_...`.
+    #[getter]
+    fn id(&self) -> &str {
+        &self.inner.id
+    }
+    /// The tenant that owns the response.
+    #[getter]
+    fn owner(&self) -> &str {
+        &self.inner.owner
+    }
+    /// "completed", "incomplete" or "failed".
+    #[getter]
+    fn status(&self) -> &'static str {
+        self.inner.status.as_str()
+    }
+    /// The model that produced it.
+    #[getter]
+    fn model(&self) -> &str {
+        &self.inner.model
+    }
+    /// Its last turn (the output), `msg_...`.
+    #[getter]
+    fn last_turn(&self) -> &str {
+        &self.inner.last_turn
+    }
+    /// The turn its inputs follow, or None when it started a conversation.
+    #[getter]
+    fn parent_turn(&self) -> Option<&str> {
+        self.inner.parent_turn.as_deref()
+    }
+    /// How many input turns it added.
+    #[getter]
+    fn input_count(&self) -> u32 {
+        self.inner.input_count
+    }
+    /// How many output turns it added.
+    #[getter]
+    fn output_count(&self) -> u32 {
+        self.inner.output_count
+    }
+    /// The thread it was appended to, if any.
+    #[getter]
+    fn thread_id(&self) -> Option<&str> {
+        self.inner.thread_id.as_deref()
+    }
+    /// The response it continued, if any.
+    #[getter]
+    fn previous_response_id(&self) -> Option<&str> {
+        self.inner.previous_response_id.as_deref()
+    }
+    /// Prompt tokens used.
+    #[getter]
+    fn prompt_tokens(&self) -> u64 {
+        self.inner.usage.prompt_tokens
+    }
+    /// Tokens generated.
+    #[getter]
+    fn completion_tokens(&self) -> u64 {
+        self.inner.usage.completion_tokens
+    }
+    /// Prompt tokens served from the prefix cache.
+    #[getter]
+    fn cached_tokens(&self) -> u64 {
+        self.inner.usage.cached_tokens
+    }
+    /// The error message of a failed response.
+    #[getter]
+    fn error(&self) -> Option<&str> {
+        self.inner.error.as_deref()
+    }
+    /// Creation time, Unix milliseconds.
+    #[getter]
+    fn created_ms(&self) -> i64 {
+        self.inner.created_ms
+    }
+    /// The metadata object, decoded.
+    #[getter]
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        metadata_object(py, &self.inner.metadata)
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Response(id={:?}, status={:?}, model={:?})",
+            self.inner.id,
+            self.inner.status.as_str(),
+            self.inner.model
+        )
+    }
+}
+
+/// One turn of a history. Its fields are read from a buffer shared by the whole history.
+#[pyclass(frozen, module = "threadloom._core")]
+pub struct Turn {
+    history: Arc<HistoryBuffer>,
+    index: usize,
+}
+
+impl Turn {
+    fn view(&self) -> PyResult<store::TurnView<'_>> {
+        Ok(self.history.view(self.index)?)
+    }
+}
+
+#[pymethods]
+impl Turn {
+    /// The turn id, `msg_...`.
+    #[getter]
+    fn id(&self) -> PyResult<String> {
+        Ok(ids::turn_id_string(&self.view()?.id))
+    }
+    /// The parent turn's id, or None for a root.
+    #[getter]
+    fn parent_id(&self) -> PyResult<Option<String>> {
+        Ok(self.view()?.parent.as_ref().map(ids::turn_id_string))
+    }
+    /// "system", "user", "assistant" or "tool".
+    #[getter]
+    fn role(&self) -> PyResult<&'static str> {
+        Ok(self.view()?.role.as_str())
+    }
+    /// The message text.
+    #[getter]
+    fn content(&self) -> PyResult<&str> {
+        Ok(self.view()?.content)
+    }
+    /// The reasoning text (between `<think>` tags), if any.
+    #[getter]
+    fn reasoning(&self) -> PyResult<Option<&str>> {
+        Ok(self.view()?.reasoning)
+    }
+    /// Position in its conversation, 1 for a root.
+    #[getter]
+    fn depth(&self) -> PyResult<u32> {
+        Ok(self.view()?.depth)
+    }
+    /// Creation time, Unix milliseconds.
+    #[getter]
+    fn created_ms(&self) -> PyResult<i64> {
+        Ok(self.view()?.created_ms)
+    }
+    fn __repr__(&self) -> PyResult<String> {
+        let v = self.view()?;
+        let mut preview: String = v.content.chars().take(40).collect();
+        if preview.len() < v.content.len() {
+            preview.push('…');
+        }
+        Ok(format!(
+            "Turn(role={:?}, content={preview:?})",
+            v.role.as_str()
+        ))
+    }
+}
+
+/// What an append wrote.
+#[pyclass(frozen, module = "threadloom._core")]
+pub struct Appended {
+    /// Ids of the new turns, in order.
+    #[pyo3(get)]
+    turn_ids: Vec<String>,
+    /// The recorded response, when one was asked for.
+    #[pyo3(get)]
+    response: Option<Py<Response>>,
+    /// The thread after the append, when appending to a thread.
+    #[pyo3(get)]
+    thread: Option<Py<Thread>>,
+}
+
+/// One page of `list_threads`.
+#[pyclass(frozen, module = "threadloom._core")]
+pub struct ThreadPage {
+    /// The threads, most recently active first.
+    #[pyo3(get)]
+    threads: Py<PyList>,
+    /// Pass as `after` to get the next page; None on the last page.
+    #[pyo3(get)]
+    next_cursor: Option<String>,
+}
+
+fn parse_turns(turns: &Bound<'_, PyAny>) -> PyResult<Vec<NewTurn>> {
+    let mut out = Vec::new();
+    for (i, item) in turns.try_iter()?.enumerate() {
+        let item = item?;
+        let dict = item.cast::<PyDict>().map_err(|_| {
+            Error::InvalidInput(format!("turns[{i}] must be a dict with role and content"))
+        })?;
+        let field = |name: &str| -> PyResult<Option<String>> {
+            match dict.get_item(name)? {
+                None => Ok(None),
+                Some(v) if v.is_none() => Ok(None),
+                Some(v) => v.extract::<String>().map(Some).map_err(|_| {
+                    Error::InvalidInput(format!("turns[{i}].{name} must be a string")).into()
+                }),
+            }
+        };
+        let role = field("role")?
+            .ok_or_else(|| Error::InvalidInput(format!("turns[{i}].role is missing")))?;
+        let content = field("content")?
+            .ok_or_else(|| Error::InvalidInput(format!("turns[{i}].content is missing")))?;
+        out.push(NewTurn {
+            role: Role::parse(&role)
+                .map_err(|e| Error::InvalidInput(format!("turns[{i}].role: {e}")))?,
+            content,
+            reasoning: field("reasoning")?,
+        });
+    }
+    Ok(out)
+}
+
+fn anchor_from(
+    thread: Option<String>,
+    response: Option<String>,
+    turn: Option<String>,
+) -> PyResult<Anchor> {
+    match (thread, response, turn) {
+        (None, None, None) => Ok(Anchor::Root),
+        (Some(t), None, None) => Ok(Anchor::Thread(t)),
+        (None, Some(r), None) => Ok(Anchor::Response(r)),
+        (None, None, Some(t)) => Ok(Anchor::Turn(ids::parse_turn_id(&t)?)),
+        _ => {
+            Err(Error::InvalidInput("give at most one of thread, response and turn".into()).into())
+        }
+    }
+}
+
+/// The conversation store: an LMDB file of turns, responses and threads.
+///
+/// Every method releases the GIL while it touches the store. Several threads and processes
+/// may use the same path at once.
+#[pyclass(frozen, module = "threadloom._core")]
+pub struct Store {
+    inner: Arc<store::Store>,
+}
+
+#[pymethods]
+impl Store {
+    #[new]
+    #[pyo3(signature = (path, *, map_size=None, max_map_size=None, retention=None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        map_size: Option<usize>,
+        max_map_size: Option<usize>,
+        retention: Option<Retention>,
+    ) -> PyResult<Self> {
+        let mut options = StoreOptions::default();
+        if let Some(m) = map_size {
+            options.map_size = m;
+        }
+        if let Some(m) = max_map_size {
+            options.max_map_size = m;
+        }
+        if let Some(r) = retention {
+            options.retention = r.inner;
+        }
+        let inner = py.detach(|| store::Store::open(&path, options))?;
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The store's directory.
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.inner.path().to_owned()
+    }
+
+    /// The store's retention rules.
+    #[getter]
+    fn retention(&self) -> Retention {
+        Retention {
+            inner: *self.inner.retention(),
+        }
+    }
+
+    /// The on-disk format version.
+    #[getter]
+    fn format_version(&self, py: Python<'_>) -> PyResult<u32> {
+        Ok(py.detach(|| self.inner.format_version())?)
+    }
+
+    /// Creates a thread (a generated `thread_...` id when none is given). With `exist_ok`, an
+    /// existing thread of that id is returned unchanged.
+    #[pyo3(signature = (thread_id=None, *, owner=DEFAULT_OWNER.to_owned(), metadata=None, visible=true, exist_ok=false))]
+    fn create_thread(
+        &self,
+        py: Python<'_>,
+        thread_id: Option<String>,
+        owner: String,
+        metadata: Option<&Bound<'_, PyAny>>,
+        visible: bool,
+        exist_ok: bool,
+    ) -> PyResult<Thread> {
+        let metadata = metadata_text(metadata)?;
+        let inner = py.detach(|| {
+            self.inner.create_thread(
+                &owner,
+                thread_id.as_deref(),
+                metadata.as_deref(),
+                visible,
+                exist_ok,
+            )
+        })?;
+        Ok(Thread { inner })
+    }
+
+    /// The thread, or NotFound (also for another owner's or an expired thread).
+    #[pyo3(signature = (thread_id, *, owner=DEFAULT_OWNER.to_owned()))]
+    fn get_thread(&self, py: Python<'_>, thread_id: String, owner: String) -> PyResult<Thread> {
+        let inner = py.detach(|| self.inner.get_thread(&owner, &thread_id))?;
+        Ok(Thread { inner })
+    }
+
+    /// One page of the owner's visible (or hidden) threads, most recently active first.
+    #[pyo3(signature = (*, owner=DEFAULT_OWNER.to_owned(), visible=true, limit=20, after=None))]
+    fn list_threads(
+        &self,
+        py: Python<'_>,
+        owner: String,
+        visible: bool,
+        limit: usize,
+        after: Option<String>,
+    ) -> PyResult<ThreadPage> {
+        let page = py.detach(|| {
+            self.inner
+                .list_threads(&owner, visible, limit, after.as_deref())
+        })?;
+        let threads = PyList::empty(py);
+        for t in page.threads {
+            threads.append(Thread { inner: t })?;
+        }
+        Ok(ThreadPage {
+            threads: threads.unbind(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// Replaces the metadata and/or changes the state (open <-> locked, -> archived).
+    #[pyo3(signature = (thread_id, *, owner=DEFAULT_OWNER.to_owned(), metadata=None, state=None))]
+    fn update_thread(
+        &self,
+        py: Python<'_>,
+        thread_id: String,
+        owner: String,
+        metadata: Option<&Bound<'_, PyAny>>,
+        state: Option<String>,
+    ) -> PyResult<Thread> {
+        let metadata = metadata_text(metadata)?;
+        let state = state.as_deref().map(ThreadState::parse).transpose()?;
+        let inner = py.detach(|| {
+            self.inner
+                .update_thread(&owner, &thread_id, metadata.as_deref(), state)
+        })?;
+        Ok(Thread { inner })
+    }
+
+    /// Deletes the thread and every turn that no other thread or live response reaches.
+    #[pyo3(signature = (thread_id, *, owner=DEFAULT_OWNER.to_owned()))]
+    fn delete_thread(&self, py: Python<'_>, thread_id: String, owner: String) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.delete_thread(&owner, &thread_id))?)
+    }
+
+    /// Appends turns (dicts with role, content and optional reasoning) after a thread's head,
+    /// a response, a turn, or as a new conversation when no anchor is given, in one durable
+    /// transaction. With `response`, records them under a new response id. `expected_head`
+    /// (a turn id, or "" for an empty thread) refuses the append if the thread moved on;
+    /// `anchor_window` refuses response anchors older than the retention's window.
+    #[pyo3(signature = (turns, *, owner=DEFAULT_OWNER.to_owned(), thread=None, after_response=None, after_turn=None, response=None, expected_head=None, anchor_window=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        &self,
+        py: Python<'_>,
+        turns: &Bound<'_, PyAny>,
+        owner: String,
+        thread: Option<String>,
+        after_response: Option<String>,
+        after_turn: Option<String>,
+        response: Option<ResponseInfo>,
+        expected_head: Option<String>,
+        anchor_window: bool,
+    ) -> PyResult<Appended> {
+        let turns = parse_turns(turns)?;
+        let anchor = anchor_from(thread, after_response, after_turn)?;
+        let expected_head = match expected_head.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(id) => Some(Some(ids::parse_turn_id(id)?)),
+        };
+        let options = AppendOptions {
+            expected_head,
+            anchor_window,
+        };
+        let response = response.map(|r| r.inner);
+        let out = py.detach(|| {
+            self.inner
+                .append(&owner, &anchor, &turns, response.as_ref(), &options)
+        })?;
+        Ok(Appended {
+            turn_ids: out.turn_ids.iter().map(ids::turn_id_string).collect(),
+            response: out
+                .response
+                .map(|r| Py::new(py, Response { inner: r }))
+                .transpose()?,
+            thread: out
+                .thread
+                .map(|t| Py::new(py, Thread { inner: t }))
+                .transpose()?,
+        })
+    }
+
+    /// The conversation ending at a thread's head, a response or a turn, oldest first.
+    #[pyo3(signature = (*, owner=DEFAULT_OWNER.to_owned(), thread=None, response=None, turn=None))]
+    fn history(
+        &self,
+        py: Python<'_>,
+        owner: String,
+        thread: Option<String>,
+        response: Option<String>,
+        turn: Option<String>,
+    ) -> PyResult<Vec<Turn>> {
+        let anchor = anchor_from(thread, response, turn)?;
+        if anchor == Anchor::Root {
+            return Err(Error::InvalidInput("give one of thread, response and turn".into()).into());
+        }
+        let buffer = Arc::new(py.detach(|| self.inner.history_records(&owner, &anchor))?);
+        Ok((0..buffer.len())
+            .map(|index| Turn {
+                history: Arc::clone(&buffer),
+                index,
+            })
+            .collect())
+    }
+
+    /// The response, or NotFound (also for another owner's or an expired one).
+    #[pyo3(signature = (response_id, *, owner=DEFAULT_OWNER.to_owned()))]
+    fn get_response(
+        &self,
+        py: Python<'_>,
+        response_id: String,
+        owner: String,
+    ) -> PyResult<Response> {
+        let inner = py.detach(|| self.inner.get_response(&owner, &response_id))?;
+        Ok(Response { inner })
+    }
+
+    /// Deletes the response and the turns only it reached.
+    #[pyo3(signature = (response_id, *, owner=DEFAULT_OWNER.to_owned()))]
+    fn delete_response(&self, py: Python<'_>, response_id: String, owner: String) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.delete_response(&owner, &response_id))?)
+    }
+
+    /// Deletes expired threads and responses; returns how many threads, responses and turns.
+    #[pyo3(signature = ())]
+    fn sweep<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = py.detach(|| self.inner.sweep())?;
+        let d = PyDict::new(py);
+        d.set_item("threads", stats.threads)?;
+        d.set_item("responses", stats.responses)?;
+        d.set_item("turns", stats.turns)?;
+        Ok(d)
+    }
+
+    /// Counts of threads, responses and turns, and the file and map sizes in bytes.
+    #[pyo3(signature = ())]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = py.detach(|| self.inner.stats())?;
+        let d = PyDict::new(py);
+        d.set_item("threads", stats.threads)?;
+        d.set_item("responses", stats.responses)?;
+        d.set_item("turns", stats.turns)?;
+        d.set_item("file_bytes", stats.file_bytes)?;
+        d.set_item("map_bytes", stats.map_bytes)?;
+        Ok(d)
+    }
+
+    /// Checks the store's internal consistency; raises StoreFormatError on the first problem.
+    #[pyo3(signature = ())]
+    fn verify(&self, py: Python<'_>) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.verify())?)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Store({:?})", self.inner.path().display().to_string())
+    }
+}

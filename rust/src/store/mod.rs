@@ -1,0 +1,279 @@
+//! The LMDB conversation store: a forest of immutable turns, responses that point into it, and
+//! named threads that point at a head turn. See docs/storage.md for the on-disk layout.
+
+mod keys;
+pub mod records;
+mod retention;
+pub mod turn;
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use heed::types::Bytes;
+use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+
+use crate::error::{Error, Result};
+use crate::ids::{self, TurnKey};
+pub use records::{
+    NewResponse, ResponseRecord, ResponseStatus, ThreadRecord, ThreadState, Usage,
+    MAX_METADATA_BYTES, MAX_THREAD_MESSAGES,
+};
+pub use retention::Retention;
+pub use turn::{NewTurn, Role, TurnView};
+
+/// The on-disk format this code reads and writes. Bump it with every layout change.
+pub const FORMAT_VERSION: u32 = 1;
+const FORMAT_NAME: &[u8] = b"threadloom-store";
+/// One turn's text may not exceed this (the record stores lengths as u32).
+pub const MAX_TURN_BYTES: usize = 64 * 1024 * 1024;
+const DEFAULT_MAP_SIZE: usize = 1 << 30;
+const DEFAULT_MAX_MAP_SIZE: usize = 1 << 40;
+
+/// Where new turns go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Anchor {
+    /// Start a new conversation.
+    Root,
+    /// After the thread's head; the head moves to the last new turn.
+    Thread(String),
+    /// After a response's last turn (a branch when it is not the newest).
+    Response(String),
+    /// After any turn.
+    Turn(TurnKey),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AppendOptions {
+    /// Refuse the append (StateConflict) unless the thread's head is this one.
+    pub expected_head: Option<Option<TurnKey>>,
+    /// Refuse response anchors older than the retention's anchor window.
+    pub anchor_window: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Appended {
+    pub turn_ids: Vec<TurnKey>,
+    pub response: Option<ResponseRecord>,
+    pub thread: Option<ThreadRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadPage {
+    pub threads: Vec<ThreadRecord>,
+    /// Pass back as `after` for the next page; none on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepStats {
+    pub threads: u64,
+    pub responses: u64,
+    pub turns: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub threads: u64,
+    pub responses: u64,
+    pub turns: u64,
+    pub file_bytes: u64,
+    pub map_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub map_size: usize,
+    /// The map doubles on demand up to this size, then writes fail with `StoreFull`.
+    pub max_map_size: usize,
+    pub retention: Retention,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            map_size: DEFAULT_MAP_SIZE,
+            max_map_size: DEFAULT_MAX_MAP_SIZE,
+            retention: Retention::default(),
+        }
+    }
+}
+
+type Db = Database<Bytes, Bytes>;
+
+/// An open store. Cheap to share between threads; several processes may open the same path.
+pub struct Store {
+    env: Env<WithoutTls>,
+    /// Readers and writers hold it shared; growing the map holds it exclusively, because LMDB
+    /// allows a resize only while this process has no transaction open.
+    map_lock: RwLock<()>,
+    max_map_size: usize,
+    retention: Retention,
+    path: PathBuf,
+    meta: Db,
+    turns: Db,
+    refs: Db,
+    threads: Db,
+    activity: Db,
+    responses: Db,
+    token_counts: Db,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn round_to_page(size: usize) -> usize {
+    const PAGE: usize = 4096;
+    size.div_ceil(PAGE).max(1) * PAGE
+}
+
+impl Store {
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Store> {
+        std::fs::create_dir_all(path).map_err(|e| {
+            Error::Storage(format!(
+                "cannot create store directory {}: {e}",
+                path.display()
+            ))
+        })?;
+        let map_size = round_to_page(options.map_size);
+        // SAFETY: LMDB's lock file coordinates every process that opens this path; the store
+        // never opens it with NO_LOCK and never truncates the file behind LMDB's back.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(map_size)
+                .max_dbs(16)
+                .max_readers(1022)
+                .open(path)
+        }
+        .map_err(|e| Error::Storage(format!("cannot open store {}: {e}", path.display())))?;
+        let mut txn = env.write_txn()?;
+        let mut create =
+            |name: &str| -> Result<Db> { Ok(env.create_database(&mut txn, Some(name))?) };
+        let meta = create("meta")?;
+        let turns = create("turns")?;
+        let refs = create("turn_refs")?;
+        let threads = create("threads")?;
+        let activity = create("thread_activity")?;
+        let responses = create("responses")?;
+        let token_counts = create("token_counts")?;
+        match meta.get(&txn, b"format")? {
+            None => {
+                meta.put(&mut txn, b"format", FORMAT_NAME)?;
+                meta.put(&mut txn, b"version", &FORMAT_VERSION.to_le_bytes())?;
+            }
+            Some(name) if name != FORMAT_NAME => {
+                return Err(Error::Format(format!(
+                    "{} is not a threadloom store",
+                    path.display()
+                )))
+            }
+            Some(_) => {
+                let version = meta
+                    .get(&txn, b"version")?
+                    .and_then(|v| <[u8; 4]>::try_from(v).ok())
+                    .map(u32::from_le_bytes);
+                if version != Some(FORMAT_VERSION) {
+                    return Err(Error::Format(format!(
+                        "store {} has format version {}; this threadloom reads version {FORMAT_VERSION}",
+                        path.display(),
+                        version.map_or("unknown".to_owned(), |v| v.to_string())
+                    )));
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(Store {
+            env,
+            map_lock: RwLock::new(()),
+            max_map_size: options.max_map_size.max(map_size),
+            retention: options.retention,
+            path: path.to_owned(),
+            meta,
+            turns,
+            refs,
+            threads,
+            activity,
+            responses,
+            token_counts,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn retention(&self) -> &Retention {
+        &self.retention
+    }
+
+    pub fn format_version(&self) -> Result<u32> {
+        self.read(|txn| {
+            Ok(self
+                .meta
+                .get(txn, b"version")?
+                .and_then(|v| <[u8; 4]>::try_from(v).ok())
+                .map(u32::from_le_bytes)
+                .unwrap_or(0))
+        })
+    }
+
+    // ---- transactions -------------------------------------------------------------------
+
+    fn read<R>(&self, f: impl Fn(&RoTxn<'_, WithoutTls>) -> Result<R>) -> Result<R> {
+        self.with_map(|| {
+            let txn = self.env.read_txn()?;
+            f(&txn)
+        })
+    }
+
+    /// Runs `f` in one write transaction and commits (LMDB syncs on commit). `f` may run again
+    /// after the map grows, so it must not have effects outside the transaction.
+    fn write<R>(&self, f: impl Fn(&mut RwTxn<'_>) -> Result<R>) -> Result<R> {
+        self.with_map(|| {
+            let mut txn = self.env.write_txn()?;
+            let out = f(&mut txn)?;
+            txn.commit()?;
+            Ok(out)
+        })
+    }
+
+    fn with_map<R>(&self, f: impl Fn() -> Result<R>) -> Result<R> {
+        loop {
+            let outcome = {
+                let _shared = self.map_lock.read().unwrap_or_else(|p| p.into_inner());
+                f()
+            };
+            match outcome {
+                Err(Error::StoreFull(_)) => self.grow_map()?,
+                other => return other,
+            }
+        }
+    }
+
+    fn grow_map(&self) -> Result<()> {
+        let _exclusive = self.map_lock.write().unwrap_or_else(|p| p.into_inner());
+        let current = self.env.info().map_size;
+        // Another process may have grown the file past our map; adopt at least its size.
+        let file = self.env.real_disk_size().unwrap_or(0) as usize;
+        let wanted = round_to_page(current.max(file).saturating_mul(2));
+        if current >= self.max_map_size {
+            return Err(Error::StoreFull(format!(
+                "the store at {} is full: it reached its maximum map size of {} bytes",
+                self.path.display(),
+                self.max_map_size
+            )));
+        }
+        let new_size = wanted.min(round_to_page(self.max_map_size));
+        // SAFETY: the exclusive map lock guarantees no transaction of this process is open.
+        unsafe { self.env.resize(new_size) }?;
+        Ok(())
+    }
+}
+
+mod ops;
+pub use ops::HistoryBuffer;

@@ -1,0 +1,241 @@
+//! The turn record: a fixed 48-byte header followed by the owner, content and reasoning text.
+//! A record is read in place from the memory map (`TurnView` borrows it); nothing is decoded into
+//! owned strings. The layout is documented in docs/storage.md and must change with the format
+//! version.
+
+use crate::error::{Error, Result};
+use crate::ids::TurnKey;
+
+pub const HEADER_LEN: usize = 48;
+const KIND: u8 = b'T';
+const FLAG_PARENT: u8 = 1;
+const FLAG_REASONING: u8 = 2;
+
+/// Who wrote a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    System = 0,
+    User = 1,
+    Assistant = 2,
+    Tool = 3,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Role> {
+        match text {
+            "system" => Ok(Role::System),
+            "user" => Ok(Role::User),
+            "assistant" => Ok(Role::Assistant),
+            "tool" => Ok(Role::Tool),
+            other => Err(Error::InvalidInput(format!(
+                "invalid role {other:?}: expected system, user, assistant or tool"
+            ))),
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Role> {
+        Some(match b {
+            0 => Role::System,
+            1 => Role::User,
+            2 => Role::Assistant,
+            3 => Role::Tool,
+            _ => return None,
+        })
+    }
+}
+
+/// A turn to be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTurn {
+    pub role: Role,
+    pub content: String,
+    pub reasoning: Option<String>,
+}
+
+impl NewTurn {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        NewTurn {
+            role,
+            content: content.into(),
+            reasoning: None,
+        }
+    }
+}
+
+/// A turn record borrowed from the store (or any byte slice holding one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TurnView<'a> {
+    pub id: TurnKey,
+    pub parent: Option<TurnKey>,
+    pub role: Role,
+    pub depth: u32,
+    pub created_ms: i64,
+    pub owner: &'a str,
+    pub content: &'a str,
+    pub reasoning: Option<&'a str>,
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+pub fn encode(
+    parent: Option<&TurnKey>,
+    depth: u32,
+    created_ms: i64,
+    owner: &str,
+    turn: &NewTurn,
+) -> Vec<u8> {
+    let reasoning = turn.reasoning.as_deref().unwrap_or("");
+    let mut out =
+        Vec::with_capacity(HEADER_LEN + owner.len() + turn.content.len() + reasoning.len());
+    let mut flags = 0;
+    if parent.is_some() {
+        flags |= FLAG_PARENT;
+    }
+    if turn.reasoning.is_some() {
+        flags |= FLAG_REASONING;
+    }
+    out.extend_from_slice(&[KIND, turn.role as u8, flags, 0]);
+    out.extend_from_slice(&depth.to_le_bytes());
+    out.extend_from_slice(&created_ms.to_le_bytes());
+    out.extend_from_slice(parent.unwrap_or(&[0; 16]));
+    out.extend_from_slice(&(owner.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(turn.content.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(reasoning.len() as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(owner.as_bytes());
+    out.extend_from_slice(turn.content.as_bytes());
+    out.extend_from_slice(reasoning.as_bytes());
+    out
+}
+
+fn corrupt(id: &TurnKey, what: &str) -> Error {
+    Error::Format(format!(
+        "turn record {} is corrupt: {what}",
+        crate::ids::turn_id_string(id)
+    ))
+}
+
+/// Reads a record in place. Text is UTF-8-checked (no copy) so a damaged file is an error, not UB.
+pub fn parse<'a>(id: TurnKey, b: &'a [u8]) -> Result<TurnView<'a>> {
+    if b.len() < HEADER_LEN || b[0] != KIND {
+        return Err(corrupt(&id, "bad header"));
+    }
+    let role = Role::from_byte(b[1]).ok_or_else(|| corrupt(&id, "unknown role"))?;
+    let flags = b[2];
+    let depth = u32_at(b, 4);
+    let created_ms = i64::from_le_bytes(b[8..16].try_into().map_err(|_| corrupt(&id, "time"))?);
+    let parent = if flags & FLAG_PARENT != 0 {
+        let mut p = [0u8; 16];
+        p.copy_from_slice(&b[16..32]);
+        Some(p)
+    } else {
+        None
+    };
+    let owner_len = u32_at(b, 32) as usize;
+    let content_len = u32_at(b, 36) as usize;
+    let reasoning_len = u32_at(b, 40) as usize;
+    let end = HEADER_LEN
+        .checked_add(owner_len)
+        .and_then(|n| n.checked_add(content_len))
+        .and_then(|n| n.checked_add(reasoning_len))
+        .ok_or_else(|| corrupt(&id, "lengths overflow"))?;
+    if end != b.len() {
+        return Err(corrupt(&id, "lengths do not match the record size"));
+    }
+    let text = |from: usize, len: usize| {
+        std::str::from_utf8(&b[from..from + len]).map_err(|_| corrupt(&id, "text is not UTF-8"))
+    };
+    let owner = text(HEADER_LEN, owner_len)?;
+    let content = text(HEADER_LEN + owner_len, content_len)?;
+    let reasoning = if flags & FLAG_REASONING != 0 {
+        Some(text(HEADER_LEN + owner_len + content_len, reasoning_len)?)
+    } else {
+        None
+    };
+    Ok(TurnView {
+        id,
+        parent,
+        role,
+        depth,
+        created_ms,
+        owner,
+        content,
+        reasoning,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let turn = NewTurn {
+            role: Role::Assistant,
+            content: "héllo 🌍".into(),
+            reasoning: Some("thinking".into()),
+        };
+        let parent = [7u8; 16];
+        let bytes = encode(Some(&parent), 3, 1234, "acme", &turn);
+        let view = parse([1; 16], &bytes).unwrap();
+        assert_eq!(view.parent, Some(parent));
+        assert_eq!(view.role, Role::Assistant);
+        assert_eq!(view.depth, 3);
+        assert_eq!(view.created_ms, 1234);
+        assert_eq!(view.owner, "acme");
+        assert_eq!(view.content, "héllo 🌍");
+        assert_eq!(view.reasoning, Some("thinking"));
+    }
+
+    #[test]
+    fn empty_reasoning_is_not_none() {
+        let turn = NewTurn {
+            role: Role::Assistant,
+            content: String::new(),
+            reasoning: Some(String::new()),
+        };
+        let view_bytes = encode(None, 1, 0, "o", &turn);
+        let view = parse([0; 16], &view_bytes).unwrap();
+        assert_eq!(view.reasoning, Some(""));
+        assert_eq!(view.parent, None);
+        let plain = encode(None, 1, 0, "o", &NewTurn::new(Role::User, "x"));
+        assert_eq!(parse([0; 16], &plain).unwrap().reasoning, None);
+    }
+
+    #[test]
+    fn corrupt_records_are_errors() {
+        let bytes = encode(None, 1, 0, "o", &NewTurn::new(Role::User, "hello"));
+        for cut in 0..bytes.len() {
+            assert!(parse([0; 16], &bytes[..cut]).is_err());
+        }
+        let mut bad_role = bytes.clone();
+        bad_role[1] = 9;
+        assert!(parse([0; 16], &bad_role).is_err());
+        let mut bad_len = bytes.clone();
+        bad_len[36] = 0xff;
+        assert!(parse([0; 16], &bad_len).is_err());
+        let mut bad_utf8 = bytes;
+        let last = bad_utf8.len() - 1;
+        bad_utf8[last] = 0xff;
+        assert!(parse([0; 16], &bad_utf8).is_err());
+    }
+
+    #[test]
+    fn roles() {
+        for r in [Role::System, Role::User, Role::Assistant, Role::Tool] {
+            assert_eq!(Role::parse(r.as_str()).unwrap(), r);
+        }
+        assert!(Role::parse("robot").is_err());
+    }
+}

@@ -4,6 +4,17 @@ from collections.abc import Iterable, Mapping
 from os import PathLike
 from typing import Any, final
 
+__all__ = [
+    "Appended",
+    "Response",
+    "ResponseInfo",
+    "Retention",
+    "Store",
+    "Thread",
+    "ThreadPage",
+    "Turn",
+]
+
 _Metadata = Mapping[str, Any] | str | bytes | None
 
 @final

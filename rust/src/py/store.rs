@@ -14,8 +14,6 @@ use crate::store::{
     ResponseStatus, Role, StoreOptions, ThreadRecord, ThreadState, Usage,
 };
 
-const DEFAULT_OWNER: &str = "default";
-
 fn json_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     static JSON: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     Ok(JSON
@@ -525,12 +523,12 @@ impl Store {
 
     /// Creates a thread (a generated `thread_...` id when none is given). With `exist_ok`, an
     /// existing thread of that id is returned unchanged.
-    #[pyo3(signature = (thread_id=None, *, owner=DEFAULT_OWNER.to_owned(), metadata=None, visible=true, exist_ok=false))]
+    #[pyo3(signature = (thread_id=None, *, owner="default", metadata=None, visible=true, exist_ok=false))]
     fn create_thread(
         &self,
         py: Python<'_>,
         thread_id: Option<String>,
-        owner: String,
+        owner: &str,
         metadata: Option<&Bound<'_, PyAny>>,
         visible: bool,
         exist_ok: bool,
@@ -549,25 +547,25 @@ impl Store {
     }
 
     /// The thread, or NotFound (also for another owner's or an expired thread).
-    #[pyo3(signature = (thread_id, *, owner=DEFAULT_OWNER.to_owned()))]
-    fn get_thread(&self, py: Python<'_>, thread_id: String, owner: String) -> PyResult<Thread> {
-        let inner = py.detach(|| self.inner.get_thread(&owner, &thread_id))?;
+    #[pyo3(signature = (thread_id, *, owner="default"))]
+    fn get_thread(&self, py: Python<'_>, thread_id: String, owner: &str) -> PyResult<Thread> {
+        let inner = py.detach(|| self.inner.get_thread(owner, &thread_id))?;
         Ok(Thread { inner })
     }
 
     /// One page of the owner's visible (or hidden) threads, most recently active first.
-    #[pyo3(signature = (*, owner=DEFAULT_OWNER.to_owned(), visible=true, limit=20, after=None))]
+    #[pyo3(signature = (*, owner="default", visible=true, limit=20, after=None))]
     fn list_threads(
         &self,
         py: Python<'_>,
-        owner: String,
+        owner: &str,
         visible: bool,
         limit: usize,
         after: Option<String>,
     ) -> PyResult<ThreadPage> {
         let page = py.detach(|| {
             self.inner
-                .list_threads(&owner, visible, limit, after.as_deref())
+                .list_threads(owner, visible, limit, after.as_deref())
         })?;
         let threads = PyList::empty(py);
         for t in page.threads {
@@ -580,12 +578,12 @@ impl Store {
     }
 
     /// Replaces the metadata and/or changes the state (open <-> locked, -> archived).
-    #[pyo3(signature = (thread_id, *, owner=DEFAULT_OWNER.to_owned(), metadata=None, state=None))]
+    #[pyo3(signature = (thread_id, *, owner="default", metadata=None, state=None))]
     fn update_thread(
         &self,
         py: Python<'_>,
         thread_id: String,
-        owner: String,
+        owner: &str,
         metadata: Option<&Bound<'_, PyAny>>,
         state: Option<String>,
     ) -> PyResult<Thread> {
@@ -593,15 +591,15 @@ impl Store {
         let state = state.as_deref().map(ThreadState::parse).transpose()?;
         let inner = py.detach(|| {
             self.inner
-                .update_thread(&owner, &thread_id, metadata.as_deref(), state)
+                .update_thread(owner, &thread_id, metadata.as_deref(), state)
         })?;
         Ok(Thread { inner })
     }
 
     /// Deletes the thread and every turn that no other thread or live response reaches.
-    #[pyo3(signature = (thread_id, *, owner=DEFAULT_OWNER.to_owned()))]
-    fn delete_thread(&self, py: Python<'_>, thread_id: String, owner: String) -> PyResult<()> {
-        Ok(py.detach(|| self.inner.delete_thread(&owner, &thread_id))?)
+    #[pyo3(signature = (thread_id, *, owner="default"))]
+    fn delete_thread(&self, py: Python<'_>, thread_id: String, owner: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.delete_thread(owner, &thread_id))?)
     }
 
     /// Appends turns (dicts with role, content and optional reasoning) after a thread's head,
@@ -609,13 +607,13 @@ impl Store {
     /// transaction. With `response`, records them under a new response id. `expected_head`
     /// (a turn id, or "" for an empty thread) refuses the append if the thread moved on;
     /// `anchor_window` refuses response anchors older than the retention's window.
-    #[pyo3(signature = (turns, *, owner=DEFAULT_OWNER.to_owned(), thread=None, after_response=None, after_turn=None, response=None, expected_head=None, anchor_window=false))]
+    #[pyo3(signature = (turns, *, owner="default", thread=None, after_response=None, after_turn=None, response=None, expected_head=None, anchor_window=false))]
     #[allow(clippy::too_many_arguments)]
     fn append(
         &self,
         py: Python<'_>,
         turns: &Bound<'_, PyAny>,
-        owner: String,
+        owner: &str,
         thread: Option<String>,
         after_response: Option<String>,
         after_turn: Option<String>,
@@ -637,7 +635,7 @@ impl Store {
         let response = response.map(|r| r.inner);
         let out = py.detach(|| {
             self.inner
-                .append(&owner, &anchor, &turns, response.as_ref(), &options)
+                .append(owner, &anchor, &turns, response.as_ref(), &options)
         })?;
         Ok(Appended {
             turn_ids: out.turn_ids.iter().map(ids::turn_id_string).collect(),
@@ -653,11 +651,11 @@ impl Store {
     }
 
     /// The conversation ending at a thread's head, a response or a turn, oldest first.
-    #[pyo3(signature = (*, owner=DEFAULT_OWNER.to_owned(), thread=None, response=None, turn=None))]
+    #[pyo3(signature = (*, owner="default", thread=None, response=None, turn=None))]
     fn history(
         &self,
         py: Python<'_>,
-        owner: String,
+        owner: &str,
         thread: Option<String>,
         response: Option<String>,
         turn: Option<String>,
@@ -666,7 +664,7 @@ impl Store {
         if anchor == Anchor::Root {
             return Err(Error::InvalidInput("give one of thread, response and turn".into()).into());
         }
-        let buffer = Arc::new(py.detach(|| self.inner.history_records(&owner, &anchor))?);
+        let buffer = Arc::new(py.detach(|| self.inner.history_records(owner, &anchor))?);
         Ok((0..buffer.len())
             .map(|index| Turn {
                 history: Arc::clone(&buffer),
@@ -676,21 +674,16 @@ impl Store {
     }
 
     /// The response, or NotFound (also for another owner's or an expired one).
-    #[pyo3(signature = (response_id, *, owner=DEFAULT_OWNER.to_owned()))]
-    fn get_response(
-        &self,
-        py: Python<'_>,
-        response_id: String,
-        owner: String,
-    ) -> PyResult<Response> {
-        let inner = py.detach(|| self.inner.get_response(&owner, &response_id))?;
+    #[pyo3(signature = (response_id, *, owner="default"))]
+    fn get_response(&self, py: Python<'_>, response_id: String, owner: &str) -> PyResult<Response> {
+        let inner = py.detach(|| self.inner.get_response(owner, &response_id))?;
         Ok(Response { inner })
     }
 
     /// Deletes the response and the turns only it reached.
-    #[pyo3(signature = (response_id, *, owner=DEFAULT_OWNER.to_owned()))]
-    fn delete_response(&self, py: Python<'_>, response_id: String, owner: String) -> PyResult<()> {
-        Ok(py.detach(|| self.inner.delete_response(&owner, &response_id))?)
+    #[pyo3(signature = (response_id, *, owner="default"))]
+    fn delete_response(&self, py: Python<'_>, response_id: String, owner: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.delete_response(owner, &response_id))?)
     }
 
     /// Deletes expired threads and responses; returns how many threads, responses and turns.

@@ -1,0 +1,27 @@
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(PY):
+	python3 -m venv $(VENV)
+
+build-dev: $(PY) ## build the extension into the venv (editable, with test extras)
+	$(PY) -m pip install -q -e '.[test]'
+
+test: build-dev ## run the Rust and Python test suites
+	cargo test
+	$(PY) -m pytest
+
+lint: build-dev ## rustfmt, clippy, ruff and the _core stub check
+	cargo fmt --check
+	cargo clippy --all-targets --all-features -- -D warnings
+	$(VENV)/bin/ruff check
+	$(PY) -m mypy.stubtest threadloom._core
+
+bench: build-dev ## run the benchmarks
+	$(PY) benches/bench_store.py
+
+.PHONY: help build-dev test lint bench

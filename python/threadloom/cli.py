@@ -1,0 +1,101 @@
+"""The `threadloom` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from threadloom import ResponseInfo, Store, ThreadloomError
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """A small batch job: a thread, a second turn, and a branch from the first response."""
+    store = Store(args.store)
+    thread = store.create_thread(metadata={"source": "threadloom demo"})
+    first = store.append(
+        [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "My favourite colour is blue."},
+            {"role": "assistant", "content": "Noted: blue."},
+        ],
+        thread=thread.id,
+        response=ResponseInfo("demo"),
+    )
+    store.append(
+        [
+            {"role": "user", "content": "What is my favourite colour?"},
+            {"role": "assistant", "content": "Blue."},
+        ],
+        thread=thread.id,
+        response=ResponseInfo("demo"),
+    )
+    assert first.response is not None
+    branch = store.append(
+        [
+            {"role": "user", "content": "Actually, it is green."},
+            {"role": "assistant", "content": "Noted: green."},
+        ],
+        after_response=first.response.id,
+        response=ResponseInfo("demo"),
+    )
+    assert branch.response is not None
+    print(f"store: {store.path}")
+    for title, turns in (
+        (f"thread {thread.id}", store.history(thread=thread.id)),
+        (f"branch {branch.response.id}", store.history(response=branch.response.id)),
+    ):
+        print(f"\n{title}")
+        for turn in turns:
+            print(f"  {turn.role:>9}: {turn.content}")
+    print("\n" + json.dumps(store.stats()))
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    print(json.dumps(Store(args.store).stats()))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    print(json.dumps(Store(args.store).sweep()))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    Store(args.store).verify()
+    print("ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="threadloom", description="Stateful, branching conversations for local LLMs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = (
+        ("demo", _demo, "store a small branching conversation and print it"),
+        ("stats", _stats, "print the store's counts and sizes"),
+        ("sweep", _sweep, "delete expired threads and responses"),
+        ("check", _check, "verify the store's internal consistency"),
+    )
+    for name, func, help_text in commands:
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--store", default="./threadloom-data", help="store directory")
+        cmd.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ThreadloomError as e:
+        print(f"threadloom: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

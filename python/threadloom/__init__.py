@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from threadloom._core import (
     Appended,
+    Assembly,
+    ChatTemplate,
+    PromptEngine,
     Response,
     ResponseInfo,
     Retention,
     Store,
     Thread,
     ThreadPage,
+    Tokenizer,
     Turn,
 )
 from threadloom.errors import (
+    ContextLengthExceeded,
     InvalidInput,
     LimitExceeded,
     NotFound,
@@ -27,9 +32,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Appended",
+    "Assembly",
+    "ChatTemplate",
+    "ContextLengthExceeded",
     "InvalidInput",
     "LimitExceeded",
     "NotFound",
+    "PromptEngine",
     "Response",
     "ResponseInfo",
     "Retention",
@@ -41,6 +50,7 @@ __all__ = [
     "Thread",
     "ThreadPage",
     "ThreadloomError",
+    "Tokenizer",
     "Turn",
     "__version__",
 ]

@@ -1,17 +1,21 @@
 """Type stubs for the Rust extension module `threadloom._core`."""
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from typing import Any, final
 
 __all__ = [
     "Appended",
+    "Assembly",
+    "ChatTemplate",
+    "PromptEngine",
     "Response",
     "ResponseInfo",
     "Retention",
     "Store",
     "Thread",
     "ThreadPage",
+    "Tokenizer",
     "Turn",
 ]
 
@@ -210,3 +214,107 @@ class Store:
     def sweep(self) -> dict[str, int]: ...
     def stats(self) -> dict[str, int]: ...
     def verify(self) -> None: ...
+
+@final
+class ChatTemplate:
+    def __new__(cls, source: str, *, bos_token: str = "", eos_token: str = "") -> ChatTemplate: ...
+    @staticmethod
+    def chatml(*, bos_token: str = "", eos_token: str = "<|im_end|>") -> ChatTemplate: ...
+    def render(
+        self,
+        messages: Iterable[Mapping[str, str | None]],
+        *,
+        add_generation_prompt: bool = False,
+        enable_thinking: bool | None = None,
+        tools: str | None = None,
+    ) -> str: ...
+
+_Text = str | bytes | bytearray | memoryview
+
+@final
+class Tokenizer:
+    @staticmethod
+    def from_gguf(path: str | PathLike[str]) -> Tokenizer: ...
+    def encode(self, text: _Text, *, add_special: bool = False) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def count(self, text: _Text, *, add_special: bool = False) -> int: ...
+    def encode_batch(
+        self, texts: Iterable[_Text], *, add_special: bool = False
+    ) -> list[list[int]]: ...
+    def count_batch(self, texts: Iterable[_Text], *, add_special: bool = False) -> list[int]: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def fingerprint(self) -> int: ...
+    @property
+    def bos_id(self) -> int | None: ...
+    @property
+    def eos_id(self) -> int | None: ...
+    @property
+    def eog_ids(self) -> list[int]: ...
+    def id_to_token(self, id: int) -> str | None: ...
+
+@final
+class Assembly:
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def ids(self) -> list[int]: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def max_tokens(self) -> int: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def messages_total(self) -> int: ...
+    @property
+    def messages_kept(self) -> int: ...
+    @property
+    def messages_dropped(self) -> int: ...
+    @property
+    def shared_prefix_tokens(self) -> int: ...
+    @property
+    def cut_after(self) -> str | None: ...
+
+@final
+class PromptEngine:
+    @staticmethod
+    def from_gguf(path: str | PathLike[str]) -> PromptEngine: ...
+    @property
+    def context_length(self) -> int: ...
+    @property
+    def template_is_fallback(self) -> bool: ...
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+    def assemble(
+        self,
+        store: Store,
+        inputs: Iterable[Mapping[str, str | None]],
+        *,
+        owner: str = "default",
+        thread: str | None = None,
+        response: str | None = None,
+        turn: str | None = None,
+        strategy: str = "tokens",
+        window: int | None = None,
+        budget: int | None = None,
+        max_tokens: int = 256,
+        add_generation_prompt: bool = True,
+        enable_thinking: bool | None = None,
+        tools: str | None = None,
+        cache_key: str | None = None,
+    ) -> Assembly: ...
+    def assemble_messages(
+        self,
+        messages: Iterable[Mapping[str, str | None]],
+        *,
+        strategy: str = "tokens",
+        window: int | None = None,
+        budget: int | None = None,
+        max_tokens: int = 256,
+        add_generation_prompt: bool = True,
+        enable_thinking: bool | None = None,
+        tools: str | None = None,
+        cache_key: str | None = None,
+    ) -> Assembly: ...

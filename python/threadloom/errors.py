@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "ContextLengthExceeded",
     "InvalidInput",
     "LimitExceeded",
+    "ModelNotInstalled",
     "NotFound",
     "StateConflict",
     "StoreError",
@@ -30,6 +32,18 @@ class LimitExceeded(ThreadloomError):
     """A size or count limit would be exceeded."""
 
 
+class ContextLengthExceeded(LimitExceeded):
+    """The prompt plus the requested output tokens do not fit the model's context."""
+
+    def __init__(
+        self, message: str, prompt_tokens: int, max_tokens: int, context_length: int
+    ) -> None:
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
+        self.max_tokens = max_tokens
+        self.context_length = context_length
+
+
 class InvalidInput(ThreadloomError, ValueError):
     """The input is malformed: a bad id, role, metadata or argument."""
 
@@ -44,3 +58,7 @@ class StoreFull(StoreError):
 
 class StoreFormatError(StoreError):
     """The store's data has a format this version does not understand, or is damaged."""
+
+
+class ModelNotInstalled(ThreadloomError):
+    """The model file is missing; the message says how to install it."""

@@ -20,6 +20,32 @@ pub enum Error {
     Format(String),
     /// An I/O or LMDB failure.
     Storage(String),
+    /// The prompt and the requested output do not fit the model's context.
+    ContextLength(ContextOverflow),
+}
+
+/// The numbers behind a context-length error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextOverflow {
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub context_length: usize,
+    pub message: String,
+}
+
+impl ContextOverflow {
+    pub fn new(prompt_tokens: usize, max_tokens: usize, context_length: usize) -> Self {
+        let message = format!(
+            "the prompt has {prompt_tokens} tokens and {max_tokens} more were requested for the output, \
+             but the model's context holds {context_length} tokens"
+        );
+        ContextOverflow {
+            prompt_tokens,
+            max_tokens,
+            context_length,
+            message,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -34,6 +60,7 @@ impl Error {
             | Error::StoreFull(m)
             | Error::Format(m)
             | Error::Storage(m) => m,
+            Error::ContextLength(c) => &c.message,
         }
     }
 }

@@ -2,8 +2,12 @@
 //! `threadloom._core` extension module that exposes it).
 
 pub mod error;
+pub mod gguf;
 pub mod ids;
+pub mod prompt;
 pub mod store;
+pub mod template;
+pub mod tokens;
 
 #[cfg(feature = "python")]
 mod py;
@@ -12,7 +16,11 @@ mod py;
 #[pyo3::pymodule]
 mod _core {
     #[pymodule_export]
+    use crate::py::prompt::{Assembly, PromptEngine, Tokenizer};
+    #[pymodule_export]
     use crate::py::store::{
         Appended, Response, ResponseInfo, Retention, Store, Thread, ThreadPage, Turn,
     };
+    #[pymodule_export]
+    use crate::py::template::ChatTemplate;
 }

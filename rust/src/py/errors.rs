@@ -25,13 +25,27 @@ impl From<Error> for PyErr {
             Error::StoreFull(_) => "StoreFull",
             Error::Format(_) => "StoreFormatError",
             Error::Storage(_) => "StoreError",
+            Error::ContextLength(_) => "ContextLengthExceeded",
         };
         let message = err.message().to_owned();
-        Python::attach(|py| match class(py, name) {
-            Ok(cls) => PyErr::from_type(cls, message),
-            Err(import_error) => PyRuntimeError::new_err(format!(
-                "{message} (and threadloom.errors could not be loaded: {import_error})"
-            )),
+        Python::attach(|py| {
+            let cls = match class(py, name) {
+                Ok(cls) => cls,
+                Err(import_error) => {
+                    return PyRuntimeError::new_err(format!(
+                        "{message} (and threadloom.errors could not be loaded: {import_error})"
+                    ))
+                }
+            };
+            match &err {
+                Error::ContextLength(c) => {
+                    match cls.call1((message, c.prompt_tokens, c.max_tokens, c.context_length)) {
+                        Ok(instance) => PyErr::from_value(instance),
+                        Err(e) => e,
+                    }
+                }
+                _ => PyErr::from_type(cls, message),
+            }
         })
     }
 }

@@ -2,4 +2,6 @@
 //! the real work, and converts the result back.
 
 pub mod errors;
+pub mod prompt;
 pub mod store;
+pub mod template;

@@ -419,7 +419,7 @@ pub struct ThreadPage {
     next_cursor: Option<String>,
 }
 
-fn parse_turns(turns: &Bound<'_, PyAny>) -> PyResult<Vec<NewTurn>> {
+pub(crate) fn parse_turns(turns: &Bound<'_, PyAny>) -> PyResult<Vec<NewTurn>> {
     let mut out = Vec::new();
     for (i, item) in turns.try_iter()?.enumerate() {
         let item = item?;
@@ -449,7 +449,7 @@ fn parse_turns(turns: &Bound<'_, PyAny>) -> PyResult<Vec<NewTurn>> {
     Ok(out)
 }
 
-fn anchor_from(
+pub(crate) fn anchor_from(
     thread: Option<String>,
     response: Option<String>,
     turn: Option<String>,
@@ -471,7 +471,7 @@ fn anchor_from(
 /// may use the same path at once.
 #[pyclass(frozen, module = "threadloom._core")]
 pub struct Store {
-    inner: Arc<store::Store>,
+    pub(crate) inner: Arc<store::Store>,
 }
 
 #[pymethods]
@@ -536,7 +536,7 @@ impl Store {
         let metadata = metadata_text(metadata)?;
         let inner = py.detach(|| {
             self.inner.create_thread(
-                &owner,
+                owner,
                 thread_id.as_deref(),
                 metadata.as_deref(),
                 visible,

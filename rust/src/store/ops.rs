@@ -527,6 +527,32 @@ impl Store {
         })
     }
 
+    /// Like `with_history`, and also hands `f` each turn's cached token count under
+    /// `fingerprint` (None where not cached yet), read in the same transaction.
+    pub fn with_history_counts<R>(
+        &self,
+        owner: &str,
+        anchor: &Anchor,
+        fingerprint: u64,
+        f: impl Fn(&[TurnView<'_>], &[Option<u32>]) -> Result<R>,
+    ) -> Result<R> {
+        self.read(|txn| {
+            let start = self.resolve_history_start(txn, owner, anchor)?;
+            let views = self.walk(txn, start)?;
+            let counts = views
+                .iter()
+                .map(|v| {
+                    Ok(self
+                        .token_counts
+                        .get(txn, &keys::token_count(&v.id, fingerprint))?
+                        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                        .map(u32::from_le_bytes))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            f(&views, &counts)
+        })
+    }
+
     fn walk<'t>(
         &self,
         txn: &'t RoTxn<'_, WithoutTls>,

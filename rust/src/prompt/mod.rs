@@ -1,0 +1,398 @@
+//! Prompt assembly: a stored conversation plus new inputs, rendered with the model's chat
+//! template, tokenized with the model's tokenizer, and trimmed to fit the context.
+
+pub mod trim;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{ContextOverflow, Error, Result};
+use crate::gguf::GgufMetadata;
+use crate::ids::{self, TurnKey};
+use crate::store::{Anchor, NewTurn, Role, Store};
+use crate::template::{ChatTemplate, Message, RenderOptions};
+use crate::tokens::Tokenizer;
+use trim::Item;
+pub use trim::Strategy;
+
+/// How many conversations' previous prompts are remembered for the shared-prefix report.
+const PREFIX_MEMORY: usize = 1024;
+/// Used when the template cannot be probed for its per-message overhead.
+const FALLBACK_OVERHEAD: usize = 4;
+
+/// Options of one assembly.
+#[derive(Debug, Clone)]
+pub struct AssembleOptions {
+    pub strategy: Strategy,
+    /// Tokens reserved for the output.
+    pub max_tokens: usize,
+    pub add_generation_prompt: bool,
+    pub enable_thinking: Option<bool>,
+    pub tools: Option<serde_json::Value>,
+    /// Names the conversation for the shared-prefix report; defaults to its root turn.
+    pub cache_key: Option<String>,
+}
+
+impl Default for AssembleOptions {
+    fn default() -> Self {
+        AssembleOptions {
+            strategy: Strategy::Tokens(None),
+            max_tokens: 256,
+            add_generation_prompt: true,
+            enable_thinking: None,
+            tools: None,
+            cache_key: None,
+        }
+    }
+}
+
+/// What trimming did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub prompt_tokens: usize,
+    pub max_tokens: usize,
+    pub context_length: usize,
+    pub messages_total: usize,
+    pub messages_kept: usize,
+    pub messages_dropped: usize,
+    /// Leading tokens identical to the previous prompt of the same conversation.
+    pub shared_prefix_tokens: usize,
+    /// The newest dropped stored turn, when trimming dropped any.
+    pub cut_after: Option<String>,
+}
+
+/// A prompt ready for the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assembly {
+    pub prompt: String,
+    pub ids: Vec<u32>,
+    pub report: Report,
+}
+
+/// Stored turns counted fresh, to be written to the store's count cache.
+type FreshCounts = Vec<(TurnKey, u32)>;
+
+/// A message on its way into the template, borrowed from the store or the caller.
+struct Msg<'a> {
+    role: Role,
+    content: &'a str,
+    reasoning: Option<&'a str>,
+    turn: Option<TurnKey>,
+}
+
+/// A model's template, tokenizer and context size, and what it remembers between prompts.
+pub struct PromptEngine {
+    template: ChatTemplate,
+    template_is_fallback: bool,
+    tokenizer: Arc<Tokenizer>,
+    context_length: usize,
+    bos_text: Option<String>,
+    overhead: usize,
+    previous: Mutex<PrefixMemory>,
+}
+
+#[derive(Default)]
+struct PrefixMemory {
+    ids: HashMap<String, Vec<u32>>,
+    order: VecDeque<String>,
+}
+
+impl PrefixMemory {
+    /// Records `ids` as the conversation's latest prompt; returns the prefix shared with the
+    /// one before.
+    fn swap(&mut self, key: String, ids: &[u32]) -> usize {
+        let shared = self.ids.get(&key).map_or(0, |old| {
+            old.iter().zip(ids).take_while(|(a, b)| a == b).count()
+        });
+        if self.ids.insert(key.clone(), ids.to_vec()).is_none() {
+            self.order.push_back(key);
+            if self.order.len() > PREFIX_MEMORY {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+        shared
+    }
+}
+
+impl PromptEngine {
+    /// Loads the template, tokenizer and context length from a GGUF file's metadata.
+    pub fn from_gguf(path: &Path) -> Result<PromptEngine> {
+        let meta = GgufMetadata::from_path(path)?;
+        let tokenizer = Arc::new(Tokenizer::from_metadata(&meta)?);
+        let context_length = meta.context_length().unwrap_or(2048) as usize;
+        let token_text = |id: Option<u32>| {
+            id.and_then(|i| tokenizer.id_to_token(i))
+                .unwrap_or("")
+                .to_owned()
+        };
+        let bos = token_text(meta.bos_token_id());
+        let eos = token_text(meta.eos_token_id());
+        let (template, fallback) = match meta.chat_template() {
+            Some(source) => (ChatTemplate::new(source, &bos, &eos)?, false),
+            None => (ChatTemplate::chatml(&bos, &eos)?, true),
+        };
+        let bos_text = (tokenizer.add_bos() && !bos.is_empty()).then_some(bos);
+        Ok(PromptEngine::new(
+            template,
+            fallback,
+            tokenizer,
+            context_length,
+            bos_text,
+        ))
+    }
+
+    /// `bos_text`: set when the model wants a BOS token and the template may not write one.
+    pub fn new(
+        template: ChatTemplate,
+        template_is_fallback: bool,
+        tokenizer: Arc<Tokenizer>,
+        context_length: usize,
+        bos_text: Option<String>,
+    ) -> PromptEngine {
+        let mut engine = PromptEngine {
+            template,
+            template_is_fallback,
+            tokenizer,
+            context_length,
+            bos_text,
+            overhead: FALLBACK_OVERHEAD,
+            previous: Mutex::new(PrefixMemory::default()),
+        };
+        engine.overhead = engine.probe_overhead().unwrap_or(FALLBACK_OVERHEAD);
+        engine
+    }
+
+    /// Tokens the template adds around one more message: the difference between rendering a
+    /// user and an assistant message and rendering the user message alone.
+    fn probe_overhead(&self) -> Option<usize> {
+        let user = Message {
+            role: "user",
+            content: "",
+            reasoning_content: None,
+        };
+        let assistant = Message {
+            role: "assistant",
+            ..user.clone()
+        };
+        let opts = RenderOptions::default();
+        let one = self
+            .template
+            .render(std::slice::from_ref(&user), &opts)
+            .ok()?;
+        let two = self.template.render(&[user, assistant], &opts).ok()?;
+        let n1 = self.tokenizer.count(&one, false).ok()?;
+        let n2 = self.tokenizer.count(&two, false).ok()?;
+        n2.checked_sub(n1)
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// Whether the model had no template and ChatML is used instead.
+    pub fn template_is_fallback(&self) -> bool {
+        self.template_is_fallback
+    }
+
+    pub fn context_length(&self) -> usize {
+        self.context_length
+    }
+
+    /// Assembles the conversation ending at `anchor` (read in place from the store) followed by
+    /// `inputs`. Token counts of stored turns are cached in the store, so each is counted once.
+    pub fn assemble(
+        &self,
+        store: &Store,
+        owner: &str,
+        anchor: &Anchor,
+        inputs: &[NewTurn],
+        options: &AssembleOptions,
+    ) -> Result<Assembly> {
+        let fingerprint = self.tokenizer.fingerprint();
+        let (assembly, fresh) =
+            store.with_history_counts(owner, anchor, fingerprint, |views, cached| {
+                let mut msgs: Vec<Msg<'_>> = views
+                    .iter()
+                    .map(|v| Msg {
+                        role: v.role,
+                        content: v.content,
+                        reasoning: v.reasoning,
+                        turn: Some(v.id),
+                    })
+                    .collect();
+                msgs.extend(inputs.iter().map(|t| Msg {
+                    role: t.role,
+                    content: &t.content,
+                    reasoning: t.reasoning.as_deref(),
+                    turn: None,
+                }));
+                let (counts, fresh) = self.content_counts(&msgs, cached)?;
+                let key = options
+                    .cache_key
+                    .clone()
+                    .or_else(|| views.first().map(|v| ids::turn_id_string(&v.id)));
+                let assembly = self.build(&msgs, &counts, inputs.len(), options, key)?;
+                Ok((assembly, fresh))
+            })?;
+        if !fresh.is_empty() {
+            store.set_token_counts(fingerprint, &fresh)?;
+        }
+        Ok(assembly)
+    }
+
+    /// Assembles a conversation given in full by the caller (the stateless dialects).
+    pub fn assemble_messages(
+        &self,
+        messages: &[NewTurn],
+        options: &AssembleOptions,
+    ) -> Result<Assembly> {
+        let msgs: Vec<Msg<'_>> = messages
+            .iter()
+            .map(|t| Msg {
+                role: t.role,
+                content: &t.content,
+                reasoning: t.reasoning.as_deref(),
+                turn: None,
+            })
+            .collect();
+        let (counts, _) = self.content_counts(&msgs, &[])?;
+        // The newest message is the request: never trimmed.
+        self.build(&msgs, &counts, 1, options, options.cache_key.clone())
+    }
+
+    /// Content token counts: cached ones where given, the rest counted in one parallel batch.
+    /// Returns the counts and the newly counted stored turns (to cache).
+    fn content_counts(
+        &self,
+        msgs: &[Msg<'_>],
+        cached: &[Option<u32>],
+    ) -> Result<(Vec<usize>, FreshCounts)> {
+        let missing: Vec<usize> = (0..msgs.len())
+            .filter(|&i| cached.get(i).copied().flatten().is_none())
+            .collect();
+        let texts: Vec<&str> = missing.iter().map(|&i| msgs[i].content).collect();
+        let counted = self.tokenizer.count_batch(&texts, false)?;
+        let mut counts: Vec<usize> = (0..msgs.len())
+            .map(|i| cached.get(i).copied().flatten().unwrap_or(0) as usize)
+            .collect();
+        let mut fresh = Vec::new();
+        for (&i, &n) in missing.iter().zip(&counted) {
+            counts[i] = n;
+            if let Some(turn) = msgs[i].turn {
+                fresh.push((turn, n as u32));
+            }
+        }
+        Ok((counts, fresh))
+    }
+
+    fn render_ids(
+        &self,
+        msgs: &[Msg<'_>],
+        kept: &[usize],
+        options: &AssembleOptions,
+    ) -> Result<(String, Vec<u32>)> {
+        let messages: Vec<Message<'_>> = kept
+            .iter()
+            .map(|&i| Message {
+                role: msgs[i].role.as_str(),
+                content: msgs[i].content,
+                reasoning_content: msgs[i].reasoning,
+            })
+            .collect();
+        let prompt = self.template.render(
+            &messages,
+            &RenderOptions {
+                add_generation_prompt: options.add_generation_prompt,
+                enable_thinking: options.enable_thinking,
+                tools: options.tools.clone(),
+            },
+        )?;
+        // BOS is added unless the template already wrote it.
+        let add_bos = self
+            .bos_text
+            .as_deref()
+            .is_some_and(|bos| !prompt.starts_with(bos));
+        let ids = self.tokenizer.encode(&prompt, add_bos)?;
+        Ok((prompt, ids))
+    }
+
+    fn build(
+        &self,
+        msgs: &[Msg<'_>],
+        counts: &[usize],
+        protected: usize,
+        options: &AssembleOptions,
+        cache_key: Option<String>,
+    ) -> Result<Assembly> {
+        let ctx = self.context_length;
+        let overflow = |prompt_tokens: usize| {
+            Error::ContextLength(ContextOverflow::new(prompt_tokens, options.max_tokens, ctx))
+        };
+        if options.max_tokens >= ctx {
+            return Err(Error::InvalidInput(format!(
+                "max_tokens ({}) must be smaller than the model's context ({ctx})",
+                options.max_tokens
+            )));
+        }
+        let room = ctx - options.max_tokens;
+        let budget = match options.strategy {
+            Strategy::Tokens(Some(b)) => b.min(room),
+            _ => room,
+        };
+        let items: Vec<Item> = msgs
+            .iter()
+            .zip(counts)
+            .map(|(m, &n)| Item {
+                role: m.role,
+                tokens: n + self.overhead,
+            })
+            .collect();
+        let mut cut = trim::plan_cut(&items, options.strategy, budget, protected);
+        let (prompt, ids, kept) = loop {
+            let kept: Vec<usize> = trim::kept_indices(&items, cut).collect();
+            let (prompt, ids) = self.render_ids(msgs, &kept, options)?;
+            if ids.len() <= budget {
+                break (prompt, ids, kept);
+            }
+            match (options.strategy, trim::advance(&items, cut, protected)) {
+                (Strategy::Tokens(_), Some(next)) => cut = next,
+                _ => return Err(overflow(ids.len())),
+            }
+        };
+        let cut_after = (0..cut)
+            .rev()
+            .find(|&i| msgs[i].role != Role::System)
+            .and_then(|i| msgs[i].turn)
+            .map(|t| ids::turn_id_string(&t));
+        let shared_prefix_tokens = match cache_key {
+            Some(key) => self
+                .previous
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .swap(key, &ids),
+            None => 0,
+        };
+        let report = Report {
+            prompt_tokens: ids.len(),
+            max_tokens: options.max_tokens,
+            context_length: ctx,
+            messages_total: msgs.len(),
+            messages_kept: kept.len(),
+            messages_dropped: msgs.len() - kept.len(),
+            shared_prefix_tokens,
+            cut_after,
+        };
+        Ok(Assembly {
+            prompt,
+            ids,
+            report,
+        })
+    }
+}

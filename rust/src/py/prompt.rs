@@ -140,6 +140,13 @@ impl Tokenizer {
         self.inner.eog_ids().to_vec()
     }
 
+    /// The raw bytes of one token id (a piece of UTF-8 that may end mid-character), or None
+    /// when out of range; for streaming detokenization.
+    #[pyo3(signature = (id))]
+    fn piece<'py>(&self, py: Python<'py>, id: u32) -> Option<Bound<'py, PyBytes>> {
+        self.inner.piece(id).map(|b| PyBytes::new(py, b))
+    }
+
     /// The text of one token id, or None when out of range.
     #[pyo3(signature = (id))]
     fn id_to_token(&self, id: u32) -> Option<String> {

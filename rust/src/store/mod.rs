@@ -126,9 +126,65 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Map sizes are multiples of 64 KiB: a multiple of every common OS page size (4, 16 and 64 KiB),
+/// which LMDB (and heed's `resize`) require, and never smaller than 64 KiB.
 fn round_to_page(size: usize) -> usize {
-    const PAGE: usize = 4096;
-    size.div_ceil(PAGE).max(1) * PAGE
+    const GRANULE: usize = 64 * 1024;
+    size.div_ceil(GRANULE).max(1).saturating_mul(GRANULE)
+}
+
+/// The named databases of a store.
+struct Dbs {
+    meta: Db,
+    turns: Db,
+    refs: Db,
+    threads: Db,
+    activity: Db,
+    responses: Db,
+    token_counts: Db,
+}
+
+/// Creates (or opens) the databases and checks the format header, in one write transaction.
+fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
+    let mut txn = env.write_txn()?;
+    let mut create = |name: &str| -> Result<Db> { Ok(env.create_database(&mut txn, Some(name))?) };
+    let dbs = Dbs {
+        meta: create("meta")?,
+        turns: create("turns")?,
+        refs: create("turn_refs")?,
+        threads: create("threads")?,
+        activity: create("thread_activity")?,
+        responses: create("responses")?,
+        token_counts: create("token_counts")?,
+    };
+    let meta = dbs.meta;
+    match meta.get(&txn, b"format")? {
+        None => {
+            meta.put(&mut txn, b"format", FORMAT_NAME)?;
+            meta.put(&mut txn, b"version", &FORMAT_VERSION.to_le_bytes())?;
+        }
+        Some(name) if name != FORMAT_NAME => {
+            return Err(Error::Format(format!(
+                "{} is not a threadloom store",
+                path.display()
+            )))
+        }
+        Some(_) => {
+            let version = meta
+                .get(&txn, b"version")?
+                .and_then(|v| <[u8; 4]>::try_from(v).ok())
+                .map(u32::from_le_bytes);
+            if version != Some(FORMAT_VERSION) {
+                return Err(Error::Format(format!(
+                    "store {} has format version {}; this threadloom reads version {FORMAT_VERSION}",
+                    path.display(),
+                    version.map_or("unknown".to_owned(), |v| v.to_string())
+                )));
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(dbs)
 }
 
 impl Store {
@@ -150,56 +206,38 @@ impl Store {
                 .max_readers(1022)
                 .open(path)
         }
-        .map_err(|e| Error::Storage(format!("cannot open store {}: {e}", path.display())))?;
-        let mut txn = env.write_txn()?;
-        let mut create =
-            |name: &str| -> Result<Db> { Ok(env.create_database(&mut txn, Some(name))?) };
-        let meta = create("meta")?;
-        let turns = create("turns")?;
-        let refs = create("turn_refs")?;
-        let threads = create("threads")?;
-        let activity = create("thread_activity")?;
-        let responses = create("responses")?;
-        let token_counts = create("token_counts")?;
-        match meta.get(&txn, b"format")? {
-            None => {
-                meta.put(&mut txn, b"format", FORMAT_NAME)?;
-                meta.put(&mut txn, b"version", &FORMAT_VERSION.to_le_bytes())?;
-            }
-            Some(name) if name != FORMAT_NAME => {
-                return Err(Error::Format(format!(
-                    "{} is not a threadloom store",
-                    path.display()
-                )))
-            }
-            Some(_) => {
-                let version = meta
-                    .get(&txn, b"version")?
-                    .and_then(|v| <[u8; 4]>::try_from(v).ok())
-                    .map(u32::from_le_bytes);
-                if version != Some(FORMAT_VERSION) {
-                    return Err(Error::Format(format!(
-                        "store {} has format version {}; this threadloom reads version {FORMAT_VERSION}",
-                        path.display(),
-                        version.map_or("unknown".to_owned(), |v| v.to_string())
-                    )));
+        .map_err(|e| match e {
+            heed::Error::EnvAlreadyOpened => Error::Storage(format!(
+                "store {} is already open in this process; share that Store instead of opening it again",
+                path.display()
+            )),
+            e => Error::Storage(format!("cannot open store {}: {e}", path.display())),
+        })?;
+        let max_map_size = options.max_map_size.max(map_size);
+        // A map too small even for the databases grows like any other write would.
+        let dbs = loop {
+            match init(&env, path) {
+                Err(Error::StoreFull(_)) if env.info().map_size < max_map_size => {
+                    let doubled = round_to_page(env.info().map_size.saturating_mul(2));
+                    // SAFETY: `init` has ended its transaction and the env is not shared yet.
+                    unsafe { env.resize(doubled.min(round_to_page(max_map_size))) }?;
                 }
+                other => break other?,
             }
-        }
-        txn.commit()?;
+        };
         Ok(Store {
             env,
             map_lock: RwLock::new(()),
-            max_map_size: options.max_map_size.max(map_size),
+            max_map_size,
             retention: options.retention,
             path: path.to_owned(),
-            meta,
-            turns,
-            refs,
-            threads,
-            activity,
-            responses,
-            token_counts,
+            meta: dbs.meta,
+            turns: dbs.turns,
+            refs: dbs.refs,
+            threads: dbs.threads,
+            activity: dbs.activity,
+            responses: dbs.responses,
+            token_counts: dbs.token_counts,
         })
     }
 
@@ -227,7 +265,7 @@ impl Store {
     fn read<R>(&self, f: impl Fn(&RoTxn<'_, WithoutTls>) -> Result<R>) -> Result<R> {
         self.with_map(|| {
             let txn = self.env.read_txn()?;
-            f(&txn)
+            Ok(f(&txn))
         })
     }
 
@@ -236,31 +274,52 @@ impl Store {
     fn write<R>(&self, f: impl Fn(&mut RwTxn<'_>) -> Result<R>) -> Result<R> {
         self.with_map(|| {
             let mut txn = self.env.write_txn()?;
-            let out = f(&mut txn)?;
-            txn.commit()?;
-            Ok(out)
+            Ok(f(&mut txn).and_then(|out| {
+                txn.commit()?;
+                Ok(out)
+            }))
         })
     }
 
-    fn with_map<R>(&self, f: impl Fn() -> Result<R>) -> Result<R> {
+    /// Runs `f` (which begins and ends one transaction) under the shared map lock. `f` fails
+    /// on the outside when the transaction cannot begin, and inside with the operation's own
+    /// outcome. A full map grows and `f` runs again; so does a map that another process grew
+    /// past this process's mapping (LMDB refuses to begin transactions until it is adopted).
+    fn with_map<R>(
+        &self,
+        f: impl Fn() -> std::result::Result<Result<R>, heed::Error>,
+    ) -> Result<R> {
         loop {
-            let outcome = {
+            let (seen, outcome) = {
                 let _shared = self.map_lock.read().unwrap_or_else(|p| p.into_inner());
-                f()
+                (self.env.info().map_size, f())
             };
             match outcome {
-                Err(Error::StoreFull(_)) => self.grow_map()?,
-                other => return other,
+                Err(heed::Error::Mdb(heed::MdbError::MapResized)) => self.adopt_map()?,
+                Err(e) => return Err(e.into()),
+                Ok(Err(Error::StoreFull(_))) => self.grow_map(seen)?,
+                Ok(other) => return other,
             }
         }
     }
 
-    fn grow_map(&self) -> Result<()> {
+    /// Maps the size another process recorded in the store after growing it.
+    fn adopt_map(&self) -> Result<()> {
+        let _exclusive = self.map_lock.write().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the exclusive map lock guarantees no transaction of this process is open;
+        // size 0 makes LMDB adopt the size recorded in the store (at least its used size).
+        unsafe { self.env.resize(0) }?;
+        Ok(())
+    }
+
+    /// Doubles the map after a write found it full at size `seen`.
+    fn grow_map(&self, seen: usize) -> Result<()> {
         let _exclusive = self.map_lock.write().unwrap_or_else(|p| p.into_inner());
         let current = self.env.info().map_size;
-        // Another process may have grown the file past our map; adopt at least its size.
-        let file = self.env.real_disk_size().unwrap_or(0) as usize;
-        let wanted = round_to_page(current.max(file).saturating_mul(2));
+        if current > seen {
+            // Another thread grew it meanwhile; try again at the new size.
+            return Ok(());
+        }
         if current >= self.max_map_size {
             return Err(Error::StoreFull(format!(
                 "the store at {} is full: it reached its maximum map size of {} bytes",
@@ -268,6 +327,9 @@ impl Store {
                 self.max_map_size
             )));
         }
+        // Another process may have grown the file past our map; adopt at least its size.
+        let file = self.env.real_disk_size().unwrap_or(0) as usize;
+        let wanted = round_to_page(current.max(file).saturating_mul(2));
         let new_size = wanted.min(round_to_page(self.max_map_size));
         // SAFETY: the exclusive map lock guarantees no transaction of this process is open.
         unsafe { self.env.resize(new_size) }?;
@@ -277,3 +339,6 @@ impl Store {
 
 mod ops;
 pub use ops::HistoryBuffer;
+
+#[cfg(test)]
+mod tests;

@@ -104,14 +104,53 @@ fn format_value(
     minijinja::escape_formatter(out, state, value)
 }
 
+/// Hugging Face's `tojson` filter: `json.dumps(x, ensure_ascii=False, indent=indent,
+/// separators=separators, sort_keys=sort_keys)`.
 fn tojson(value: &Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja::Error> {
-    let indent: Option<usize> = kwargs.get("indent")?;
-    // Accepted for compatibility with HF's filter; HF's defaults are what we always do.
-    let _: Option<bool> = kwargs.get("ensure_ascii")?;
-    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let invalid = |msg: String| minijinja::Error::new(ErrorKind::InvalidOperation, msg);
+    let indent = match kwargs.get::<Option<Value>>("indent")? {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => match v.as_str() {
+            Some(s) => Some(s.to_owned()),
+            None => {
+                let n = i64::try_from(v.clone()).map_err(|_| {
+                    invalid(format!("tojson: indent must be an int or str, not {v}"))
+                })?;
+                Some(" ".repeat(usize::try_from(n).unwrap_or(0)))
+            }
+        },
+    };
+    let separators = match kwargs.get::<Option<Value>>("separators")? {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => {
+            let items: Vec<String> = v
+                .try_iter()
+                .map_err(|_| invalid("tojson: separators must be a pair of strings".into()))?
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect::<Option<_>>()
+                .ok_or_else(|| invalid("tojson: separators must be a pair of strings".into()))?;
+            match <[String; 2]>::try_from(items) {
+                Ok([item, key]) => Some((item, key)),
+                Err(_) => {
+                    return Err(invalid(
+                        "tojson: separators must be a pair of strings".into(),
+                    ))
+                }
+            }
+        }
+    };
+    // Accepted for compatibility with HF's filter, which ignores it too.
+    let _: Option<Value> = kwargs.get("ensure_ascii")?;
+    let sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
     kwargs.assert_all_used()?;
-    let text = pyjson::dumps(value, indent, sort_keys.unwrap_or(false))
-        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let options = pyjson::Options {
+        indent,
+        separators,
+        sort_keys,
+    };
+    let text = pyjson::dumps(value, &options).map_err(|e| invalid(format!("tojson: {e}")))?;
     Ok(Value::from_safe_string(text))
 }
 

@@ -1,12 +1,13 @@
-//! JSON text exactly as Python's `json.dumps(value, ensure_ascii=False, indent=...)` writes it:
-//! `", "` and `": "` separators without indent, `","` and `": "` with it, and floats as
-//! Python's `repr` writes them (`1e-07`, `1e+16`, `100.0`).
+//! JSON text exactly as Python's `json.dumps(value, ensure_ascii=False, indent=...,
+//! separators=..., sort_keys=...)` writes it: `", "` and `": "` separators without indent,
+//! `","` and `": "` with it, and floats as Python's `repr` writes them (`1e-07`, `1e+16`,
+//! `100.0`).
 
 use std::io;
 
 use minijinja::value::Value;
 use serde::Serialize;
-use serde_json::ser::{Formatter, PrettyFormatter, Serializer};
+use serde_json::ser::{Formatter, Serializer};
 
 /// A finite float as Python's `repr(float)`: the shortest digits that round-trip, in
 /// positional notation when the decimal exponent is in -4..16, else as `d.ddde+XX`.
@@ -40,50 +41,50 @@ pub fn py_float(value: f64) -> String {
     }
 }
 
-struct PySpaced;
+/// Python's `json` encoder layout: `item_sep` between items, `key_sep` after keys, and with
+/// an indent, each item on its own line (after `item_sep`) indented by `level` copies of it.
+struct PyFormatter<'a> {
+    item_sep: &'a [u8],
+    key_sep: &'a [u8],
+    indent: Option<&'a [u8]>,
+    level: usize,
+    has_value: bool,
+}
 
-impl Formatter for PySpaced {
-    fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
-        w.write_all(py_float(value).as_bytes())
-    }
-
-    fn write_f32<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f32) -> io::Result<()> {
-        w.write_all(py_float(f64::from(value)).as_bytes())
-    }
-
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
+impl PyFormatter<'_> {
+    fn newline<W: ?Sized + io::Write>(&self, w: &mut W) -> io::Result<()> {
+        if let Some(indent) = self.indent {
+            w.write_all(b"\n")?;
+            for _ in 0..self.level {
+                w.write_all(indent)?;
+            }
         }
+        Ok(())
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            w.write_all(b", ")
+    fn open<W: ?Sized + io::Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(bracket)
+    }
+
+    fn close<W: ?Sized + io::Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.level -= 1;
+        if self.has_value {
+            self.newline(w)?;
         }
+        w.write_all(bracket)
     }
 
-    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        w.write_all(b": ")
+    fn item<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        if !first {
+            w.write_all(self.item_sep)?;
+        }
+        self.newline(w)
     }
 }
 
-/// serde_json's pretty printer (Python's `indent=` layout) with Python's floats.
-struct PyPretty<'a>(PrettyFormatter<'a>);
-
-impl Formatter for PyPretty<'_> {
+impl Formatter for PyFormatter<'_> {
     fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
         w.write_all(py_float(value).as_bytes())
     }
@@ -93,11 +94,11 @@ impl Formatter for PyPretty<'_> {
     }
 
     fn begin_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.begin_array(w)
+        self.open(w, b"[")
     }
 
     fn end_array<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_array(w)
+        self.close(w, b"]")
     }
 
     fn begin_array_value<W: ?Sized + io::Write>(
@@ -105,19 +106,20 @@ impl Formatter for PyPretty<'_> {
         w: &mut W,
         first: bool,
     ) -> io::Result<()> {
-        self.0.begin_array_value(w, first)
+        self.item(w, first)
     }
 
-    fn end_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_array_value(w)
+    fn end_array_value<W: ?Sized + io::Write>(&mut self, _w: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
     }
 
     fn begin_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.begin_object(w)
+        self.open(w, b"{")
     }
 
     fn end_object<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_object(w)
+        self.close(w, b"}")
     }
 
     fn begin_object_key<W: ?Sized + io::Write>(
@@ -125,15 +127,16 @@ impl Formatter for PyPretty<'_> {
         w: &mut W,
         first: bool,
     ) -> io::Result<()> {
-        self.0.begin_object_key(w, first)
+        self.item(w, first)
     }
 
     fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.begin_object_value(w)
+        w.write_all(self.key_sep)
     }
 
-    fn end_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        self.0.end_object_value(w)
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, _w: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
     }
 }
 
@@ -162,23 +165,36 @@ fn sorted(value: &Value) -> Result<serde_json::Value, String> {
         .map_err(|e| e.to_string())
 }
 
-pub fn dumps(value: &Value, indent: Option<usize>, sort_keys: bool) -> Result<String, String> {
+/// What `json.dumps` takes besides the value (`ensure_ascii` is always false).
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// `indent=`: the text for one level (`indent=4` is four spaces); `None` for one line.
+    pub indent: Option<String>,
+    /// `separators=(item, key)`; Python's default is `(", ", ": ")`, or `(",", ": ")` with
+    /// an indent.
+    pub separators: Option<(String, String)>,
+    pub sort_keys: bool,
+}
+
+pub fn dumps(value: &Value, options: &Options) -> Result<String, String> {
+    let (item_sep, key_sep) = match (&options.separators, &options.indent) {
+        (Some((item, key)), _) => (item.as_str(), key.as_str()),
+        (None, Some(_)) => (",", ": "),
+        (None, None) => (", ", ": "),
+    };
+    let formatter = PyFormatter {
+        item_sep: item_sep.as_bytes(),
+        key_sep: key_sep.as_bytes(),
+        indent: options.indent.as_deref().map(str::as_bytes),
+        level: 0,
+        has_value: false,
+    };
     let mut out = Vec::new();
-    let result = match (indent, sort_keys) {
-        (None, false) => value.serialize(&mut Serializer::with_formatter(&mut out, PySpaced)),
-        (None, true) => {
-            sorted(value)?.serialize(&mut Serializer::with_formatter(&mut out, PySpaced))
-        }
-        (Some(n), sort) => {
-            let pad = vec![b' '; n];
-            let mut ser =
-                Serializer::with_formatter(&mut out, PyPretty(PrettyFormatter::with_indent(&pad)));
-            if sort {
-                sorted(value)?.serialize(&mut ser)
-            } else {
-                value.serialize(&mut ser)
-            }
-        }
+    let mut ser = Serializer::with_formatter(&mut out, formatter);
+    let result = if options.sort_keys {
+        sorted(value)?.serialize(&mut ser)
+    } else {
+        value.serialize(&mut ser)
     };
     result.map_err(|e| e.to_string())?;
     String::from_utf8(out).map_err(|e| e.to_string())

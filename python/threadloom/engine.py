@@ -1,0 +1,456 @@
+"""The Engine: the Python API for batch jobs and the server's only way in. It assembles the
+prompt in the Rust core, generates on a slot in a worker thread, streams token events to the
+caller, and stores the inputs and output as a response."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from threadloom._core import PromptEngine, ResponseInfo, Store
+from threadloom.backends.base import BackendFactory, SamplingParams
+from threadloom.errors import InvalidInput, StateConflict, ThreadloomError
+from threadloom.slots import SlotPool
+from threadloom.textstream import StopMatcher, ThinkSplitter, Utf8Stream
+
+Message = Mapping[str, str | None]
+DEFAULT_CONTEXT = 4096
+
+
+class Usage(msgspec.Struct, frozen=True):
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True):
+    """One finished generation."""
+
+    status: Literal["completed", "incomplete", "failed"]
+    text: str
+    reasoning: str | None
+    finish_reason: Literal["stop", "length", "cancelled", "error"]
+    usage: Usage
+    model: str
+    response_id: str | None = None
+    thread_id: str | None = None
+    turn_id: str | None = None
+    error: str | None = None
+    time_to_first_token_s: float | None = None
+    total_s: float = 0.0
+    messages_dropped: int = 0
+
+
+class Started(msgspec.Struct, frozen=True, tag="started"):
+    prompt_tokens: int
+    cached_tokens: int
+    slot: int
+
+
+class TokenEvent(msgspec.Struct, frozen=True, tag="token"):
+    text: str
+    reasoning: bool = False
+
+
+class Finished(msgspec.Struct, frozen=True, tag="finished"):
+    result: Result
+
+
+Event = Started | TokenEvent | Finished
+
+
+class Request(msgspec.Struct, kw_only=True):
+    """One `run_batch` item; the fields are `respond`'s arguments."""
+
+    inputs: list[dict[str, str]] | str
+    thread: str | None = None
+    previous_response_id: str | None = None
+    history: list[dict[str, str]] | None = None
+    store: bool = True
+    owner: str = "default"
+    sampling: SamplingParams | None = None
+
+
+def _normalize(inputs: str | Iterable[Message]) -> list[dict[str, str]]:
+    if isinstance(inputs, str):
+        return [{"role": "user", "content": inputs}]
+    out = []
+    for i, m in enumerate(inputs):
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise InvalidInput(f"inputs[{i}] needs string role and content")
+        out.append({"role": role, "content": content})
+    return out
+
+
+class Engine:
+    """A model, its prompt engine, a pool of slots and a store.
+
+    `model` is the original GGUF file (default: the shipped SmolLM2); `backend` defaults to
+    ctransformers on a converted copy of it kept in `cache_dir`.
+    """
+
+    def __init__(
+        self,
+        store: Store | str | os.PathLike[str],
+        model: str | os.PathLike[str] | None = None,
+        *,
+        slots: int = 2,
+        backend: BackendFactory | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        context_length: int | None = None,
+        gpu_layers: int = 0,
+        threads: int | None = None,
+        max_queue: int = 64,
+        model_name: str | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        from threadloom.models import default_model_path
+
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.model_path = Path(model) if model is not None else default_model_path()
+        self.model_name = model_name or self.model_path.stem
+        if backend is None:
+            from threadloom.backends.ctransformers import CTransformersFactory
+            from threadloom.convert import prepared_model
+
+            converted = prepared_model(
+                self.model_path,
+                Path(cache_dir) if cache_dir is not None else None,
+                progress=sys.stderr.isatty() if progress is None else progress,
+            )
+            context = context_length or DEFAULT_CONTEXT
+            backend = CTransformersFactory(
+                converted, context_length=context, gpu_layers=gpu_layers, threads=threads
+            )
+        self.backend_name = backend.name
+        self.prompt = PromptEngine.from_gguf(self.model_path)
+        self.context_length = min(
+            context_length or getattr(backend, "context_length", DEFAULT_CONTEXT),
+            self.prompt.context_length,
+        )
+        self.tokenizer = self.prompt.tokenizer
+        self._eog = frozenset(self.tokenizer.eog_ids)
+        self.pool = SlotPool(backend, slots, max_queue=max_queue)
+        # Generation threads: one per slot, plus room for assembly and store writes.
+        self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.pool.close()
+
+    # ---- generation ----------------------------------------------------------------------
+
+    async def stream(
+        self,
+        inputs: str | Iterable[Message],
+        *,
+        thread: str | None = None,
+        previous_response_id: str | None = None,
+        history: Iterable[Message] | None = None,
+        store: bool = True,
+        owner: str = "default",
+        sampling: SamplingParams | None = None,
+        strategy: str = "tokens",
+        window: int | None = None,
+        enable_thinking: bool | None = None,
+        anchor_window: bool = False,
+        metadata: Mapping[str, Any] | None = None,
+        hidden: bool = False,
+    ) -> AsyncIterator[Event]:
+        """Generates a reply and yields `Started`, `TokenEvent`s and one `Finished`. Closing the
+        iterator early cancels the generation; what was produced is stored as incomplete."""
+        params = sampling or SamplingParams()
+        params.validate()
+        new = _normalize(inputs)
+        if not new:
+            raise InvalidInput("inputs is empty")
+        if sum(x is not None for x in (thread, previous_response_id, history)) > 1:
+            raise InvalidInput("give at most one of thread, previous_response_id and history")
+        if params.max_tokens >= self.context_length:
+            raise InvalidInput(
+                f"max_tokens ({params.max_tokens}) must be smaller than the context "
+                f"({self.context_length})"
+            )
+        loop = asyncio.get_running_loop()
+        stateless = history is not None
+        head: str | None = None
+        if thread is not None:
+            t = await loop.run_in_executor(
+                self._executor,
+                lambda: self.store.create_thread(
+                    thread,
+                    owner=owner,
+                    exist_ok=True,
+                    visible=not hidden,
+                    metadata=dict(metadata) if metadata else None,
+                ),
+            )
+            head = t.head
+            if t.state != "open":
+                raise StateConflict(f"thread {thread!r} is {t.state} and accepts no new messages")
+        if previous_response_id is not None:
+            # Checks existence, ownership, status and window before spending model time.
+            r = await loop.run_in_executor(
+                self._executor,
+                lambda: self.store.get_response(previous_response_id, owner=owner),
+            )
+            if r.status == "failed":
+                raise StateConflict(
+                    f"response {previous_response_id} has status failed and cannot be continued"
+                )
+
+        def assemble() -> Any:
+            kwargs: dict[str, Any] = {
+                "strategy": strategy,
+                "window": window,
+                "max_tokens": params.max_tokens,
+                "budget": self.context_length - params.max_tokens,
+                "enable_thinking": enable_thinking,
+            }
+            if stateless:
+                return self.prompt.assemble_messages([*_normalize(history or []), *new], **kwargs)
+            return self.prompt.assemble(
+                self.store,
+                new,
+                owner=owner,
+                thread=thread,
+                response=previous_response_id,
+                cache_key=thread,
+                **kwargs,
+            )
+
+        assembly = await loop.run_in_executor(self._executor, assemble)
+        ids = assembly.ids
+        cancel = threading.Event()
+        slot, cached = await loop.run_in_executor(
+            self._executor, lambda: self.pool.acquire(ids, cancel)
+        )
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        put = queue.put_nowait
+        started = time.perf_counter()
+
+        def work() -> None:
+            out_ids: list[int] = []
+            finish = "length"
+            error: str | None = None
+            utf8, stops = Utf8Stream(), StopMatcher(params.stop)
+            think = ThinkSplitter(bool(enable_thinking))
+            first: float | None = None
+
+            def emit(text: str) -> None:
+                for reasoning, piece in think.feed(stops.feed(text)):
+                    loop.call_soon_threadsafe(put, ("token", TokenEvent(piece, reasoning)))
+
+            try:
+                for token in slot.backend.generate(ids, params, cancel):
+                    if first is None:
+                        first = time.perf_counter() - started
+                    if token in self._eog:
+                        finish = "stop"
+                        break
+                    out_ids.append(token)
+                    emit(utf8.feed(self.tokenizer.piece(token) or b""))
+                    if stops.stopped:
+                        finish = "stop"
+                        break
+                else:
+                    if cancel.is_set():
+                        finish = "cancelled"
+            except Exception as e:  # the engine failed: stored as a failed response
+                finish, error = "error", f"{type(e).__name__}: {e}"
+            finally:
+                self.pool.release(slot)
+            emit(utf8.flush())
+            for reasoning, piece in think.feed(stops.flush()) + think.flush():
+                loop.call_soon_threadsafe(put, ("token", TokenEvent(piece, reasoning)))
+            loop.call_soon_threadsafe(put, ("done", (out_ids, finish, error, first)))
+
+        yield Started(assembly.prompt_tokens, cached, slot.index)
+        future = loop.run_in_executor(self._executor, work)
+        text: list[str] = []
+        reasoning: list[str] = []
+
+        def take(payload: TokenEvent) -> None:
+            (reasoning if payload.reasoning else text).append(payload.text)
+
+        async def finish(done: tuple[list[int], str, str | None, float | None]) -> Result:
+            out_ids, finish_reason, error, first = done
+            status: Literal["completed", "incomplete", "failed"] = (
+                "failed"
+                if finish_reason == "error"
+                else "completed"
+                if finish_reason == "stop"
+                else "incomplete"
+            )
+            result = Result(
+                status=status,
+                text="".join(text),
+                reasoning="".join(reasoning) or None,
+                finish_reason=finish_reason,  # type: ignore[arg-type]
+                usage=Usage(assembly.prompt_tokens, len(out_ids), cached),
+                model=self.model_name,
+                error=error,
+                time_to_first_token_s=first,
+                total_s=time.perf_counter() - started,
+                messages_dropped=assembly.messages_dropped,
+            )
+            if not store or stateless:
+                return result
+            return await loop.run_in_executor(
+                self._executor,
+                lambda: self._save(
+                    result, new, owner, thread, previous_response_id, head, anchor_window
+                ),
+            )
+
+        try:
+            while True:
+                kind, payload = await queue.get()
+                if kind == "done":
+                    break
+                take(payload)
+                yield payload
+        except (GeneratorExit, asyncio.CancelledError):
+            # The caller went away: stop generating, then store what exists as incomplete.
+            cancel.set()
+            await asyncio.shield(future)
+            while True:
+                kind, payload = queue.get_nowait()
+                if kind == "done":
+                    break
+                take(payload)
+            await asyncio.shield(finish((payload[0], "cancelled", payload[2], payload[3])))
+            raise
+        yield Finished(await finish(payload))
+
+    def _save(
+        self,
+        result: Result,
+        new: list[dict[str, str]],
+        owner: str,
+        thread: str | None,
+        previous_response_id: str | None,
+        head: str | None,
+        anchor_window: bool,
+    ) -> Result:
+        output: dict[str, str] = {"role": "assistant", "content": result.text}
+        if result.reasoning is not None:
+            output["reasoning"] = result.reasoning
+        info = ResponseInfo(
+            self.model_name,
+            status=result.status,
+            output_count=1,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            cached_tokens=result.usage.cached_tokens,
+            error=result.error,
+        )
+        turns = [*new, output]
+        if thread is not None:
+            try:
+                appended = self.store.append(
+                    turns,
+                    owner=owner,
+                    thread=thread,
+                    response=info,
+                    expected_head=head if head is not None else "",
+                )
+            except StateConflict:
+                # The thread moved on (or was locked) while this reply was generated: keep the
+                # reply as a branch from what the model saw, so no turn is lost.
+                if head is None:
+                    appended = self.store.append(turns, owner=owner, response=info)
+                else:
+                    appended = self.store.append(turns, owner=owner, after_turn=head, response=info)
+        else:
+            appended = self.store.append(
+                turns,
+                owner=owner,
+                after_response=previous_response_id,
+                response=info,
+                anchor_window=anchor_window,
+            )
+        response = appended.response
+        return msgspec.structs.replace(
+            result,
+            response_id=response.id if response else None,
+            thread_id=appended.thread.id if appended.thread else None,
+            turn_id=appended.turn_ids[-1],
+        )
+
+    async def respond(self, inputs: str | Iterable[Message], **kwargs: Any) -> Result:
+        """Like `stream`, returning only the finished result."""
+        result: Result | None = None
+        async for event in self.stream(inputs, **kwargs):
+            if isinstance(event, Finished):
+                result = event.result
+        assert result is not None
+        return result
+
+    def respond_sync(self, inputs: str | Iterable[Message], **kwargs: Any) -> Result:
+        """`respond` for code without an event loop."""
+        return asyncio.run(self.respond(inputs, **kwargs))
+
+    # ---- batch ----------------------------------------------------------------------------
+
+    def run_batch(
+        self,
+        requests: Sequence[Request | Mapping[str, Any]],
+        *,
+        concurrency: int | None = None,
+        progress: bool | None = None,
+    ) -> list[Result]:
+        """Runs many requests, `concurrency` at a time (default: one per slot). Results come
+        back in input order; a request that fails yields a failed `Result`, never an
+        exception that sinks the batch."""
+        items = [r if isinstance(r, Request) else msgspec.convert(r, Request) for r in requests]
+        show = sys.stderr.isatty() if progress is None else progress
+        return asyncio.run(self._batch(items, concurrency or len(self.pool.slots), show))
+
+    async def _batch(self, items: list[Request], concurrency: int, show: bool) -> list[Result]:
+        gate = asyncio.Semaphore(concurrency)
+        done = 0
+
+        async def one(r: Request) -> Result:
+            nonlocal done
+            async with gate:
+                try:
+                    return await self.respond(
+                        r.inputs,
+                        thread=r.thread,
+                        previous_response_id=r.previous_response_id,
+                        history=r.history,
+                        store=r.store,
+                        owner=r.owner,
+                        sampling=r.sampling,
+                    )
+                except ThreadloomError as e:
+                    return Result(
+                        status="failed",
+                        text="",
+                        reasoning=None,
+                        finish_reason="error",
+                        usage=Usage(0, 0, 0),
+                        model=self.model_name,
+                        error=f"{type(e).__name__}: {e}",
+                    )
+                finally:
+                    done += 1
+                    if show:
+                        bar = "#" * (30 * done // len(items))
+                        print(f"\r[{bar:<30}] {done}/{len(items)}", end="", file=sys.stderr)
+
+        results = await asyncio.gather(*(one(r) for r in items))
+        if show:
+            print(file=sys.stderr)
+        return list(results)

@@ -203,3 +203,40 @@ def test_run_batch_keeps_order_and_survives_failures(engine: Engine) -> None:
     assert results[2].error is not None and "NotFound" in results[2].error
     assert [r.thread_id for r in results] == ["t0", "t1", None, "t3", "t4"]
     assert contents(engine, thread="t3")[0] == ("user", "q3")
+
+
+def test_closing_right_after_start_frees_the_slot(tmp_path: Path) -> None:
+    engine, _ = make_engine(tmp_path, reply=" a b c d e f", slots=1, delay_s=0.01)
+
+    async def run() -> None:
+        agen = engine.stream("hi", thread="t")
+        first = await agen.__anext__()
+        assert isinstance(first, Started)
+        await agen.aclose()
+        # The one slot is free again: a second request gets it.
+        r = await engine.respond("again", thread="u")
+        assert r.status == "completed"
+
+    asyncio.run(run())
+    assert engine.pool.busy == 0
+    assert engine.store.history(thread="t")[-1].role == "assistant"
+    engine.close()
+
+
+def test_cancel_while_waiting_for_a_slot_leaks_nothing(tmp_path: Path) -> None:
+    engine, _ = make_engine(tmp_path, reply=" a b c d e f g h", slots=1, delay_s=0.02)
+
+    async def run() -> None:
+        busy = asyncio.ensure_future(engine.respond("long", thread="a"))
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(engine.respond("queued", thread="b"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert (await busy).status == "completed"
+        assert (await engine.respond("after", thread="c")).status == "completed"
+
+    asyncio.run(run())
+    assert engine.pool.busy == 0 and engine.pool.waiting == 0
+    engine.close()

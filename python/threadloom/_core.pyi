@@ -1,6 +1,6 @@
 """Type stubs for the Rust extension module `threadloom._core`."""
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
 from typing import Any, final
 
@@ -17,6 +17,7 @@ __all__ = [
     "ThreadPage",
     "Tokenizer",
     "Turn",
+    "convert_for_ctransformers",
 ]
 
 _Metadata = Mapping[str, Any] | str | bytes | None
@@ -281,7 +282,9 @@ class Assembly:
 @final
 class PromptEngine:
     @staticmethod
-    def from_gguf(path: str | PathLike[str]) -> PromptEngine: ...
+    def from_gguf(
+        path: str | PathLike[str], *, context_length: int | None = None
+    ) -> PromptEngine: ...
     @property
     def context_length(self) -> int: ...
     @property
@@ -319,3 +322,9 @@ class PromptEngine:
         tools: str | None = None,
         cache_key: str | None = None,
     ) -> Assembly: ...
+
+def convert_for_ctransformers(
+    src: str | PathLike[str],
+    dst: str | PathLike[str],
+    progress: Callable[[int, int], object] | None = None,
+) -> dict[str, Any]: ...

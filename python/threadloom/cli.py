@@ -69,6 +69,19 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from threadloom.server.app import run
+    from threadloom.server.config import ConfigError, from_sources
+
+    try:
+        config = from_sources(args)
+    except ConfigError as e:
+        print(f"threadloom serve: {e}", file=sys.stderr)
+        return 2
+    run(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="threadloom", description="Stateful, branching conversations for local LLMs."
@@ -84,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_text)
         cmd.add_argument("--store", default="./threadloom-data", help="store directory")
         cmd.set_defaults(func=func)
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    from threadloom.server.config import add_arguments
+
+    add_arguments(serve)
+    serve.set_defaults(func=_serve)
     return parser
 
 

@@ -133,11 +133,11 @@ class Engine:
                 converted, context_length=context, gpu_layers=gpu_layers, threads=threads
             )
         self.backend_name = backend.name
-        self.prompt = PromptEngine.from_gguf(self.model_path)
-        self.context_length = min(
-            context_length or getattr(backend, "context_length", DEFAULT_CONTEXT),
-            self.prompt.context_length,
+        self.prompt = PromptEngine.from_gguf(
+            self.model_path,
+            context_length=context_length or getattr(backend, "context_length", None),
         )
+        self.context_length = self.prompt.context_length
         self.tokenizer = self.prompt.tokenizer
         self._eog = frozenset(self.tokenizer.eog_ids)
         self.pool = SlotPool(backend, slots, max_queue=max_queue)
@@ -165,6 +165,7 @@ class Engine:
         enable_thinking: bool | None = None,
         anchor_window: bool = False,
         metadata: Mapping[str, Any] | None = None,
+        thread_metadata: Mapping[str, Any] | None = None,
         hidden: bool = False,
     ) -> AsyncIterator[Event]:
         """Generates a reply and yields `Started`, `TokenEvent`s and one `Finished`. Closing the
@@ -192,7 +193,7 @@ class Engine:
                     owner=owner,
                     exist_ok=True,
                     visible=not hidden,
-                    metadata=dict(metadata) if metadata else None,
+                    metadata=dict(thread_metadata) if thread_metadata else None,
                 ),
             )
             head = t.head
@@ -232,9 +233,19 @@ class Engine:
         assembly = await loop.run_in_executor(self._executor, assemble)
         ids = assembly.ids
         cancel = threading.Event()
-        slot, cached = await loop.run_in_executor(
-            self._executor, lambda: self.pool.acquire(ids, cancel)
-        )
+        acquiring = loop.run_in_executor(self._executor, lambda: self.pool.acquire(ids, cancel))
+        try:
+            slot, cached = await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            # Gone while waiting for a slot: stop waiting, or give back the slot it just got.
+            cancel.set()
+
+            def give_back(f: asyncio.Future[Any]) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    self.pool.release(f.result()[0])
+
+            acquiring.add_done_callback(give_back)
+            raise
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         put = queue.put_nowait
         started = time.perf_counter()
@@ -275,7 +286,6 @@ class Engine:
                 loop.call_soon_threadsafe(put, ("token", TokenEvent(piece, reasoning)))
             loop.call_soon_threadsafe(put, ("done", (out_ids, finish, error, first)))
 
-        yield Started(assembly.prompt_tokens, cached, slot.index)
         future = loop.run_in_executor(self._executor, work)
         text: list[str] = []
         reasoning: list[str] = []
@@ -309,11 +319,12 @@ class Engine:
             return await loop.run_in_executor(
                 self._executor,
                 lambda: self._save(
-                    result, new, owner, thread, previous_response_id, head, anchor_window
+                    result, new, owner, thread, previous_response_id, head, anchor_window, metadata
                 ),
             )
 
         try:
+            yield Started(assembly.prompt_tokens, cached, slot.index)
             while True:
                 kind, payload = await queue.get()
                 if kind == "done":
@@ -342,6 +353,7 @@ class Engine:
         previous_response_id: str | None,
         head: str | None,
         anchor_window: bool,
+        metadata: Mapping[str, Any] | None,
     ) -> Result:
         output: dict[str, str] = {"role": "assistant", "content": result.text}
         if result.reasoning is not None:
@@ -354,6 +366,7 @@ class Engine:
             completion_tokens=result.usage.completion_tokens,
             cached_tokens=result.usage.cached_tokens,
             error=result.error,
+            metadata=dict(metadata) if metadata else None,
         )
         turns = [*new, output]
         if thread is not None:

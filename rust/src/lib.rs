@@ -16,6 +16,8 @@ mod py;
 #[pyo3::pymodule]
 mod _core {
     #[pymodule_export]
+    use crate::py::model::convert_for_ctransformers;
+    #[pymodule_export]
     use crate::py::prompt::{Assembly, PromptEngine, Tokenizer};
     #[pymodule_export]
     use crate::py::store::{

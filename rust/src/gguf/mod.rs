@@ -6,6 +6,7 @@
 //! allocated (see `reader.rs`). `writer.rs` produces the same layout, for tests and for the
 //! model converter.
 
+pub mod convert;
 mod reader;
 mod tensor;
 mod value;

@@ -4,7 +4,8 @@
 use super::tensor::TensorInfo;
 use super::value::{Array, Value};
 
-fn put_count(out: &mut Vec<u8>, n: usize, version: u32) {
+/// Appends a count or length: u32 in GGUF v1, u64 from v2 on.
+pub fn put_count(out: &mut Vec<u8>, n: usize, version: u32) {
     if version >= 2 {
         out.extend_from_slice(&(n as u64).to_le_bytes());
     } else {
@@ -12,7 +13,9 @@ fn put_count(out: &mut Vec<u8>, n: usize, version: u32) {
     }
 }
 
-fn put_string(out: &mut Vec<u8>, s: &[u8], version: u32) {
+/// Appends a length-prefixed string. Takes bytes, so a converter can write strings that are not
+/// UTF-8 (the 2023 llama.cpp keeps BPE tokens as raw bytes).
+pub fn put_string(out: &mut Vec<u8>, s: &[u8], version: u32) {
     put_count(out, s.len(), version);
     out.extend_from_slice(s);
 }
@@ -91,19 +94,24 @@ pub fn write_header(
         write_value(&mut out, value, version);
     }
     for t in tensors {
-        put_string(&mut out, t.name.as_bytes(), version);
-        out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-        for &d in &t.dims {
-            if version >= 2 {
-                out.extend_from_slice(&d.to_le_bytes());
-            } else {
-                out.extend_from_slice(&(d as u32).to_le_bytes());
-            }
-        }
-        out.extend_from_slice(&t.ggml_type.to_le_bytes());
-        out.extend_from_slice(&t.offset.to_le_bytes());
+        write_tensor_info(&mut out, t, version);
     }
     let alignment = alignment.max(1) as usize;
     out.resize(out.len().next_multiple_of(alignment), 0);
     out
+}
+
+/// Appends one tensor info (name, dimensions, type, data offset) in GGUF layout.
+pub fn write_tensor_info(out: &mut Vec<u8>, t: &TensorInfo, version: u32) {
+    put_string(out, t.name.as_bytes(), version);
+    out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+    for &d in &t.dims {
+        if version >= 2 {
+            out.extend_from_slice(&d.to_le_bytes());
+        } else {
+            out.extend_from_slice(&(d as u32).to_le_bytes());
+        }
+    }
+    out.extend_from_slice(&t.ggml_type.to_le_bytes());
+    out.extend_from_slice(&t.offset.to_le_bytes());
 }

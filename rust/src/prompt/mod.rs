@@ -205,6 +205,11 @@ impl PromptEngine {
         self.context_length
     }
 
+    /// Lowers the context to what the generation backend was loaded with (never raises it).
+    pub fn limit_context(&mut self, context_length: usize) {
+        self.context_length = self.context_length.min(context_length);
+    }
+
     /// Assembles the conversation ending at `anchor` (read in place from the store) followed by
     /// `inputs`. Token counts of stored turns are cached in the store, so each is counted once.
     pub fn assemble(

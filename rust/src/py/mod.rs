@@ -2,6 +2,7 @@
 //! the real work, and converts the result back.
 
 pub mod errors;
+pub mod model;
 pub mod prompt;
 pub mod store;
 pub mod template;

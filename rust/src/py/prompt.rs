@@ -262,11 +262,19 @@ pub struct PromptEngine {
 
 #[pymethods]
 impl PromptEngine {
-    /// Reads the chat template, vocabulary and context length from a GGUF file.
+    /// Reads the chat template, vocabulary and context length from a GGUF file. A smaller
+    /// `context_length` (what the backend was loaded with) caps the model's own.
     #[staticmethod]
-    #[pyo3(signature = (path))]
-    fn from_gguf(py: Python<'_>, path: PathBuf) -> PyResult<PromptEngine> {
-        let inner = py.detach(|| prompt::PromptEngine::from_gguf(&path))?;
+    #[pyo3(signature = (path, *, context_length=None))]
+    fn from_gguf(
+        py: Python<'_>,
+        path: PathBuf,
+        context_length: Option<usize>,
+    ) -> PyResult<PromptEngine> {
+        let mut inner = py.detach(|| prompt::PromptEngine::from_gguf(&path))?;
+        if let Some(n) = context_length {
+            inner.limit_context(n);
+        }
         Ok(PromptEngine {
             inner: Arc::new(inner),
         })

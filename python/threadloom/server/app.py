@@ -1,0 +1,82 @@
+"""The application factory: `init_app(config)` builds the aiohttp app; `run(config)` serves it
+until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from threadloom.backends.base import BackendFactory
+from threadloom.engine import Engine
+from threadloom.server.config import ServerConfig, redacted
+from threadloom.server.keys import BACKEND, CONFIG, ENGINE
+from threadloom.server.middleware import auth_middleware, error_middleware
+from threadloom.server.routes import chat, common, responses
+
+log = logging.getLogger("threadloom.server")
+
+__all__ = ["BACKEND", "CONFIG", "ENGINE", "init_app", "run"]
+
+
+def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> web.Application:
+    """The server app. The engine (model, slots and store) opens on startup and closes on
+    cleanup; `backend` replaces the model backend (tests pass `ScriptedFactory`)."""
+    config.validate()
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(config.api_keys)],
+        client_max_size=config.max_body_bytes,
+    )
+    app[CONFIG] = config
+    app[BACKEND] = backend
+    app.cleanup_ctx.append(_engine_ctx)
+    common.setup(app)
+    responses.setup(app)
+    chat.setup(app)
+    return app
+
+
+async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    backend = app[BACKEND]
+    loop = asyncio.get_running_loop()
+
+    def open_engine() -> Engine:
+        return Engine(
+            config.store,
+            config.model,
+            slots=config.slots,
+            backend=backend,  # type: ignore[arg-type]
+            cache_dir=config.cache_dir,
+            max_queue=config.max_queue,
+        )
+
+    engine = await loop.run_in_executor(None, open_engine)
+    app[ENGINE] = engine
+    if not config.api_keys:
+        log.warning("no API keys configured: the server is open to anyone who can reach it")
+    log.info("serving %s (%s) from store %s", engine.model_name, engine.backend_name, config.store)
+    try:
+        yield
+    finally:
+        # In-flight generations were cancelled by the shutdown; wait for their workers.
+        await loop.run_in_executor(None, engine.close)
+        log.info("engine closed")
+
+
+def run(config: ServerConfig) -> None:
+    """Serves until SIGINT or SIGTERM (aiohttp stops accepting, then runs cleanup)."""
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    log.debug("config: %s", redacted(config))
+    web.run_app(
+        init_app(config),
+        host=config.host,
+        port=config.port,
+        print=lambda msg: log.info("%s", msg.strip()),
+        access_log=logging.getLogger("threadloom.access"),
+        shutdown_timeout=10.0,
+    )

@@ -1,0 +1,155 @@
+"""Server settings, from command-line flags and `THREADLOOM_*` environment variables (a flag
+wins over its variable, a variable over the default)."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+class ConfigError(ValueError):
+    """The settings are unusable; the message says which one and why."""
+
+
+class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    store: str = "./threadloom-data"
+    model: str | None = None
+    # API key -> tenant name. Empty: no auth, every request is tenant "default".
+    api_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    max_body_bytes: int = 1 << 20
+    max_queue: int = 64
+    log_level: str = "info"
+    slots: int = 2
+    cache_dir: str | None = None
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max_body_bytes must be at least 1024")
+        if self.max_queue < 0:
+            raise ConfigError("max_queue must not be negative")
+        if self.slots < 1:
+            raise ConfigError("slots must be at least 1")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        for key, tenant in self.api_keys.items():
+            if not key or not tenant:
+                raise ConfigError("API keys and tenant names must not be empty")
+        if not self.api_keys and not is_loopback(self.host):
+            raise ConfigError(
+                f"refusing to listen on {self.host} without API keys; configure "
+                "--api-keys-file or THREADLOOM_API_KEYS, or bind to a loopback address"
+            )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_api_keys(text: str) -> dict[str, str]:
+    """A JSON object `{key: tenant}`, or `key=tenant` entries separated by commas or newlines
+    (a bare key belongs to tenant "default")."""
+    text = text.strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            data = msgspec.json.decode(text, type=dict[str, str])
+        except msgspec.MsgspecError as e:
+            raise ConfigError(f"API keys: {e}") from None
+        return data
+    keys: dict[str, str] = {}
+    for raw in text.replace("\n", ",").split(","):
+        entry = raw.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        key, _, tenant = entry.partition("=")
+        keys[key.strip()] = tenant.strip() or "default"
+    return keys
+
+
+def load_api_keys_file(path: str | os.PathLike[str]) -> dict[str, str]:
+    try:
+        return parse_api_keys(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read API keys file {path}: {e}") from None
+
+
+# flag name -> (environment variable, type, help)
+_FLAGS: dict[str, tuple[str, type, str]] = {
+    "host": ("THREADLOOM_HOST", str, "address to listen on (default 127.0.0.1)"),
+    "port": ("THREADLOOM_PORT", int, "port to listen on (default 8000)"),
+    "store": ("THREADLOOM_STORE", str, "store directory (default ./threadloom-data)"),
+    "model": ("THREADLOOM_MODEL", str, "GGUF model file (default: the shipped default model)"),
+    "api_keys_file": ("THREADLOOM_API_KEYS_FILE", str, "file of API keys: {key: tenant}"),
+    "max_body_bytes": ("THREADLOOM_MAX_BODY_BYTES", int, "largest request body (1 MiB)"),
+    "max_queue": ("THREADLOOM_MAX_QUEUE", int, "requests that may wait for a slot (64)"),
+    "log_level": ("THREADLOOM_LOG_LEVEL", str, "debug, info, warning or error (info)"),
+    "slots": ("THREADLOOM_SLOTS", int, "model instances generating in parallel (2)"),
+    "cache_dir": ("THREADLOOM_CACHE_DIR", str, "where converted model files are kept"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, (env, kind, help_text) in _FLAGS.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=None,
+            help=f"{help_text}; env {env}",
+        )
+
+
+def from_sources(
+    args: argparse.Namespace | Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Builds and validates the config: flags first, then `THREADLOOM_*`, then defaults."""
+    env = os.environ if environ is None else environ
+    given = vars(args) if isinstance(args, argparse.Namespace) else dict(args or {})
+    values: dict[str, Any] = {}
+    for name, (var, kind, _) in _FLAGS.items():
+        value = given.get(name)
+        if value is None and env.get(var):
+            try:
+                value = kind(env[var])
+            except ValueError:
+                raise ConfigError(f"{var}={env[var]!r} is not a valid {kind.__name__}") from None
+        if value is not None:
+            values[name] = value
+    keys: dict[str, str] = {}
+    keys_file = values.pop("api_keys_file", None)
+    if keys_file is not None:
+        keys.update(load_api_keys_file(keys_file))
+    if env.get("THREADLOOM_API_KEYS"):
+        keys.update(parse_api_keys(env["THREADLOOM_API_KEYS"]))
+    if isinstance(given.get("api_keys"), dict):
+        keys.update(given["api_keys"])
+    config = ServerConfig(**values, api_keys=keys)
+    config.validate()
+    return config
+
+
+def redacted(config: ServerConfig) -> str:
+    """The config as JSON for logs, without the keys themselves."""
+    data = msgspec.to_builtins(config)
+    data["api_keys"] = sorted(set(config.api_keys.values()))
+    return json.dumps(data)

@@ -1,0 +1,184 @@
+"""OpenAI Chat Completions, stateless: `POST /v1/chat/completions`. The client sends the whole
+conversation; nothing is stored."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Literal, cast
+
+import msgspec
+from aiohttp import web
+
+from threadloom.backends.base import SamplingParams
+from threadloom.engine import Engine, Finished, Result, Started, TokenEvent
+from threadloom.server import sse
+from threadloom.server.errors import ApiError
+from threadloom.server.keys import ENGINE
+from threadloom.server.middleware import TENANT, to_api_error
+from threadloom.server.routes.common import json_response
+from threadloom.server.routes.responses import Events, check_model, mint_id
+from threadloom.server.schemas import chat as c
+from threadloom.server.schemas.common import ErrorBody, ErrorDetail
+
+_decoder = msgspec.json.Decoder(c.ChatRequest)
+
+
+def _sampling(req: c.ChatRequest, engine: Engine) -> SamplingParams:
+    given: dict[str, Any] = {}
+    max_tokens = req.max_completion_tokens or req.max_tokens
+    if max_tokens is not None:
+        if max_tokens >= engine.context_length:
+            param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
+            raise ApiError(
+                400,
+                f"{param} must be smaller than the context ({engine.context_length})",
+                param=param,
+                code="invalid_value",
+            )
+        given["max_tokens"] = max_tokens
+    if req.temperature is not None:
+        given["temperature"] = req.temperature
+    if req.top_p is not None:
+        given["top_p"] = req.top_p
+    if req.seed is not None:
+        given["seed"] = req.seed
+    if req.stop is not None:
+        given["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
+    return SamplingParams(**given)
+
+
+def _messages(req: c.ChatRequest) -> list[dict[str, str]]:
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        for m in req.messages
+    ]
+
+
+def _usage(result: Result) -> c.ChatUsage:
+    u = result.usage
+    return c.ChatUsage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.prompt_tokens + u.completion_tokens,
+        prompt_tokens_details=c.PromptTokensDetails(cached_tokens=u.cached_tokens),
+    )
+
+
+def _finish_reason(result: Result) -> Literal["stop", "length"]:
+    return "stop" if result.finish_reason == "stop" else "length"
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    req = _decoder.decode(await request.read())
+    check_model(req.model, engine)
+    sampling = _sampling(req, engine)
+    messages = _messages(req)
+    events = cast(
+        Events,
+        engine.stream(
+            messages[-1:],
+            history=messages[:-1],
+            store=False,
+            owner=request[TENANT],
+            sampling=sampling,
+        ),
+    )
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+    assert isinstance(first, Started)
+    ident, created = mint_id("chatcmpl"), int(time.time())
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return await _stream(request, events, ident, created, engine.model_name, include_usage)
+    result: Result | None = None
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, Finished):
+                result = event.result
+    assert result is not None
+    if result.status == "failed":
+        raise ApiError(500, "the generation failed", type="server_error", code="server_error")
+    return json_response(
+        c.ChatCompletion(
+            id=ident,
+            created=created,
+            model=engine.model_name,
+            choices=[
+                c.Choice(
+                    message=c.AssistantMessage(content=result.text),
+                    finish_reason=_finish_reason(result),
+                )
+            ],
+            usage=_usage(result),
+        )
+    )
+
+
+async def _stream(
+    request: web.Request,
+    events: Events,
+    ident: str,
+    created: int,
+    model: str,
+    include_usage: bool,
+) -> web.StreamResponse:
+    pending = await sse.pull_next(events)
+    response: web.StreamResponse | None = None
+
+    def chunk(delta: c.Delta, finish: Literal["stop", "length"] | None = None) -> bytes:
+        choice = c.ChunkChoice(delta=delta, finish_reason=finish)
+        return sse.frame(
+            c.ChatCompletionChunk(id=ident, created=created, model=model, choices=[choice])
+        )
+
+    try:
+        response = await sse.open_stream(request)
+        await response.write(chunk(c.Delta(role="assistant", content="")))
+        while True:
+            event = await pending
+            if isinstance(event, Finished):
+                break
+            pending = await sse.pull_next(events)
+            if isinstance(event, TokenEvent) and not event.reasoning and event.text:
+                await response.write(chunk(c.Delta(content=event.text)))
+        result = event.result
+        if result.status == "failed":
+            raise ApiError(500, "the generation failed", type="server_error", code="server_error")
+        await response.write(chunk(c.Delta(), _finish_reason(result)))
+        if include_usage:
+            await response.write(
+                sse.frame(
+                    c.ChatCompletionChunk(
+                        id=ident, created=created, model=model, choices=[], usage=_usage(result)
+                    )
+                )
+            )
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+    except ConnectionResetError:
+        pass
+    except Exception as e:
+        if response is None or not response.prepared:
+            raise
+        error = to_api_error(e)
+        body = ErrorBody(
+            error=ErrorDetail(
+                message=error.message, type=error.type, param=error.param, code=error.code
+            )
+        )
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(sse.frame(body))
+            await response.write_eof()
+    finally:
+        await sse.finish_pull(pending, events)
+    assert response is not None
+    return response
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)

@@ -1,0 +1,368 @@
+"""OpenAI/vLLM Responses API: `POST /v1/responses` (stateful through `previous_response_id`),
+`GET`/`DELETE /v1/responses/{id}` and `GET /v1/responses/{id}/input_items`."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+import time
+from collections.abc import AsyncGenerator
+from typing import Any, cast
+
+import msgspec
+from aiohttp import web
+
+from threadloom._core import Response, Turn
+from threadloom.backends.base import SamplingParams
+from threadloom.engine import Engine, Event, Finished, Result, Started, TokenEvent
+from threadloom.errors import NotFound
+from threadloom.server import sse
+from threadloom.server.errors import ApiError
+from threadloom.server.keys import ENGINE
+from threadloom.server.middleware import TENANT, to_api_error
+from threadloom.server.routes.common import json_response
+from threadloom.server.schemas import responses as s
+
+_create = msgspec.json.Decoder(s.CreateResponse)
+Events = AsyncGenerator[Event, None]
+_ID = re.compile(s.RESPONSE_ID_PATTERN)
+
+
+def mint_id(prefix: str) -> str:
+    """An id in the store's format for something not (yet) stored: 128 random bits."""
+    n = secrets.randbits(128)
+    return prefix + "_" + "".join(s.CROCKFORD[(n >> (5 * i)) & 31] for i in range(25, -1, -1))
+
+
+def check_model(model: str | None, engine: Engine, param: str = "model") -> None:
+    if model is not None and model not in (engine.model_name, "default"):
+        raise ApiError(404, f"model {model!r} does not exist", param=param, code="model_not_found")
+
+
+def _inputs(req: s.CreateResponse) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    if req.instructions is not None:
+        out.append({"role": "system", "content": req.instructions})
+    if isinstance(req.input, str):
+        out.append({"role": "user", "content": req.input})
+    else:
+        for item in req.input:
+            role = "system" if item.role == "developer" else item.role
+            out.append({"role": role, "content": item.text()})
+    return out
+
+
+def _sampling(req: s.CreateResponse, engine: Engine) -> SamplingParams:
+    given: dict[str, Any] = {}
+    if req.max_output_tokens is not None:
+        if req.max_output_tokens >= engine.context_length:
+            raise ApiError(
+                400,
+                f"max_output_tokens must be smaller than the context ({engine.context_length})",
+                param="max_output_tokens",
+                code="invalid_value",
+            )
+        given["max_tokens"] = req.max_output_tokens
+    if req.temperature is not None:
+        given["temperature"] = req.temperature
+    if req.top_p is not None:
+        given["top_p"] = req.top_p
+    return SamplingParams(**given)
+
+
+def _usage(prompt: int, completion: int, cached: int) -> s.ResponseUsage:
+    return s.ResponseUsage(
+        input_tokens=prompt,
+        input_tokens_details=s.InputTokensDetails(cached_tokens=cached),
+        output_tokens=completion,
+        output_tokens_details=s.OutputTokensDetails(),
+        total_tokens=prompt + completion,
+    )
+
+
+def _details(status: str) -> tuple[s.ResponseError | None, s.IncompleteDetails | None]:
+    return None, s.IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None
+
+
+def _message(item_id: str, text: str, status: str) -> s.OutputMessage:
+    item_status = "incomplete" if status in ("incomplete", "failed") else status
+    return s.OutputMessage(
+        id=item_id,
+        status=item_status,  # type: ignore[arg-type]
+        content=[s.OutputText(text=text)],
+    )
+
+
+class _Draft:
+    """What a response object carries before and after generation."""
+
+    def __init__(self, req: s.CreateResponse, engine: Engine, sampling: SamplingParams) -> None:
+        self.req = req
+        self.sampling = sampling
+        self.model = engine.model_name
+        self.created_at = int(time.time())
+        self.id = mint_id("resp")
+        self.item_id = mint_id("msg")
+
+    def build(
+        self,
+        status: str,
+        output: list[s.OutputMessage],
+        usage: s.ResponseUsage | None,
+        result: Result | None = None,
+    ) -> s.ResponseObject:
+        error, incomplete = None, None
+        if result is not None:
+            if result.status == "failed":
+                error = s.ResponseError(code="server_error", message="the generation failed")
+            elif result.status == "incomplete" and result.finish_reason == "length":
+                incomplete = s.IncompleteDetails(reason="max_output_tokens")
+        return s.ResponseObject(
+            id=(result.response_id if result and result.response_id else self.id),
+            created_at=self.created_at,
+            status=status,  # type: ignore[arg-type]
+            model=self.model,
+            output=output,
+            usage=usage,
+            previous_response_id=self.req.previous_response_id,
+            store=self.req.store,
+            metadata=self.req.metadata or {},
+            instructions=self.req.instructions,
+            error=error,
+            incomplete_details=incomplete,
+            max_output_tokens=self.req.max_output_tokens,
+            temperature=self.sampling.temperature,
+            top_p=self.sampling.top_p,
+            truncation=self.req.truncation,
+            tool_choice=self.req.tool_choice or "auto",
+            user=self.req.user,
+        )
+
+    def finished(self, result: Result, item_id: str | None = None) -> s.ResponseObject:
+        u = result.usage
+        message = _message(item_id or result.turn_id or self.item_id, result.text, result.status)
+        return self.build(
+            result.status,
+            [message],
+            _usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+            result,
+        )
+
+
+def _stream_kwargs(req: s.CreateResponse, tenant: str, sampling: SamplingParams) -> dict[str, Any]:
+    return {
+        "previous_response_id": req.previous_response_id,
+        "store": req.store,
+        "owner": tenant,
+        "sampling": sampling,
+        "strategy": "tokens" if req.truncation == "auto" else "none",
+    }
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    tenant = request[TENANT]
+    req = _create.decode(await request.read())
+    check_model(req.model, engine)
+    inputs = _inputs(req)
+    sampling = _sampling(req, engine)
+    draft = _Draft(req, engine, sampling)
+    events = cast(Events, engine.stream(inputs, **_stream_kwargs(req, tenant, sampling)))
+    try:
+        first = await anext(events)  # errors before generation starts are plain JSON errors
+    except NotFound as e:
+        await events.aclose()
+        raise ApiError(404, str(e), param="previous_response_id", code="not_found") from None
+    except BaseException:
+        await events.aclose()
+        raise
+    assert isinstance(first, Started)
+    if req.stream:
+        return await _stream(request, events, draft)
+    result: Result | None = None
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, Finished):
+                result = event.result
+    assert result is not None
+    return json_response(draft.finished(result))
+
+
+async def _stream(request: web.Request, events: Events, draft: _Draft) -> web.StreamResponse:
+    pending = await sse.pull_next(events)
+    seq = 0
+    item_id = draft.item_id
+    response: web.StreamResponse | None = None
+
+    async def send(event: s._Event) -> None:
+        nonlocal seq
+        assert response is not None
+        event.sequence_number = seq
+        seq += 1
+        await response.write(sse.frame(event, type(event).__struct_config__.tag))  # type: ignore[arg-type]
+
+    try:
+        response = await sse.open_stream(request)
+        in_progress = draft.build("in_progress", [], None)
+        await send(s.ResponseCreated(sequence_number=0, response=in_progress))
+        await send(s.ResponseInProgress(sequence_number=0, response=in_progress))
+        empty = _message(item_id, "", "in_progress")
+        empty.content = []
+        await send(s.OutputItemAdded(sequence_number=0, output_index=0, item=empty))
+        await send(
+            s.ContentPartAdded(
+                sequence_number=0,
+                item_id=item_id,
+                output_index=0,
+                content_index=0,
+                part=s.OutputText(text=""),
+            )
+        )
+        while True:
+            event = await pending
+            if isinstance(event, Finished):
+                break
+            pending = await sse.pull_next(events)
+            if isinstance(event, TokenEvent) and not event.reasoning and event.text:
+                await send(
+                    s.OutputTextDelta(
+                        sequence_number=0,
+                        item_id=item_id,
+                        output_index=0,
+                        content_index=0,
+                        delta=event.text,
+                    )
+                )
+        result = event.result
+        final = draft.finished(result, item_id)
+        part = s.OutputText(text=result.text)
+        await send(
+            s.OutputTextDone(
+                sequence_number=0,
+                item_id=item_id,
+                output_index=0,
+                content_index=0,
+                text=result.text,
+            )
+        )
+        await send(
+            s.ContentPartDone(
+                sequence_number=0, item_id=item_id, output_index=0, content_index=0, part=part
+            )
+        )
+        await send(s.OutputItemDone(sequence_number=0, output_index=0, item=final.output[0]))
+        if result.status == "completed":
+            await send(s.ResponseCompleted(sequence_number=0, response=final))
+        elif result.status == "incomplete":
+            await send(s.ResponseIncomplete(sequence_number=0, response=final))
+        else:
+            await send(s.ResponseFailed(sequence_number=0, response=final))
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away; the finally below stores what was generated
+    except Exception as e:
+        if response is None or not response.prepared:
+            raise
+        error = to_api_error(e)
+        with contextlib.suppress(ConnectionResetError):
+            await send(s.StreamError(sequence_number=0, code=error.code, message=error.message))
+            await response.write_eof()
+    finally:
+        await sse.finish_pull(pending, events)
+    assert response is not None
+    return response
+
+
+def _response_id(request: web.Request) -> str:
+    rid = request.match_info["response_id"]
+    if not _ID.match(rid):
+        raise ApiError(400, f"invalid response id {rid!r}", param="response_id", code="invalid_id")
+    return rid
+
+
+def _lookup(engine: Engine, tenant: str, rid: str) -> tuple[Response, list[Turn], list[Turn]]:
+    """The stored response with its input and output turns."""
+    try:
+        stored = engine.store.get_response(rid, owner=tenant)
+        turns = engine.store.history(owner=tenant, response=rid)
+    except NotFound:
+        raise ApiError(
+            404, f"response {rid!r} not found", param="response_id", code="not_found"
+        ) from None
+    n_out, n_in = stored.output_count, stored.input_count
+    outputs = turns[len(turns) - n_out :] if n_out else []
+    inputs = turns[len(turns) - n_out - n_in : len(turns) - n_out]
+    return stored, inputs, outputs
+
+
+async def get_response(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    stored, _, outputs = _lookup(engine, request[TENANT], _response_id(request))
+    status = stored.status
+    error = (
+        s.ResponseError(code="server_error", message="the generation failed")
+        if status == "failed"
+        else None
+    )
+    _, incomplete = _details(status)
+    return json_response(
+        s.ResponseObject(
+            id=stored.id,
+            created_at=stored.created_ms // 1000,
+            status=status,  # type: ignore[arg-type]
+            model=stored.model,
+            output=[_message(t.id, t.content, status) for t in outputs if t.role == "assistant"],
+            usage=_usage(stored.prompt_tokens, stored.completion_tokens, stored.cached_tokens),
+            previous_response_id=stored.previous_response_id,
+            store=True,
+            metadata={k: str(v) for k, v in stored.metadata.items()},
+            error=error,
+            incomplete_details=incomplete,
+        )
+    )
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    rid = _response_id(request)
+    try:
+        engine.store.delete_response(rid, owner=request[TENANT])
+    except NotFound:
+        raise ApiError(
+            404, f"response {rid!r} not found", param="response_id", code="not_found"
+        ) from None
+    return json_response(s.DeletedResponse(id=rid))
+
+
+async def input_items(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    rid = _response_id(request)
+    query = msgspec.convert(dict(request.query), s.InputItemsQuery, strict=False)
+    _, inputs, _ = _lookup(engine, request[TENANT], rid)
+    items = [
+        s.InputItem(id=t.id, role=t.role, content=[s.InputTextPart(text=t.content)]) for t in inputs
+    ]
+    if query.order == "desc":
+        items.reverse()
+    if query.after is not None:
+        ids = [i.id for i in items]
+        if query.after not in ids:
+            raise ApiError(400, f"no input item {query.after!r}", param="after")
+        items = items[ids.index(query.after) + 1 :]
+    page = items[: query.limit]
+    return json_response(
+        s.InputItemList(
+            data=page,
+            first_id=page[0].id if page else None,
+            last_id=page[-1].id if page else None,
+            has_more=len(items) > len(page),
+        )
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/responses", create_response)
+    app.router.add_get("/v1/responses/{response_id}", get_response)
+    app.router.add_delete("/v1/responses/{response_id}", delete_response)
+    app.router.add_get("/v1/responses/{response_id}/input_items", input_items)

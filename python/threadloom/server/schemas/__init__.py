@@ -1,0 +1,1 @@
+"""msgspec Structs for every request, response and stream frame the server speaks."""

@@ -1,0 +1,257 @@
+"""OpenAI/vLLM Responses API: requests, response objects and stream events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+# Ids come from the store: "resp_" and 128 random bits in Crockford's base 32 (lower case).
+CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+RESPONSE_ID_PATTERN = r"^resp_[0-9a-hjkmnp-tv-z]{26}$"
+ResponseId = Annotated[str, Meta(pattern=RESPONSE_ID_PATTERN)]
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, Meta(max_length=512)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)]
+Status = Literal["completed", "incomplete", "failed", "in_progress"]
+
+# ---- request ---------------------------------------------------------------------------------
+
+
+class InputTextPart(msgspec.Struct, tag="input_text", tag_field="type", forbid_unknown_fields=True):
+    text: str
+
+
+class OutputTextPartIn(
+    msgspec.Struct, tag="output_text", tag_field="type", forbid_unknown_fields=True
+):
+    """An assistant message's text, when a client sends earlier output back as input."""
+
+    text: str
+    annotations: list[Any] = []
+    logprobs: list[Any] | None = None
+
+
+class InputMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    role: Literal["user", "system", "developer", "assistant"]
+    content: str | list[InputTextPart | OutputTextPartIn]
+    type: Literal["message"] = "message"
+    id: str | None = None
+    status: Literal["in_progress", "completed", "incomplete"] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class CreateResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    input: str | Annotated[list[InputMessage], Meta(min_length=1)]
+    model: str | None = None
+    instructions: str | None = None
+    previous_response_id: ResponseId | None = None
+    store: bool = True
+    stream: bool = False
+    max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
+    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    metadata: Metadata | None = None
+    # Accepted for compatibility; no tools are offered, so only the empty/no-op forms.
+    user: str | None = None
+    parallel_tool_calls: bool | None = None
+    tools: Annotated[list[Any], Meta(max_length=0)] | None = None
+    tool_choice: Literal["none", "auto"] | None = None
+
+
+# ---- response object -------------------------------------------------------------------------
+
+
+class OutputText(msgspec.Struct, tag="output_text", tag_field="type", kw_only=True):
+    text: str
+    annotations: list[Any] = msgspec.field(default_factory=list)
+    logprobs: list[Any] = msgspec.field(default_factory=list)
+
+
+class OutputMessage(msgspec.Struct, tag="message", tag_field="type", kw_only=True):
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class InputTokensDetails(msgspec.Struct, kw_only=True):
+    cached_tokens: int
+
+
+class OutputTokensDetails(msgspec.Struct, kw_only=True):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(msgspec.Struct, kw_only=True):
+    input_tokens: int
+    input_tokens_details: InputTokensDetails
+    output_tokens: int
+    output_tokens_details: OutputTokensDetails
+    total_tokens: int
+
+
+class ResponseError(msgspec.Struct, kw_only=True):
+    code: str
+    message: str
+
+
+class IncompleteDetails(msgspec.Struct, kw_only=True):
+    reason: Literal["max_output_tokens", "content_filter"]
+
+
+class TextFormat(msgspec.Struct, kw_only=True):
+    type: Literal["text"] = "text"
+
+
+class TextConfig(msgspec.Struct, kw_only=True):
+    format: TextFormat = msgspec.field(default_factory=TextFormat)
+
+
+class ResponseObject(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Status
+    model: str
+    output: list[OutputMessage]
+    usage: ResponseUsage | None
+    previous_response_id: str | None
+    store: bool
+    metadata: dict[str, str]
+    instructions: str | None = None
+    error: ResponseError | None = None
+    incomplete_details: IncompleteDetails | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    parallel_tool_calls: bool = False
+    tool_choice: Literal["none", "auto"] = "auto"
+    tools: list[Any] = msgspec.field(default_factory=list)
+    text: TextConfig = msgspec.field(default_factory=TextConfig)
+    background: bool = False
+    user: str | None = None
+
+
+class DeletedResponse(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["response"] = "response"
+    deleted: bool = True
+
+
+class InputItem(msgspec.Struct, tag="message", tag_field="type", kw_only=True):
+    id: str
+    role: str
+    status: Literal["completed"] = "completed"
+    content: list[InputTextPart]
+
+
+class InputItemList(msgspec.Struct, kw_only=True):
+    object: Literal["list"] = "list"
+    data: list[InputItem]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class InputItemsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    limit: Annotated[int, Meta(ge=1, le=100)] = 20
+    order: Literal["asc", "desc"] = "desc"
+    after: str | None = None
+    include: str | None = None
+
+
+# ---- stream events ---------------------------------------------------------------------------
+
+
+class _Event(msgspec.Struct, tag_field="type", kw_only=True):
+    sequence_number: int
+
+
+class ResponseCreated(_Event, tag="response.created"):
+    response: ResponseObject
+
+
+class ResponseInProgress(_Event, tag="response.in_progress"):
+    response: ResponseObject
+
+
+class ResponseCompleted(_Event, tag="response.completed"):
+    response: ResponseObject
+
+
+class ResponseIncomplete(_Event, tag="response.incomplete"):
+    response: ResponseObject
+
+
+class ResponseFailed(_Event, tag="response.failed"):
+    response: ResponseObject
+
+
+class OutputItemAdded(_Event, tag="response.output_item.added"):
+    output_index: int
+    item: OutputMessage
+
+
+class OutputItemDone(_Event, tag="response.output_item.done"):
+    output_index: int
+    item: OutputMessage
+
+
+class ContentPartAdded(_Event, tag="response.content_part.added"):
+    item_id: str
+    output_index: int
+    content_index: int
+    part: OutputText
+
+
+class ContentPartDone(_Event, tag="response.content_part.done"):
+    item_id: str
+    output_index: int
+    content_index: int
+    part: OutputText
+
+
+class OutputTextDelta(_Event, tag="response.output_text.delta"):
+    item_id: str
+    output_index: int
+    content_index: int
+    delta: str
+    logprobs: list[Any] = msgspec.field(default_factory=list)
+
+
+class OutputTextDone(_Event, tag="response.output_text.done"):
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
+    logprobs: list[Any] = msgspec.field(default_factory=list)
+
+
+class StreamError(_Event, tag="error"):
+    code: str | None
+    message: str
+    param: str | None = None
+
+
+StreamEvent = (
+    ResponseCreated
+    | ResponseInProgress
+    | ResponseCompleted
+    | ResponseIncomplete
+    | ResponseFailed
+    | OutputItemAdded
+    | OutputItemDone
+    | ContentPartAdded
+    | ContentPartDone
+    | OutputTextDelta
+    | OutputTextDone
+    | StreamError
+)

@@ -1,0 +1,112 @@
+"""Helpers for the server tests: a scripted backend that echoes what it saw, a server running
+in its own thread (for blocking clients such as the `openai` SDK) and an SSE parser."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+from threadloom.server.config import ServerConfig
+from threadloom.testing import ScriptedFactory
+
+EOS = 2
+_USER = re.compile(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", re.S)
+
+
+class EchoScript:
+    """Replies `[first user message | second | ...]` with every user message of the prompt, so
+    a test sees exactly which history the model got. A last message `long:N` makes it produce
+    N tokens of " x" and no end-of-sequence (for length limits and disconnects)."""
+
+    def __init__(self) -> None:
+        self.tokenizer: Any = None
+        self.prompts: list[str] = []
+
+    def __call__(self, ids: Sequence[int]) -> list[int]:
+        prompt = self.tokenizer.decode(list(ids))
+        self.prompts.append(prompt)
+        users = _USER.findall(prompt)
+        if users and users[-1].startswith("long:"):
+            x = self.tokenizer.encode(" x")
+            return x * int(users[-1][5:])
+        return [*self.tokenizer.encode("[" + " | ".join(users) + "]"), EOS]
+
+
+def scripted(script: EchoScript, **kwargs: Any) -> ScriptedFactory:
+    return ScriptedFactory(script, **kwargs)
+
+
+def attach_tokenizer(app: web.Application, script: EchoScript) -> None:
+    """Once the engine is up, lends its tokenizer to the script."""
+    from threadloom.server.keys import ENGINE
+
+    async def hook(app: web.Application) -> None:
+        script.tokenizer = app[ENGINE].tokenizer
+
+    app.on_startup.append(hook)
+
+
+class ThreadedServer:
+    """The app on 127.0.0.1, port 0, served by an event loop in a background thread."""
+
+    def __init__(self, make_app: Callable[[], web.Application]) -> None:
+        self._make_app = make_app
+        self.loop = asyncio.new_event_loop()
+        self.port = 0
+        self.app: web.Application | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> ThreadedServer:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=60)
+        return self
+
+    async def _start(self) -> None:
+        self.app = self._make_app()
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def parse_sse(raw: str) -> list[tuple[str | None, dict[str, Any]]]:
+    """Splits an SSE body into (event name, decoded data) frames; strict about the format."""
+    frames = []
+    assert raw.endswith("\n\n"), raw[-200:]
+    for block in raw[:-2].split("\n\n"):
+        event: str | None = None
+        data: list[str] = []
+        for line in block.split("\n"):
+            field, sep, value = line.partition(": ")
+            assert sep, f"bad SSE line {line!r}"
+            if field == "event":
+                event = value
+            else:
+                assert field == "data", f"bad SSE field {field!r}"
+                data.append(value)
+        frames.append((event, json.loads("\n".join(data))))
+    return frames
+
+
+def config(tmp_path: Any, **kwargs: Any) -> ServerConfig:
+    return ServerConfig(store=str(tmp_path / "store"), **kwargs)

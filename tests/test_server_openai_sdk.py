@@ -1,0 +1,133 @@
+"""The official `openai` SDK, unchanged, against a real server on loopback (run by an event
+loop in a background thread) with the scripted backend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("aiohttp")
+openai = pytest.importorskip("openai")
+
+from aiohttp import web  # noqa: E402
+from server_support import EchoScript, ThreadedServer, attach_tokenizer, config, scripted  # noqa: E402
+from threadloom.server.app import init_app  # noqa: E402
+
+KEYS = {"key-alice": "alice", "key-bob": "bob"}
+STREAM_ORDER_HEAD = [
+    "response.created",
+    "response.in_progress",
+    "response.output_item.added",
+    "response.content_part.added",
+]
+STREAM_ORDER_TAIL = [
+    "response.output_text.done",
+    "response.content_part.done",
+    "response.output_item.done",
+]
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def make_app(tmp: Path) -> web.Application:
+    script = EchoScript()
+    app = init_app(config(tmp, api_keys=KEYS), backend=scripted(script))
+    attach_tokenizer(app, script)
+    return app
+
+
+@pytest.fixture(scope="module")
+def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
+    tmp = tmp_path_factory.mktemp("sdk")
+    server = ThreadedServer(lambda: make_app(tmp)).start()
+    yield server
+    server.stop()
+
+
+def _sdk(server: ThreadedServer, key: str = "key-alice") -> Any:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+def test_openai_sdk_round_trip(sdk_server: ThreadedServer) -> None:
+    client = _sdk(sdk_server)
+    [model] = client.models.list().data
+    first = client.responses.create(model=model.id, input="My name is Alice.")
+    assert first.status == "completed" and first.output_text == "[My name is Alice.]"
+    assert first.usage is not None and first.usage.total_tokens > 0
+    second = client.responses.create(
+        model=model.id,
+        previous_response_id=first.id,
+        input=[{"role": "user", "content": "What is my name?"}],
+        instructions="Answer briefly.",
+        max_output_tokens=64,
+        temperature=0.0,
+        metadata={"session": "s1"},
+    )
+    assert second.output_text == "[My name is Alice. | What is my name?]"
+    assert second.previous_response_id == first.id and second.metadata == {"session": "s1"}
+    got = client.responses.retrieve(second.id)
+    assert got.output_text == second.output_text and got.status == "completed"
+    items = client.responses.input_items.list(second.id, order="asc")
+    assert [(i.role, i.content[0].text) for i in items.data] == [
+        ("system", "Answer briefly."),
+        ("user", "What is my name?"),
+    ]
+    client.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(second.id)
+
+
+def test_openai_sdk_streaming(sdk_server: ThreadedServer) -> None:
+    client = _sdk(sdk_server)
+    first = client.responses.create(model="default", input="one")
+    events = list(
+        client.responses.create(
+            model="default", input="two", previous_response_id=first.id, stream=True
+        )
+    )
+    types = [e.type for e in events]
+    assert types[:4] == STREAM_ORDER_HEAD and types[-4:-1] == STREAM_ORDER_TAIL
+    assert types[-1] == "response.completed"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == "[one | two]"
+    final = events[-1].response
+    assert final.output_text == deltas
+    assert client.responses.retrieve(final.id).output_text == deltas
+
+
+def test_openai_sdk_errors(sdk_server: ThreadedServer) -> None:
+    with pytest.raises(openai.AuthenticationError):
+        _sdk(sdk_server, key="wrong").responses.create(model="default", input="x")
+    client = _sdk(sdk_server)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model="default", input="x", max_output_tokens=-5)
+    assert info.value.body["param"] == "max_output_tokens"  # type: ignore[index]
+    mine = client.responses.create(model="default", input="x")
+    with pytest.raises(openai.NotFoundError):
+        _sdk(sdk_server, key="key-bob").responses.retrieve(mine.id)
+
+
+def test_openai_sdk_chat_completions(sdk_server: ThreadedServer) -> None:
+    client = _sdk(sdk_server)
+    messages: list[Any] = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "hi"},
+        {"role": "user", "content": "again"},
+    ]
+    done = client.chat.completions.create(model="default", messages=messages, max_tokens=32)
+    assert done.choices[0].message.content == "[hello | again]"
+    assert done.choices[0].finish_reason == "stop" and done.usage.total_tokens > 0
+    stream = client.chat.completions.create(
+        model="default", messages=messages, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+    assert text == "[hello | again]"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="default", messages=[])

@@ -40,6 +40,10 @@ def conversation_run(engine: Engine, turns: int, affinity: bool) -> list[list[fl
             r = engine.respond_sync(question, thread=f"{tag}-{name}", sampling=params)
             assert r.time_to_first_token_s is not None
             ttft[turn].append(r.time_to_first_token_s)
+        print(
+            f"  [{tag}] turn {turn + 1}: ttft median {statistics.median(ttft[turn]) * 1e3:.0f} ms",
+            flush=True,
+        )
     engine.pool.affinity = True
     return ttft
 

@@ -16,9 +16,22 @@ both a parent-pointer recursive CTE (the same model as threadloom's: a turn know
 and an indexed ``WHERE thread_id = ? ORDER BY seq`` query (SQLite's best case, which cannot
 branch), each with ``fetchall()``.
 
+Appends are also measured under concurrency: 4 and 16 threads of one process appending at
+once, each to its own thread, 10,000 appends in all. threadloom shares one ``Store`` between the
+threads (its writes are group-committed: appends that arrive while a commit is being synced share
+the next transaction, each still acknowledged only after the commit that holds it). SQLite gets
+what a multi-threaded application would use: a connection per thread with ``busy_timeout``
+(SQLite's busy handler sleeps while another connection holds the write lock), and, because that
+sleeping penalizes SQLite, also a connection per thread whose write transactions are serialized by
+one ``threading.Lock``, its best case in one process. Ratios are taken against the faster of the
+two. The single-thread figures come from the serial run.
+
+History reads are measured twice: a conversation appended in one call (its turns adjacent in
+both stores) and one built by 10-turn appends interleaved with 15 other conversations.
+
 The figures are medians over many repetitions, the stores taking turns (blocks of 100 appends,
-single reads) so that both see the same machine and disk; appends report the median
-single-append latency and the total for all appends (throughput).
+rounds of 1,000 concurrent appends, single reads) so that both see the same machine and disk;
+appends report the median single-append latency and the total for all appends (throughput).
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -112,17 +126,38 @@ SELECT role, content FROM chain ORDER BY seq
 HISTORY_INDEXED = "SELECT role, content FROM turns WHERE thread_id = ? ORDER BY seq"
 
 
+def connect(path: str) -> sqlite3.Connection:
+    # `timeout` is SQLite's busy_timeout: a writer that finds the database locked retries for
+    # up to this long (sleeping between tries) instead of failing at once. Each connection is
+    # used by one thread only, though not always the one that opened it.
+    db = sqlite3.connect(
+        os.path.join(path, "store.db"),
+        isolation_level=None,
+        timeout=60.0,
+        check_same_thread=False,
+    )
+    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    assert mode == "wal", mode
+    db.execute("PRAGMA synchronous=FULL")
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    return db
+
+
 class Sqlite:
     name = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, lock: threading.Lock | None = None) -> None:
         os.makedirs(path, exist_ok=True)
-        self.db = sqlite3.connect(os.path.join(path, "store.db"), isolation_level=None)
-        mode = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        assert mode == "wal", mode
-        self.db.execute("PRAGMA synchronous=FULL")
-        assert self.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+        self.path = path
+        self.lock = lock
+        self.db = connect(path)
         self.db.executescript(SCHEMA)
+
+    def connection(self) -> Sqlite:
+        """Another connection to the same database, for another thread."""
+        other = Sqlite.__new__(Sqlite)
+        other.path, other.lock, other.db = self.path, self.lock, connect(self.path)
+        return other
 
     def create_thread(self, tid: str) -> None:
         now = int(time.time() * 1000)
@@ -134,6 +169,13 @@ class Sqlite:
         self.db.execute("COMMIT")
 
     def _append(self, tid: str, turns: list[dict[str, str]]) -> None:
+        if self.lock is None:
+            self._append_txn(tid, turns)
+        else:
+            with self.lock:
+                self._append_txn(tid, turns)
+
+    def _append_txn(self, tid: str, turns: list[dict[str, str]]) -> None:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -212,6 +254,103 @@ def bench_appends(
     return {name: Appends(xs, sum(xs)) for name, xs in latencies.items()}
 
 
+def concurrent_round(
+    appenders: list[Callable[[str, dict[str, str]], None]],
+    tids: list[str],
+    turns: list[dict[str, str]],
+) -> float:
+    """Appends `turns` to each of `tids` (one thread of ours per thread id, all at once, each
+    with its own appender); returns the wall time from the common start to the last append."""
+    start = threading.Barrier(len(tids) + 1)
+    errors: list[BaseException] = []
+
+    def work(append: Callable[[str, dict[str, str]], None], tid: str) -> None:
+        start.wait()
+        try:
+            for turn in turns:
+                append(tid, turn)
+        except BaseException as e:
+            errors.append(e)
+
+    workers = [
+        threading.Thread(target=work, args=(append, tid))
+        for append, tid in zip(appenders, tids, strict=True)
+    ]
+    for w in workers:
+        w.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def bench_concurrent(
+    tl: Threadloom, sqlite_root: str, threads: int, n: int, round_size: int
+) -> dict[str, float]:
+    """n appends by `threads` threads at once, each thread appending to its own conversation, in
+    rounds of `round_size` appends, the stores taking turns round by round."""
+    busy = Sqlite(os.path.join(sqlite_root, f"busy-{threads}"))
+    locked = Sqlite(os.path.join(sqlite_root, f"locked-{threads}"), lock=threading.Lock())
+    tids = [f"concurrent-{threads}-{i}" for i in range(threads)]
+    for store in (tl, busy, locked):
+        for tid in tids:
+            store.create_thread(tid)
+    per_thread = max(1, round_size // threads)
+    rounds = max(1, n // (per_thread * threads))
+    totals = {"threadloom": 0.0, "sqlite busy_timeout": 0.0, "sqlite + lock": 0.0}
+    appended = 0
+    gc.disable()
+    try:
+        for r in range(rounds):
+            turns = [message(appended + i) for i in range(per_thread)]
+            appended += per_thread
+            tl_appenders = [tl.append] * threads
+            busy_conns = [busy.connection() for _ in tids]
+            locked_conns = [locked.connection() for _ in tids]
+            runs = [
+                ("threadloom", tl_appenders),
+                ("sqlite busy_timeout", [c.append for c in busy_conns]),
+                ("sqlite + lock", [c.append for c in locked_conns]),
+            ]
+            if r % 2:
+                runs.reverse()
+            for name, appenders in runs:
+                totals[name] += concurrent_round(appenders, tids, turns)
+            for c in busy_conns + locked_conns:
+                c.close()
+    finally:
+        gc.enable()
+    for store in (busy, locked):
+        for tid in tids:
+            count = store.db.execute(
+                "SELECT message_count FROM threads WHERE id = ?", (tid,)
+            ).fetchone()[0]
+            assert count == appended, (store.name, tid, count, appended)
+        store.close()
+    for tid in tids:
+        assert tl.store.get_thread(tid).message_count == appended
+    totals["appends"] = appended * threads
+    return totals
+
+
+def interleave(stores: list[Threadloom | Sqlite], tid: str, n: int, others: int, step: int) -> None:
+    """Builds an n-turn conversation `tid` out of `step`-turn appends, each followed by one
+    `step`-turn append to each of `others` other conversations: the layout a busy server makes."""
+    tids = [tid] + [f"{tid}-other-{i}" for i in range(others)]
+    for store in stores:
+        for t in tids:
+            store.create_thread(t)
+    for lo in range(0, n, step):
+        turns = [message(i) for i in range(lo, min(n, lo + step))]
+        for store in stores:
+            for t in tids:
+                store.append_many(t, turns)
+
+
 def bench_reads(
     reads: dict[str, Callable[[], list[str]]], expected: list[str], repeat: int
 ) -> dict[str, list[float]]:
@@ -267,12 +406,21 @@ def main() -> int:
     parser.add_argument("--appends", type=int, help="number of appends (default 10,000)")
     parser.add_argument("--history", type=int, default=1000, help="history length to read")
     parser.add_argument("--reads", type=int, help="history read repetitions")
+    parser.add_argument(
+        "--threads",
+        default="4,16",
+        help="comma-separated thread counts for the concurrent appends (default 4,16; '' skips)",
+    )
     args = parser.parse_args()
+    thread_counts = [int(t) for t in args.threads.split(",") if t.strip()]
     n_appends = args.appends or (1_000 if args.quick else 10_000)
     n_reads = args.reads or (50 if args.quick else 500)
     n_history = args.history
     if not 1 <= n_appends <= LIMIT or not 1 <= n_history <= LIMIT:
         parser.error(f"appends and history must be between 1 and {LIMIT}")
+    if any(not 1 <= t <= 256 for t in thread_counts):
+        parser.error("thread counts must be between 1 and 256")
+    n_others = 3 if args.quick else 15
 
     root = tempfile.mkdtemp(prefix="threadloom-bench-", dir=args.dir)
     try:
@@ -284,7 +432,8 @@ def main() -> int:
         )
         print(f"stores under {root} (one 4 KiB write + fdatasync there: {fmt_time(probe)})")
         print(
-            f"{n_appends:,} appends (one turn, one synced transaction each); "
+            f"{n_appends:,} appends (one turn, one synced transaction each), serially and by "
+            f"{', '.join(map(str, thread_counts)) or 'no'} threads at once; "
             f"{n_history:,}-turn history read {n_reads}x\n"
         )
 
@@ -292,22 +441,33 @@ def main() -> int:
         sq = Sqlite(os.path.join(root, "sqlite"))
         try:
             results_append = bench_appends([tl, sq], "bench-appends", n_appends, block=100)
+            concurrent = {
+                threads: bench_concurrent(
+                    tl, os.path.join(root, "sqlite"), threads, n_appends, round_size=1000
+                )
+                for threads in thread_counts
+            }
 
             history = [message(i) for i in range(n_history)]
             for store in (tl, sq):
                 store.create_thread("bench-history")
                 store.append_many("bench-history", history)
+            interleave([tl, sq], "bench-interleaved", n_history, n_others, step=10)
             expected = [t["content"] for t in history]
-            reads = bench_reads(
-                {
-                    "threadloom": lambda: tl.history("bench-history"),
-                    "cte": lambda: sq.history("bench-history"),
-                    "indexed": lambda: sq.history_indexed("bench-history"),
-                },
-                expected,
-                n_reads,
-            )
-            reads_tl, reads_cte, reads_idx = reads["threadloom"], reads["cte"], reads["indexed"]
+            reads = {}
+            for layout, tid in (
+                ("adjacent", "bench-history"),
+                ("interleaved", "bench-interleaved"),
+            ):
+                reads[layout] = bench_reads(
+                    {
+                        "threadloom": lambda tid=tid: tl.history(tid),
+                        "cte": lambda tid=tid: sq.history(tid),
+                        "indexed": lambda tid=tid: sq.history_indexed(tid),
+                    },
+                    expected,
+                    n_reads,
+                )
         finally:
             tl.close()
             sq.close()
@@ -326,19 +486,28 @@ def main() -> int:
                 a_sq.total,
                 GOAL_APPEND,
             ),
-            (
-                f"history {n_history:,}, recursive CTE",
-                statistics.median(reads_tl),
-                statistics.median(reads_cte),
-                GOAL_HISTORY,
-            ),
-            (
-                f"history {n_history:,}, indexed query",
-                statistics.median(reads_tl),
-                statistics.median(reads_idx),
-                GOAL_HISTORY,
-            ),
         ]
+        for threads, totals in concurrent.items():
+            best = min(totals["sqlite busy_timeout"], totals["sqlite + lock"])
+            rows.append(
+                (
+                    f"append, {threads} threads, {int(totals['appends']):,} total",
+                    totals["threadloom"],
+                    best,
+                    GOAL_APPEND,
+                )
+            )
+        for layout, times in reads.items():
+            for query in ("cte", "indexed"):
+                label = "recursive CTE" if query == "cte" else "indexed query"
+                rows.append(
+                    (
+                        f"history {n_history:,} {layout}, {label}",
+                        statistics.median(times["threadloom"]),
+                        statistics.median(times[query]),
+                        GOAL_HISTORY,
+                    )
+                )
         width = max(len(r[0]) for r in rows)
         header = f"{'operation':<{width}}  {'threadloom':>11}  {'sqlite':>11}  {'ratio':>7}  goal"
         print(header)
@@ -354,6 +523,18 @@ def main() -> int:
                 f"{ratio:>6.2f}x  >= {goal:g}x {met}"
             )
         print("\nratio = sqlite time / threadloom time (higher is better for threadloom)")
+        for threads, totals in concurrent.items():
+            n = totals["appends"]
+            print(
+                f"{threads} threads: threadloom {n / totals['threadloom']:,.0f} appends/s; "
+                f"sqlite {n / totals['sqlite busy_timeout']:,.0f}/s with busy_timeout, "
+                f"{n / totals['sqlite + lock']:,.0f}/s serialized by a lock "
+                "(the ratio uses the faster)"
+            )
+        print(
+            f"serial: threadloom {n_appends / a_tl.total:,.0f} appends/s, "
+            f"sqlite {n_appends / a_sq.total:,.0f}/s"
+        )
         p99 = lambda xs: sorted(xs)[int(len(xs) * 0.99) - 1]  # noqa: E731
         print(
             f"append p99: threadloom {fmt_time(p99(a_tl.per_append))}, "

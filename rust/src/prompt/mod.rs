@@ -3,7 +3,9 @@
 
 pub mod trim;
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +22,8 @@ pub use trim::Strategy;
 const PREFIX_MEMORY: usize = 1024;
 /// Used when the template cannot be probed for its per-message overhead.
 const FALLBACK_OVERHEAD: usize = 4;
+/// Memory for remembered prompt segments and their ids (text, ids and bookkeeping).
+const SEGMENT_CACHE_BYTES: usize = 8 << 20;
 
 /// Options of one assembly.
 #[derive(Debug, Clone)]
@@ -90,6 +94,7 @@ pub struct PromptEngine {
     bos_text: Option<String>,
     overhead: usize,
     previous: Mutex<PrefixMemory>,
+    segments: SegmentCache,
 }
 
 #[derive(Default)]
@@ -114,6 +119,112 @@ impl PrefixMemory {
             }
         }
         shared
+    }
+}
+
+/// The ids of prompt segments (the text between special tokens) seen recently, so a prompt
+/// that repeats most of the previous one is mostly looked up, not tokenized. Exact: the
+/// tokenizer encodes each segment independently of its neighbours
+/// ([`Tokenizer::encode_segmented`]), for byte-level BPE (the split regexes run within a
+/// segment) and SentencePiece (the space prefix goes on every segment) alike; the tests
+/// compare the two on the golden corpus and on rendered conversations.
+///
+/// Two generations bound the memory: a hit in the old one moves the entry to the new one, and
+/// when the new one reaches half the budget the old one is dropped. Keys are a keyed 64-bit
+/// hash of the text; the text is stored and compared, so a collision is a miss, never wrong ids.
+struct SegmentCache {
+    hasher: RandomState,
+    budget: usize,
+    state: Mutex<SegmentGenerations>,
+}
+
+#[derive(Default)]
+struct SegmentGenerations {
+    current: SegmentMap,
+    old: SegmentMap,
+    current_bytes: usize,
+}
+
+/// The keys are already hashes: the map's hasher passes them through.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = x;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type SegmentMap = HashMap<u64, (Box<str>, Box<[u32]>), BuildHasherDefault<PassThrough>>;
+
+/// Bytes one entry costs, roughly: its text, its ids and the map's bookkeeping.
+fn segment_cost(text: &str, ids: &[u32]) -> usize {
+    text.len() + 4 * ids.len() + 64
+}
+
+impl SegmentCache {
+    fn new(budget: usize) -> Self {
+        SegmentCache {
+            hasher: RandomState::new(),
+            budget,
+            state: Mutex::new(SegmentGenerations::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SegmentGenerations> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends the ids of one text segment: cached, or tokenized and remembered.
+    fn encode(&self, tokenizer: &Tokenizer, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        let key = self.hasher.hash_one(text);
+        {
+            let mut g = self.lock();
+            if let Some((t, ids)) = g.current.get(&key) {
+                if **t == *text {
+                    out.extend_from_slice(ids);
+                    return Ok(());
+                }
+            } else if let Some((t, ids)) = g.old.remove(&key) {
+                if *t == *text {
+                    out.extend_from_slice(&ids);
+                    self.insert(&mut g, key, t, ids);
+                    return Ok(());
+                }
+            }
+        }
+        // Tokenized outside the lock: a long new message does not hold up other prompts.
+        let start = out.len();
+        tokenizer.encode_segment(text, out)?;
+        let ids: Box<[u32]> = out[start..].into();
+        self.insert(&mut self.lock(), key, text.into(), ids);
+        Ok(())
+    }
+
+    fn insert(&self, g: &mut SegmentGenerations, key: u64, text: Box<str>, ids: Box<[u32]>) {
+        let cost = segment_cost(&text, &ids);
+        let half = self.budget / 2;
+        if cost > half {
+            return;
+        }
+        if g.current_bytes + cost > half {
+            g.old = std::mem::take(&mut g.current);
+            g.current_bytes = 0;
+        }
+        if let Some((t, i)) = g.current.insert(key, (text, ids)) {
+            g.current_bytes -= segment_cost(&t, &i);
+        }
+        g.current_bytes += cost;
     }
 }
 
@@ -160,6 +271,7 @@ impl PromptEngine {
             bos_text,
             overhead: FALLBACK_OVERHEAD,
             previous: Mutex::new(PrefixMemory::default()),
+            segments: SegmentCache::new(SEGMENT_CACHE_BYTES),
         };
         engine.overhead = engine.probe_overhead().unwrap_or(FALLBACK_OVERHEAD);
         engine
@@ -324,7 +436,14 @@ impl PromptEngine {
             .bos_text
             .as_deref()
             .is_some_and(|bos| !prompt.starts_with(bos));
-        let ids = self.tokenizer.encode(&prompt, add_bos)?;
+        // The text between the template's special tokens (a message's content with its role
+        // header, mostly) is the same from one prompt of a thread to the next: its ids come
+        // from the segment cache, and only new segments are tokenized.
+        let ids = self
+            .tokenizer
+            .encode_segmented(&prompt, add_bos, |text, out| {
+                self.segments.encode(&self.tokenizer, text, out)
+            })?;
         Ok((prompt, ids))
     }
 

@@ -10,8 +10,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use crate::error::Error;
 use crate::ids;
 use crate::store::{
-    self, Anchor, AppendOptions, HistoryBuffer, NewResponse, NewTurn, ResponseRecord,
-    ResponseStatus, Role, StoreOptions, ThreadRecord, ThreadState, Usage,
+    self, Anchor, AppendOptions, NewResponse, NewTurn, ResponseRecord, ResponseStatus, Role,
+    StoreOptions, ThreadRecord, ThreadState, Usage,
 };
 
 fn json_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
@@ -331,16 +331,56 @@ impl Response {
     }
 }
 
-/// One turn of a history. Its fields are read from a buffer shared by the whole history.
+/// The interned Python string of a role, shared by every turn.
+fn role_name<'py>(py: Python<'py>, role: Role) -> &'py Bound<'py, PyString> {
+    match role {
+        Role::System => pyo3::intern!(py, "system"),
+        Role::User => pyo3::intern!(py, "user"),
+        Role::Assistant => pyo3::intern!(py, "assistant"),
+        Role::Tool => pyo3::intern!(py, "tool"),
+    }
+}
+
+/// One turn of a history. Its text fields are Python strings built once, when the history is
+/// read, so reading an attribute costs no decoding.
 #[pyclass(frozen, module = "threadloom._core")]
 pub struct Turn {
-    history: Arc<HistoryBuffer>,
-    index: usize,
+    key: ids::TurnKey,
+    parent: Option<ids::TurnKey>,
+    /// "system", "user", "assistant" or "tool".
+    #[pyo3(get)]
+    role: Py<PyString>,
+    /// The message text.
+    #[pyo3(get)]
+    content: Py<PyString>,
+    /// The reasoning text (between `<think>` tags), if any.
+    #[pyo3(get)]
+    reasoning: Option<Py<PyString>>,
+    /// Position in its conversation, 1 for a root.
+    #[pyo3(get)]
+    depth: u32,
+    /// Creation time, Unix milliseconds.
+    #[pyo3(get)]
+    created_ms: i64,
 }
 
 impl Turn {
-    fn view(&self) -> PyResult<store::TurnView<'_>> {
-        Ok(self.history.view(self.index)?)
+    /// Builds the turn's strings; CPython checks the text's UTF-8 as it decodes it.
+    fn new(py: Python<'_>, raw: &store::turn::RawTurn<'_>) -> PyResult<Turn> {
+        let text = |bytes: &[u8]| {
+            PyString::from_bytes(py, bytes)
+                .map(Bound::unbind)
+                .map_err(|_| PyErr::from(store::turn::corrupt(&raw.id, "text is not UTF-8")))
+        };
+        Ok(Turn {
+            key: raw.id,
+            parent: raw.parent,
+            role: role_name(py, raw.role).clone().unbind(),
+            content: text(raw.content)?,
+            reasoning: raw.reasoning.map(text).transpose()?,
+            depth: raw.depth,
+            created_ms: raw.created_ms,
+        })
     }
 }
 
@@ -348,48 +388,23 @@ impl Turn {
 impl Turn {
     /// The turn id, `msg_...`.
     #[getter]
-    fn id(&self) -> PyResult<String> {
-        Ok(ids::turn_id_string(&self.view()?.id))
+    fn id(&self) -> String {
+        ids::turn_id_string(&self.key)
     }
     /// The parent turn's id, or None for a root.
     #[getter]
-    fn parent_id(&self) -> PyResult<Option<String>> {
-        Ok(self.view()?.parent.as_ref().map(ids::turn_id_string))
+    fn parent_id(&self) -> Option<String> {
+        self.parent.as_ref().map(ids::turn_id_string)
     }
-    /// "system", "user", "assistant" or "tool".
-    #[getter]
-    fn role(&self) -> PyResult<&'static str> {
-        Ok(self.view()?.role.as_str())
-    }
-    /// The message text.
-    #[getter]
-    fn content(&self) -> PyResult<&str> {
-        Ok(self.view()?.content)
-    }
-    /// The reasoning text (between `<think>` tags), if any.
-    #[getter]
-    fn reasoning(&self) -> PyResult<Option<&str>> {
-        Ok(self.view()?.reasoning)
-    }
-    /// Position in its conversation, 1 for a root.
-    #[getter]
-    fn depth(&self) -> PyResult<u32> {
-        Ok(self.view()?.depth)
-    }
-    /// Creation time, Unix milliseconds.
-    #[getter]
-    fn created_ms(&self) -> PyResult<i64> {
-        Ok(self.view()?.created_ms)
-    }
-    fn __repr__(&self) -> PyResult<String> {
-        let v = self.view()?;
-        let mut preview: String = v.content.chars().take(40).collect();
-        if preview.len() < v.content.len() {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let content = self.content.bind(py).to_cow()?;
+        let mut preview: String = content.chars().take(40).collect();
+        if preview.len() < content.len() {
             preview.push('…');
         }
         Ok(format!(
             "Turn(role={:?}, content={preview:?})",
-            v.role.as_str()
+            self.role.bind(py).to_cow()?
         ))
     }
 }
@@ -659,18 +674,16 @@ impl Store {
         thread: Option<String>,
         response: Option<String>,
         turn: Option<String>,
-    ) -> PyResult<Vec<Turn>> {
+    ) -> PyResult<Py<PyList>> {
         let anchor = anchor_from(thread, response, turn)?;
         if anchor == Anchor::Root {
             return Err(Error::InvalidInput("give one of thread, response and turn".into()).into());
         }
-        let buffer = Arc::new(py.detach(|| self.inner.history_records(owner, &anchor))?);
-        Ok((0..buffer.len())
-            .map(|index| Turn {
-                history: Arc::clone(&buffer),
-                index,
-            })
-            .collect())
+        let buffer = py.detach(|| self.inner.history_records(owner, &anchor))?;
+        let turns = (0..buffer.len())
+            .map(|i| Bound::new(py, Turn::new(py, &buffer.raw(i)?)?))
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(PyList::new(py, turns)?.unbind())
     }
 
     /// The response, or NotFound (also for another owner's or an expired one).

@@ -1,6 +1,7 @@
 //! The LMDB conversation store: a forest of immutable turns, responses that point into it, and
 //! named threads that point at a head turn. See docs/storage.md for the on-disk layout.
 
+mod commit;
 mod keys;
 pub mod records;
 mod retention;
@@ -11,7 +12,7 @@ use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvOpenOptions, RoTxn, RwTxn, WithoutTls};
+use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
 
 use crate::error::{Error, Result};
 use crate::ids::{self, TurnKey};
@@ -107,6 +108,8 @@ pub struct Store {
     /// Readers and writers hold it shared; growing the map holds it exclusively, because LMDB
     /// allows a resize only while this process has no transaction open.
     map_lock: RwLock<()>,
+    /// Writers of this process queue here and share transactions (group commit).
+    commits: commit::CommitQueue,
     max_map_size: usize,
     retention: Retention,
     path: PathBuf,
@@ -228,6 +231,7 @@ impl Store {
         Ok(Store {
             env,
             map_lock: RwLock::new(()),
+            commits: commit::CommitQueue::default(),
             max_map_size,
             retention: options.retention,
             path: path.to_owned(),
@@ -262,43 +266,19 @@ impl Store {
 
     // ---- transactions -------------------------------------------------------------------
 
+    /// Runs `f` in one read transaction, under the shared map lock. A map that another process
+    /// grew past this process's mapping is adopted first (LMDB refuses to begin transactions
+    /// until then). Writes go through `write` (commit.rs), which also grows the map.
     fn read<R>(&self, f: impl Fn(&RoTxn<'_, WithoutTls>) -> Result<R>) -> Result<R> {
-        self.with_map(|| {
-            let txn = self.env.read_txn()?;
-            Ok(f(&txn))
-        })
-    }
-
-    /// Runs `f` in one write transaction and commits (LMDB syncs on commit). `f` may run again
-    /// after the map grows, so it must not have effects outside the transaction.
-    fn write<R>(&self, f: impl Fn(&mut RwTxn<'_>) -> Result<R>) -> Result<R> {
-        self.with_map(|| {
-            let mut txn = self.env.write_txn()?;
-            Ok(f(&mut txn).and_then(|out| {
-                txn.commit()?;
-                Ok(out)
-            }))
-        })
-    }
-
-    /// Runs `f` (which begins and ends one transaction) under the shared map lock. `f` fails
-    /// on the outside when the transaction cannot begin, and inside with the operation's own
-    /// outcome. A full map grows and `f` runs again; so does a map that another process grew
-    /// past this process's mapping (LMDB refuses to begin transactions until it is adopted).
-    fn with_map<R>(
-        &self,
-        f: impl Fn() -> std::result::Result<Result<R>, heed::Error>,
-    ) -> Result<R> {
         loop {
-            let (seen, outcome) = {
+            let outcome = {
                 let _shared = self.map_lock.read().unwrap_or_else(|p| p.into_inner());
-                (self.env.info().map_size, f())
+                self.env.read_txn().map(|txn| f(&txn))
             };
             match outcome {
                 Err(heed::Error::Mdb(heed::MdbError::MapResized)) => self.adopt_map()?,
                 Err(e) => return Err(e.into()),
-                Ok(Err(Error::StoreFull(_))) => self.grow_map(seen)?,
-                Ok(other) => return other,
+                Ok(result) => return result,
             }
         }
     }

@@ -1972,6 +1972,432 @@ fn concurrent_writers_and_readers_while_the_map_grows() {
     s.push_check(96);
 }
 
+// ---- group commit ------------------------------------------------------------------------------
+
+/// Holds the store's writers: a write that blocks until released, so that the writes queued
+/// meanwhile run together as the next batch.
+struct Gate {
+    release: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+fn gate(s: &Arc<Store>) -> Gate {
+    let started = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(false));
+    let handle = {
+        let s = Arc::clone(s);
+        let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+        std::thread::spawn(move || {
+            s.write(move |_, _| {
+                started.store(true, Ordering::SeqCst);
+                while !release.load(Ordering::SeqCst) {
+                    sleep_ms(1);
+                }
+                Ok(())
+            })
+            .unwrap();
+        })
+    };
+    while !started.load(Ordering::SeqCst) {
+        sleep_ms(1);
+    }
+    Gate {
+        release,
+        handle: Some(handle),
+    }
+}
+
+impl Gate {
+    /// Lets the writers go and waits for the gate's own write.
+    fn open(mut self) {
+        self.release.store(true, Ordering::SeqCst);
+        self.handle.take().unwrap().join().unwrap();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.release.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Starts `job` on a thread of its own and waits until its write is queued, so that writes
+/// queued one after another behind a gate run in that order.
+fn queue<R: Send + 'static>(
+    s: &Arc<Store>,
+    job: impl FnOnce(&Store) -> R + Send + 'static,
+) -> std::thread::JoinHandle<R> {
+    let before = s.commits.queued();
+    let handle = {
+        let s = Arc::clone(s);
+        std::thread::spawn(move || job(&s))
+    };
+    while s.commits.queued() == before {
+        sleep_ms(1);
+    }
+    handle
+}
+
+fn queue_push(s: &Arc<Store>, id: &str, text: &str) -> std::thread::JoinHandle<Result<Appended>> {
+    let (id, text) = (id.to_owned(), text.to_owned());
+    queue(s, move |s| {
+        s.append(A, &thread(&id), &turns(&[&text]), None, &no_options())
+    })
+}
+
+#[test]
+fn queued_writes_share_one_batch_and_fail_alone() {
+    let (_dir, s) = store();
+    let s = Arc::new(s);
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    s.create_thread(A, Some("locked"), None, true, false)
+        .unwrap();
+    s.update_thread(A, "locked", None, Some(ThreadState::Locked))
+        .unwrap();
+    let junk = [0xAB; 16];
+    let batches = s.commits.batches();
+
+    let g = gate(&s);
+    let first = queue_push(&s, "t", "one");
+    // A write that changes the store and then fails: none of its changes may stay.
+    let failing = queue(&s, move |s| {
+        s.write(move |s, txn| {
+            s.turns.put(txn, &junk, b"junk")?;
+            s.create_thread_in(txn, "ghost")?;
+            Err::<(), _>(Error::StateConflict("this write fails".into()))
+        })
+    });
+    let refused = queue_push(&s, "locked", "refused");
+    let second = queue_push(&s, "t", "two");
+    let missing = queue_push(&s, "missing", "nowhere");
+    let third = queue_push(&s, "t", "three");
+    assert_eq!(s.commits.queued(), 6);
+    g.open();
+
+    let first = first.join().unwrap().unwrap();
+    let second = second.join().unwrap().unwrap();
+    let third = third.join().unwrap().unwrap();
+    assert_err!(failing.join().unwrap(), StateConflict);
+    assert_err!(refused.join().unwrap(), StateConflict);
+    assert_err!(missing.join().unwrap(), NotFound);
+    // The gate's batch and one batch of all six writes.
+    assert_eq!(s.commits.batches(), batches + 2);
+    // Later writes of the batch saw the earlier ones.
+    assert_eq!(first.thread.unwrap().message_count, 1);
+    assert_eq!(second.thread.unwrap().message_count, 2);
+    assert_eq!(third.thread.as_ref().unwrap().message_count, 3);
+    assert_eq!(contents(&s, A, &thread("t")), ["one", "two", "three"]);
+    assert_eq!(
+        s.get_thread(A, "t").unwrap().head,
+        Some(ids::turn_id_string(&third.turn_ids[0]))
+    );
+    // The failed write left nothing behind.
+    assert!(s
+        .read(|txn| Ok(s.turns.get(txn, &junk)?.is_none()))
+        .unwrap());
+    assert_err!(s.get_thread(A, "ghost"), NotFound);
+    assert_eq!(s.get_thread(A, "locked").unwrap().message_count, 0);
+    s.push_check(3);
+}
+
+impl Store {
+    /// Test helper: creates an empty thread inside a caller's transaction.
+    fn create_thread_in(&self, txn: &mut heed::RwTxn<'_>, id: &str) -> Result<()> {
+        let now = now_ms();
+        let t = ThreadRecord {
+            id: id.to_owned(),
+            owner: A.to_owned(),
+            head: None,
+            metadata: "{}".to_owned(),
+            state: ThreadState::Open,
+            visible: true,
+            created_ms: now,
+            last_activity_ms: now,
+            message_count: 0,
+        };
+        self.threads
+            .put(txn, &keys::thread(A, id), &records::to_json(&t)?)?;
+        Ok(())
+    }
+}
+
+#[test]
+fn the_message_limit_holds_inside_a_batch() {
+    let (_dir, s) = store();
+    let s = Arc::new(s);
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let many: Vec<NewTurn> = (0..MAX_THREAD_MESSAGES - 2).map(|_| user("x")).collect();
+    s.append(A, &thread("t"), &many, None, &no_options())
+        .unwrap();
+    let g = gate(&s);
+    let writes: Vec<_> = (0..5)
+        .map(|i| queue_push(&s, "t", &format!("last {i}")))
+        .collect();
+    g.open();
+    let results: Vec<_> = writes.into_iter().map(|w| w.join().unwrap()).collect();
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    for r in &results[2..] {
+        assert!(matches!(r, Err(Error::LimitExceeded(_))), "{r:?}");
+    }
+    let t = s.get_thread(A, "t").unwrap();
+    assert_eq!(t.message_count, MAX_THREAD_MESSAGES);
+    let history = contents(&s, A, &thread("t"));
+    assert_eq!(history.len(), MAX_THREAD_MESSAGES as usize);
+    assert_eq!(history[history.len() - 2..], ["last 0", "last 1"]);
+    s.push_check(MAX_THREAD_MESSAGES as u64);
+}
+
+#[test]
+fn a_panicking_write_fails_alone() {
+    let (_dir, s) = store();
+    let s = Arc::new(s);
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let g = gate(&s);
+    let before = queue_push(&s, "t", "before");
+    let panics = queue(&s, |s| {
+        s.write(|s, txn| {
+            s.create_thread_in(txn, "ghost")?;
+            if true {
+                panic!("a bug in a write");
+            }
+            Ok(())
+        })
+    });
+    let after = queue_push(&s, "t", "after");
+    g.open();
+    before.join().unwrap().unwrap();
+    after.join().unwrap().unwrap();
+    let payload = panics.join().unwrap_err();
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"a bug in a write"));
+    assert_eq!(contents(&s, A, &thread("t")), ["before", "after"]);
+    assert_err!(s.get_thread(A, "ghost"), NotFound);
+    // The store still takes writes.
+    push(&s, A, "t", &["later"]);
+    s.push_check(3);
+}
+
+#[test]
+fn a_batch_that_fills_the_map_grows_it_and_runs_again() {
+    let (_dir, s) = store_with(tiny_map(DEFAULT_MAX_MAP_SIZE));
+    let s = Arc::new(s);
+    for w in 0..4 {
+        s.create_thread(A, Some(&format!("t{w}")), None, true, false)
+            .unwrap();
+    }
+    let start = s.stats().unwrap().map_bytes;
+    let g = gate(&s);
+    let body = "m".repeat(96 * 1024);
+    let writes: Vec<_> = (0..8)
+        .map(|i| queue_push(&s, &format!("t{}", i % 4), &format!("{i}{body}")))
+        .collect();
+    g.open();
+    for w in writes {
+        w.join().unwrap().unwrap();
+    }
+    assert!(s.stats().unwrap().map_bytes >= 8 * start);
+    for w in 0..4 {
+        let history = contents(&s, A, &thread(&format!("t{w}")));
+        assert_eq!(history.len(), 2);
+        assert!(history[0].starts_with(&w.to_string()));
+        assert!(history[1].starts_with(&(w + 4).to_string()));
+    }
+    s.push_check(8);
+}
+
+#[test]
+fn a_batch_too_big_for_the_largest_map_commits_what_fits() {
+    let (_dir, s) = store_with(tiny_map(256 * 1024));
+    let s = Arc::new(s);
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let g = gate(&s);
+    let body = "f".repeat(100 * 1024);
+    let writes: Vec<_> = (0..4).map(|_| queue_push(&s, "t", &body)).collect();
+    g.open();
+    let results: Vec<_> = writes.into_iter().map(|w| w.join().unwrap()).collect();
+    let stored = results.iter().filter(|r| r.is_ok()).count();
+    assert!(stored >= 1, "{results:?}");
+    for r in results.iter().filter(|r| r.is_err()) {
+        let Err(Error::StoreFull(message)) = r else {
+            panic!("{r:?}")
+        };
+        assert!(message.contains("262144"), "{message}");
+    }
+    assert!(stored < 4, "four 100 KiB turns cannot fit in 256 KiB");
+    assert_eq!(s.get_thread(A, "t").unwrap().message_count as usize, stored);
+    assert_eq!(contents(&s, A, &thread("t")).len(), stored);
+    s.push_check(stored as u64);
+    // Small writes still fit.
+    push(&s, A, "t", &["small"]);
+}
+
+#[test]
+fn many_threads_append_at_once_to_shared_and_own_threads() {
+    let (_dir, s) = store();
+    let s = Arc::new(s);
+    const WRITERS: usize = 16;
+    const APPENDS: usize = 40;
+    s.create_thread(A, Some("shared"), None, true, false)
+        .unwrap();
+    for w in 0..WRITERS {
+        s.create_thread(A, Some(&format!("own{w}")), None, true, false)
+            .unwrap();
+    }
+    let batches = s.commits.batches();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let s = Arc::clone(&s);
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for i in 0..APPENDS {
+                    let id = if i % 2 == 0 {
+                        "shared".to_owned()
+                    } else {
+                        format!("own{w}")
+                    };
+                    let text = format!("{id}/{w}/{i}");
+                    let out = s
+                        .append(A, &thread(&id), &turns(&[&text]), None, &no_options())
+                        .unwrap();
+                    // The write is committed when append returns: a fresh read sees it.
+                    let seen = s.get_thread(A, &id).unwrap();
+                    assert!(seen.message_count >= out.thread.unwrap().message_count);
+                    acked.push((id, text, out.turn_ids[0]));
+                }
+                acked
+            })
+        })
+        .collect();
+    let acked: Vec<_> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    assert_eq!(acked.len(), WRITERS * APPENDS);
+    let shared = contents(&s, A, &thread("shared"));
+    assert_eq!(shared.len(), WRITERS * APPENDS / 2);
+    let unique: HashSet<&String> = shared.iter().collect();
+    assert_eq!(unique.len(), shared.len(), "a turn appears twice");
+    for w in 0..WRITERS {
+        let own = contents(&s, A, &thread(&format!("own{w}")));
+        let expected: Vec<String> = (0..APPENDS)
+            .filter(|i| i % 2 == 1)
+            .map(|i| format!("own{w}/{w}/{i}"))
+            .collect();
+        assert_eq!(own, expected);
+        // One writer's appends to the shared thread keep their order.
+        let mine: Vec<&String> = shared
+            .iter()
+            .filter(|t| t.starts_with(&format!("shared/{w}/")))
+            .collect();
+        assert_eq!(mine.len(), APPENDS / 2);
+        for pair in mine.windows(2) {
+            let n = |t: &str| t.rsplit('/').next().unwrap().parse::<usize>().unwrap();
+            assert!(n(pair[0]) < n(pair[1]));
+        }
+    }
+    let keys: HashSet<TurnKey> = acked.iter().map(|(_, _, k)| *k).collect();
+    assert_eq!(keys.len(), acked.len());
+    let used = s.commits.batches() - batches;
+    assert!(used <= (WRITERS * APPENDS) as u64, "{used} batches");
+    s.push_check((WRITERS * APPENDS) as u64);
+}
+
+// ---- turn keys ----------------------------------------------------------------------------------
+
+fn key_time(key: &TurnKey) -> u128 {
+    u128::from_be_bytes(*key) >> 80
+}
+
+#[test]
+fn turn_keys_grow_along_every_conversation() {
+    let (_dir, s) = store();
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let before = now_ms() as u128;
+    let out = s
+        .append(
+            A,
+            &thread("t"),
+            &turns(&["a", "b", "c", "d"]),
+            None,
+            &no_options(),
+        )
+        .unwrap();
+    let after = now_ms() as u128;
+    let keys = &out.turn_ids;
+    assert!(key_time(&keys[0]) >= before && key_time(&keys[0]) <= after);
+    for pair in keys.windows(2) {
+        assert!(pair[0] < pair[1]);
+        assert!(key_time(&pair[1]) > key_time(&pair[0]));
+    }
+    // The low 80 bits are random: no two turns share them, even within one millisecond.
+    let low: HashSet<u128> = keys
+        .iter()
+        .map(|k| u128::from_be_bytes(*k) & ((1 << 80) - 1))
+        .collect();
+    assert_eq!(low.len(), keys.len());
+    // A branch from an older turn also sorts above its parent.
+    let r = respond(&s, A, &Anchor::Turn(keys[1]), &["branch"]);
+    let branch = ids::parse_turn_id(&s.get_response(A, &r).unwrap().last_turn).unwrap();
+    assert!(branch > keys[1]);
+    assert_eq!(contents(&s, A, &after_response(&r)), ["a", "b", "branch"]);
+}
+
+#[test]
+fn new_turn_keys_follow_the_clock_and_the_parent() {
+    let parent = ops::new_turn_key(5_000, None);
+    assert_eq!(key_time(&parent), 5_000);
+    // A clock behind the parent still gives a key above it.
+    let child = ops::new_turn_key(1_000, Some(&parent));
+    assert_eq!(key_time(&child), 5_001);
+    assert!(child > parent);
+    let later = ops::new_turn_key(9_000, Some(&child));
+    assert_eq!(key_time(&later), 9_000);
+    // The time field saturates instead of wrapping.
+    let max = ops::new_turn_key(i64::MAX, None);
+    assert_eq!(key_time(&max), (1 << 48) - 1);
+    assert_eq!(key_time(&ops::new_turn_key(0, Some(&max))), (1 << 48) - 1);
+}
+
+#[test]
+fn histories_read_right_however_their_turns_interleave() {
+    let (_dir, s) = store();
+    for w in 0..3 {
+        s.create_thread(A, Some(&format!("t{w}")), None, true, false)
+            .unwrap();
+    }
+    // t0's turns sit next to each other, t1's have a few turns of t2 between them, and some of
+    // t2's parents are far away (hundreds of entries below).
+    let mut expected: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for round in 0..30 {
+        let text = format!("t0 {round}");
+        push(&s, A, "t0", &[&text]);
+        expected[0].push(text);
+        for k in 0..(round % 24) {
+            let text = format!("t2 {round} {k}");
+            push(&s, A, "t2", &[&text]);
+            expected[2].push(text);
+        }
+        let text = format!("t1 {round}");
+        push(&s, A, "t1", &[&text]);
+        expected[1].push(text);
+    }
+    let many: Vec<String> = (0..300).map(|i| format!("bulk {i}")).collect();
+    let many_refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    push(&s, A, "t2", &many_refs);
+    expected[2].extend(many);
+    push(&s, A, "t0", &["t0 last"]);
+    expected[0].push("t0 last".to_owned());
+    for (w, want) in expected.iter().enumerate() {
+        let id = format!("t{w}");
+        assert_eq!(&contents(&s, A, &thread(&id)), want);
+        let records = s.history_records(A, &thread(&id)).unwrap();
+        let texts: Vec<&str> = (0..records.len())
+            .map(|i| records.view(i).unwrap().content)
+            .collect();
+        assert_eq!(&texts, want);
+    }
+    s.verify().unwrap();
+}
+
 // ---- several processes ------------------------------------------------------------------------
 
 const CHILD_STORE: &str = "THREADLOOM_TEST_CHILD_STORE";

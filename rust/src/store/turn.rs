@@ -119,15 +119,42 @@ pub fn encode(
     out
 }
 
-fn corrupt(id: &TurnKey, what: &str) -> Error {
+pub(crate) fn corrupt(id: &TurnKey, what: &str) -> Error {
     Error::Format(format!(
         "turn record {} is corrupt: {what}",
         crate::ids::turn_id_string(id)
     ))
 }
 
-/// Reads a record in place. Text is UTF-8-checked (no copy) so a damaged file is an error, not UB.
-pub fn parse<'a>(id: TurnKey, b: &'a [u8]) -> Result<TurnView<'a>> {
+/// Reads only a record's parent (the header), for walks that look at nothing else.
+pub fn parent_of(id: &TurnKey, b: &[u8]) -> Result<Option<TurnKey>> {
+    if b.len() < HEADER_LEN || b[0] != KIND {
+        return Err(corrupt(id, "bad header"));
+    }
+    if b[2] & FLAG_PARENT == 0 {
+        return Ok(None);
+    }
+    let mut p = [0u8; 16];
+    p.copy_from_slice(&b[16..32]);
+    Ok(Some(p))
+}
+
+/// A record's fields with the text still as bytes: its layout checked, its UTF-8 not yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawTurn<'a> {
+    pub id: TurnKey,
+    pub parent: Option<TurnKey>,
+    pub role: Role,
+    pub depth: u32,
+    pub created_ms: i64,
+    pub owner: &'a [u8],
+    pub content: &'a [u8],
+    pub reasoning: Option<&'a [u8]>,
+}
+
+/// Reads a record's layout in place, leaving the UTF-8 check of its text to the caller (the
+/// Python layer lets CPython check it while it builds the strings).
+pub fn parse_raw<'a>(id: TurnKey, b: &'a [u8]) -> Result<RawTurn<'a>> {
     if b.len() < HEADER_LEN || b[0] != KIND {
         return Err(corrupt(&id, "bad header"));
     }
@@ -153,25 +180,34 @@ pub fn parse<'a>(id: TurnKey, b: &'a [u8]) -> Result<TurnView<'a>> {
     if end != b.len() {
         return Err(corrupt(&id, "lengths do not match the record size"));
     }
-    let text = |from: usize, len: usize| {
-        std::str::from_utf8(&b[from..from + len]).map_err(|_| corrupt(&id, "text is not UTF-8"))
-    };
-    let owner = text(HEADER_LEN, owner_len)?;
-    let content = text(HEADER_LEN + owner_len, content_len)?;
-    let reasoning = if flags & FLAG_REASONING != 0 {
-        Some(text(HEADER_LEN + owner_len + content_len, reasoning_len)?)
-    } else {
-        None
-    };
-    Ok(TurnView {
+    let content_at = HEADER_LEN + owner_len;
+    let reasoning_at = content_at + content_len;
+    Ok(RawTurn {
         id,
         parent,
         role,
         depth,
         created_ms,
-        owner,
-        content,
-        reasoning,
+        owner: &b[HEADER_LEN..content_at],
+        content: &b[content_at..reasoning_at],
+        reasoning: (flags & FLAG_REASONING != 0).then(|| &b[reasoning_at..]),
+    })
+}
+
+/// Reads a record in place. Text is UTF-8-checked (no copy) so a damaged file is an error, not UB.
+pub fn parse<'a>(id: TurnKey, b: &'a [u8]) -> Result<TurnView<'a>> {
+    let raw = parse_raw(id, b)?;
+    let text =
+        |bytes: &'a [u8]| std::str::from_utf8(bytes).map_err(|_| corrupt(&id, "text is not UTF-8"));
+    Ok(TurnView {
+        id,
+        parent: raw.parent,
+        role: raw.role,
+        depth: raw.depth,
+        created_ms: raw.created_ms,
+        owner: text(raw.owner)?,
+        content: text(raw.content)?,
+        reasoning: raw.reasoning.map(text).transpose()?,
     })
 }
 

@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 
 use tokenizers::models::bpe::{Vocab as BpeVocab, BPE};
-use tokenizers::normalizers::{Prepend, Replace, Sequence};
-use tokenizers::{AddedToken, NormalizerWrapper};
 
+#[cfg(test)]
 use super::split::LlamaPreTokenizer;
 use super::vocab::{TokenAttr, Vocab, VocabKind};
+#[cfg(test)]
 use super::Inner;
 use crate::error::{Error, Result};
 
@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 const MAX_SPM_MERGE_BYTES: usize = 256;
 
 /// SentencePiece's visible space.
+#[cfg(test)]
 const SPM_SPACE: &str = "\u{2581}";
 
 fn build_err(e: impl std::fmt::Display) -> Error {
@@ -22,7 +23,7 @@ fn build_err(e: impl std::fmt::Display) -> Error {
 }
 
 /// Text -> id with llama.cpp's rule for duplicate texts: the last id wins.
-fn vocab_map(vocab: &Vocab) -> BpeVocab {
+pub(super) fn vocab_map(vocab: &Vocab) -> BpeVocab {
     let mut map = BpeVocab::with_capacity(vocab.texts.len());
     for (i, t) in vocab.texts.iter().enumerate() {
         map.insert(t.clone(), i as u32);
@@ -32,7 +33,7 @@ fn vocab_map(vocab: &Vocab) -> BpeVocab {
 
 /// The file's merges, minus those `tokenizers` cannot represent (a side or the result missing
 /// from the vocabulary) and repeats (llama.cpp keeps the first rank of a pair).
-fn bpe_merges(vocab: &Vocab, map: &BpeVocab) -> Vec<(String, String)> {
+pub(super) fn bpe_merges(vocab: &Vocab, map: &BpeVocab) -> Vec<(String, String)> {
     let mut seen = HashSet::with_capacity(vocab.merges.len());
     vocab
         .merges
@@ -76,8 +77,32 @@ fn spm_merges(vocab: &Vocab, map: &BpeVocab) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Builds the pipeline; `pub(super)` so the `plain` variant can be built from the same vocab.
+/// The SentencePiece model: BPE over score-derived merges, with byte fallback and the unknown
+/// token.
+pub(super) fn spm_model(vocab: &Vocab, map: BpeVocab) -> Result<BPE> {
+    let merges = spm_merges(vocab, &map);
+    let mut builder = BPE::builder().byte_fallback(true).fuse_unk(true);
+    if let Some(unk) = vocab
+        .attrs
+        .iter()
+        .position(|a| *a == TokenAttr::Unknown)
+        .map(|i| vocab.texts[i].clone())
+    {
+        builder = builder.unk_token(unk);
+    }
+    builder
+        .vocab_and_merges(map, merges)
+        .build()
+        .map_err(build_err)
+}
+
+/// The whole `tokenizers` pipeline the fast path in `mod.rs` stands for: the reference the
+/// tests compare it with.
+#[cfg(test)]
 pub(super) fn build(vocab: &Vocab) -> Result<Inner> {
+    use tokenizers::normalizers::{Prepend, Replace, Sequence};
+    use tokenizers::{AddedToken, NormalizerWrapper};
+
     let map = vocab_map(vocab);
     let (model, normalizer, pre) = match vocab.kind {
         VocabKind::Bpe => {
@@ -91,20 +116,7 @@ pub(super) fn build(vocab: &Vocab) -> Result<Inner> {
             (model, None, Some(LlamaPreTokenizer::new(info.regexes)?))
         }
         VocabKind::Spm => {
-            let merges = spm_merges(vocab, &map);
-            let mut builder = BPE::builder().byte_fallback(true).fuse_unk(true);
-            if let Some(unk) = vocab
-                .attrs
-                .iter()
-                .position(|a| *a == TokenAttr::Unknown)
-                .map(|i| vocab.texts[i].clone())
-            {
-                builder = builder.unk_token(unk);
-            }
-            let model = builder
-                .vocab_and_merges(map, merges)
-                .build()
-                .map_err(build_err)?;
+            let model = spm_model(vocab, map)?;
             let replace: NormalizerWrapper =
                 Replace::new(" ", SPM_SPACE).map_err(build_err)?.into();
             let normalizer: NormalizerWrapper = if vocab.add_space_prefix {
@@ -126,11 +138,7 @@ pub(super) fn build(vocab: &Vocab) -> Result<Inner> {
         .iter()
         .zip(&vocab.attrs)
         .filter(|(_, a)| a.is_matched_in_text())
-        .map(|(t, a)| {
-            // Control and unknown tokens are "special": `encode_plain` stops matching them,
-            // as llama.cpp's parse_special = false does; user-defined tokens always match.
-            AddedToken::from(t.clone(), *a != TokenAttr::UserDefined).normalized(false)
-        })
+        .map(|(t, a)| AddedToken::from(t.clone(), *a != TokenAttr::UserDefined).normalized(false))
         .collect();
     inner.add_special_tokens(&added);
     Ok(inner)

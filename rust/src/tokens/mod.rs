@@ -1,26 +1,36 @@
 //! The model's own tokenizer, rebuilt from the GGUF vocabulary so that token ids and counts are
 //! exactly llama.cpp's for the same file.
 //!
-//! The work is done by the `tokenizers` crate: a BPE model (for `gpt2` vocabularies, with the
-//! merges from the file; for `llama`/SentencePiece vocabularies, with merges derived from the
-//! token scores and `<0xXX>` byte fallback), with control/user-defined tokens registered as added
-//! tokens so `<|im_start|>` in a rendered prompt is one token. Only the split regexes are ours
-//! (see `split.rs`). Decoding follows llama.cpp's `token_to_piece` directly.
+//! Encoding is: split out the tokens matched as a whole (`<|im_start|>`..., `special.rs`), then
+//! encode each text segment on its own. For `gpt2` vocabularies a segment is cut into pre-tokens
+//! by llama.cpp's split regexes (`split.rs`) and each pre-token is merged by a byte-level BPE on
+//! ids (`bpe.rs`) behind a per-thread pre-token cache. For `llama`/SentencePiece vocabularies a
+//! segment gets its space escaping (and prefix) and goes whole to the `tokenizers` crate's BPE
+//! model (merges derived from the token scores, `<0xXX>` byte fallback). The full `tokenizers`
+//! pipeline these stand for is still built by `build::build`, and the tests check the fast path
+//! against it. Decoding follows llama.cpp's `token_to_piece` directly.
+//!
+//! Because each text segment is encoded independently of the others, the ids of a text are
+//! the ids of its segments, in order ([`Tokenizer::encode_segmented`] lets a caller cache them).
 
+mod bpe;
 mod build;
 mod pre;
+mod scan;
+mod special;
 mod split;
 mod vocab;
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
 
-use tokenizers::{
-    DecoderWrapper, ModelWrapper, NormalizerWrapper, PostProcessorWrapper, TokenizerImpl,
-};
+use tokenizers::models::bpe::BPE;
+use tokenizers::parallelism::MaybeParallelIterator;
+use tokenizers::Model as _;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufMetadata;
 pub use pre::SUPPORTED_PRE;
+pub use special::Segment;
 use split::LlamaPreTokenizer;
 pub use vocab::{TokenAttr, VocabKind};
 
@@ -28,20 +38,64 @@ pub use vocab::{TokenAttr, VocabKind};
 /// [`Tokenizer::fingerprint`] are invalidated.
 const IMPL_VERSION: u64 = 1;
 
-type Inner = TokenizerImpl<
-    ModelWrapper,
-    NormalizerWrapper,
+/// Batches smaller than this many bytes in all are done on the calling thread: handing them to
+/// the thread pool costs more than it saves.
+const PARALLEL_MIN_BYTES: usize = 32 * 1024;
+
+/// The full `tokenizers` pipeline (the reference the fast path is tested against).
+#[cfg(test)]
+type Inner = tokenizers::TokenizerImpl<
+    tokenizers::ModelWrapper,
+    tokenizers::NormalizerWrapper,
     LlamaPreTokenizer,
-    PostProcessorWrapper,
-    DecoderWrapper,
+    tokenizers::PostProcessorWrapper,
+    tokenizers::DecoderWrapper,
 >;
+
+/// How text segments become ids.
+// One per loaded model, so the size gap between variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Model {
+    /// Byte-level BPE: split regexes, then merges on ids.
+    Bpe {
+        pre: LlamaPreTokenizer,
+        bpe: bpe::ByteBpe,
+    },
+    /// SentencePiece: space escaping (and prefix), then `tokenizers`' BPE with byte fallback.
+    Spm { bpe: BPE, add_space_prefix: bool },
+}
+
+/// Where ids go: a vector, or just a count.
+trait Sink {
+    fn push(&mut self, id: u32);
+    fn extend_from(&mut self, ids: &[u32]);
+}
+
+impl Sink for Vec<u32> {
+    fn push(&mut self, id: u32) {
+        Vec::push(self, id);
+    }
+    fn extend_from(&mut self, ids: &[u32]) {
+        self.extend_from_slice(ids);
+    }
+}
+
+impl Sink for usize {
+    fn push(&mut self, _: u32) {
+        *self += 1;
+    }
+    fn extend_from(&mut self, ids: &[u32]) {
+        *self += ids.len();
+    }
+}
 
 /// A model's tokenizer. Cheap to share across threads (`&self` everywhere).
 pub struct Tokenizer {
-    /// Special tokens are matched in text (llama.cpp's `parse_special = true`).
-    inner: Inner,
-    /// The same pipeline with control tokens treated as plain text, built on first use.
-    plain: OnceLock<Inner>,
+    model: Model,
+    /// The tokens matched as a whole in text, if the vocabulary has any.
+    specials: Option<special::Specials>,
+    /// Text -> id (for duplicated texts, the last id, as llama.cpp).
+    ids: HashMap<String, u32>,
     vocab: vocab::Vocab,
     pieces: Vec<Box<[u8]>>,
     eog: Vec<u32>,
@@ -63,6 +117,9 @@ fn tk_err(e: tokenizers::Error) -> Error {
     Error::InvalidInput(format!("tokenizer error: {e}"))
 }
 
+/// SentencePiece's visible space.
+const SPM_SPACE: &str = "\u{2581}";
+
 impl Tokenizer {
     /// Reads the GGUF file's metadata and builds its tokenizer.
     pub fn from_gguf(path: impl AsRef<std::path::Path>) -> Result<Self> {
@@ -73,13 +130,42 @@ impl Tokenizer {
     /// vocabulary kind or pre-tokenizer this code does not implement.
     pub fn from_metadata(meta: &GgufMetadata) -> Result<Self> {
         let vocab = vocab::Vocab::from_metadata(meta)?;
-        let inner = build::build(&vocab)?;
+        let map = build::vocab_map(&vocab);
+        let model = match vocab.kind {
+            VocabKind::Bpe => {
+                let merges = build::bpe_merges(&vocab, &map);
+                let info = pre::lookup(&vocab.pre)?;
+                Model::Bpe {
+                    pre: LlamaPreTokenizer::new(info.regexes)?,
+                    bpe: bpe::ByteBpe::new(&map, &merges, vocab.ignore_merges),
+                }
+            }
+            VocabKind::Spm => Model::Spm {
+                bpe: build::spm_model(&vocab, map.clone())?,
+                add_space_prefix: vocab.add_space_prefix,
+            },
+        };
+        let specials = special::Specials::new(
+            vocab
+                .texts
+                .iter()
+                .zip(&vocab.attrs)
+                .filter(|(_, a)| a.is_matched_in_text())
+                .filter_map(|(t, a)| {
+                    // Control and unknown tokens are "special": `encode_plain` stops matching
+                    // them, as llama.cpp's parse_special = false does; user-defined tokens
+                    // always match.
+                    let id = *map.get(t)?;
+                    Some((t.clone(), id, *a != TokenAttr::UserDefined))
+                }),
+        )?;
         let pieces = vocab.pieces();
         let eog = vocab.eog_ids();
         let fingerprint = build::fingerprint(&vocab, IMPL_VERSION);
         Ok(Tokenizer {
-            inner,
-            plain: OnceLock::new(),
+            model,
+            specials,
+            ids: map.into_iter().collect(),
             vocab,
             pieces,
             eog,
@@ -87,84 +173,179 @@ impl Tokenizer {
         })
     }
 
-    fn with_specials(&self, ids: Vec<u32>, add_special: bool) -> Vec<u32> {
-        if !add_special || !(self.vocab.add_bos || self.vocab.add_eos) {
-            return ids;
-        }
-        let mut out = Vec::with_capacity(ids.len() + 2);
-        if self.vocab.add_bos {
-            out.extend(self.vocab.bos);
-        }
-        out.extend(ids);
-        if self.vocab.add_eos {
-            out.extend(self.vocab.eos);
-        }
-        out
+    /// The full `tokenizers` pipeline for this vocabulary (slow; for tests).
+    #[cfg(test)]
+    fn reference_pipeline(&self, parse_special: bool) -> Inner {
+        let mut inner = build::build(&self.vocab).unwrap();
+        inner.set_encode_special_tokens(!parse_special);
+        inner
     }
 
-    fn n_specials(&self, add_special: bool) -> usize {
-        if !add_special {
-            return 0;
+    /// Calls `f` on each segment of `text`: text between matched tokens, and the tokens.
+    /// With `parse_special` off, control tokens are not matched (user-defined ones still are).
+    pub fn for_each_segment<'t, E>(
+        &self,
+        text: &'t str,
+        parse_special: bool,
+        mut f: impl FnMut(Segment<'t>) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        match &self.specials {
+            Some(sp) => sp.for_each(text, parse_special, f),
+            None if text.is_empty() => Ok(()),
+            None => f(Segment::Text(text)),
         }
-        usize::from(self.vocab.add_bos && self.vocab.bos.is_some())
-            + usize::from(self.vocab.add_eos && self.vocab.eos.is_some())
+    }
+
+    /// Appends the ids of one text segment (text in which [`for_each_segment`] matched no
+    /// token; any other text gives the ids of its matched tokens' text, spelled out).
+    ///
+    /// [`for_each_segment`]: Self::for_each_segment
+    pub fn encode_segment(&self, text: &str, out: &mut Vec<u32>) -> Result<()> {
+        bpe::with_cache(self.fingerprint, |cache| {
+            self.segment_into(text, cache, out)
+        })
+    }
+
+    fn segment_into<S: Sink>(
+        &self,
+        text: &str,
+        mut cache: Option<&mut bpe::PieceCacheRef<'_>>,
+        out: &mut S,
+    ) -> Result<()> {
+        match &self.model {
+            Model::Bpe { pre, bpe } => {
+                let mut buf = Vec::new();
+                pre.for_each_pretoken(text, &mut |piece| {
+                    buf.clear();
+                    match cache.as_deref_mut() {
+                        Some(c) => c.tokenize(bpe, piece.as_bytes(), &mut buf),
+                        None => bpe.tokenize(piece.as_bytes(), &mut buf),
+                    }
+                    out.extend_from(&buf);
+                });
+                Ok(())
+            }
+            Model::Spm {
+                bpe,
+                add_space_prefix,
+            } => {
+                // llama.cpp prefixes a space to every text segment (each starts the input or
+                // follows a matched token), then escapes spaces.
+                let mut escaped = String::with_capacity(text.len() + 8);
+                if *add_space_prefix {
+                    escaped.push_str(SPM_SPACE);
+                }
+                for (i, part) in text.split(' ').enumerate() {
+                    if i > 0 {
+                        escaped.push_str(SPM_SPACE);
+                    }
+                    escaped.push_str(part);
+                }
+                for t in bpe.tokenize(&escaped).map_err(tk_err)? {
+                    out.push(t.id);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Ids (or the count) of `text`: matched tokens, and each text segment.
+    fn encode_into<S: Sink>(&self, text: &str, parse_special: bool, out: &mut S) -> Result<()> {
+        bpe::with_cache(self.fingerprint, |mut cache| {
+            self.for_each_segment(text, parse_special, |seg| match seg {
+                Segment::Token(id) => {
+                    out.push(id);
+                    Ok(())
+                }
+                Segment::Text(t) => self.segment_into(t, cache.as_deref_mut(), out),
+            })
+        })
+    }
+
+    fn bos(&self, add_special: bool) -> Option<u32> {
+        self.vocab.bos.filter(|_| add_special && self.vocab.add_bos)
+    }
+
+    fn eos(&self, add_special: bool) -> Option<u32> {
+        self.vocab.eos.filter(|_| add_special && self.vocab.add_eos)
+    }
+
+    fn encode_with(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        // About one token per 3.5 bytes of typical text.
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+        ids.extend(self.bos(add_special));
+        self.encode_into(text, parse_special, &mut ids)?;
+        ids.extend(self.eos(add_special));
+        Ok(ids)
     }
 
     /// Token ids of `text`. Control and user-defined tokens written in the text (`<|im_end|>`)
     /// become their single ids. With `add_special`, BOS/EOS are added as the model's
     /// `add_bos_token`/`add_eos_token` say (llama.cpp's `add_special`).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode_fast(text, false).map_err(tk_err)?;
-        Ok(self.with_specials(enc.get_ids().to_vec(), add_special))
+        self.encode_with(text, add_special, true)
     }
 
     /// Like [`encode`](Self::encode), but control and unknown-type tokens written in the text are
     /// tokenized as ordinary text (llama.cpp's `parse_special = false`), e.g. for untrusted input
     /// that must not be able to forge a turn boundary. User-defined tokens still match.
     pub fn encode_plain(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let plain = match self.plain.get() {
-            Some(p) => p,
-            None => {
-                let mut p = build::build(&self.vocab)?;
-                p.set_encode_special_tokens(true);
-                // A concurrent caller may have won the race; either copy is identical.
-                let _ = self.plain.set(p);
-                self.plain
-                    .get()
-                    .ok_or_else(|| Error::StateConflict("tokenizer init race".to_owned()))?
+        self.encode_with(text, add_special, false)
+    }
+
+    /// [`encode`](Self::encode), with the ids of each text segment supplied by
+    /// `encode_text(segment, out)`, which must append what [`encode_segment`] would (a caller
+    /// can cache them; the result is the same because segments are encoded independently).
+    ///
+    /// [`encode_segment`]: Self::encode_segment
+    pub fn encode_segmented(
+        &self,
+        text: &str,
+        add_special: bool,
+        mut encode_text: impl FnMut(&str, &mut Vec<u32>) -> Result<()>,
+    ) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 2);
+        ids.extend(self.bos(add_special));
+        self.for_each_segment(text, true, |seg| match seg {
+            Segment::Token(id) => {
+                ids.push(id);
+                Ok(())
             }
-        };
-        let enc = plain.encode_fast(text, false).map_err(tk_err)?;
-        Ok(self.with_specials(enc.get_ids().to_vec(), add_special))
+            Segment::Text(t) => encode_text(t, &mut ids),
+        })?;
+        ids.extend(self.eos(add_special));
+        Ok(ids)
     }
 
     /// Number of tokens [`encode`](Self::encode) would return.
     pub fn count(&self, text: &str, add_special: bool) -> Result<usize> {
-        let enc = self.inner.encode_fast(text, false).map_err(tk_err)?;
-        Ok(enc.len() + self.n_specials(add_special))
+        let mut n = usize::from(self.bos(add_special).is_some())
+            + usize::from(self.eos(add_special).is_some());
+        self.encode_into(text, true, &mut n)?;
+        Ok(n)
     }
 
-    /// [`encode`](Self::encode) for many texts, in parallel on the `rayon` pool (set
-    /// `TOKENIZERS_PARALLELISM=false` to disable). Results are in input order.
+    /// Whether a batch is worth the thread pool.
+    fn parallel(texts: &[&str]) -> bool {
+        texts.len() > 1 && texts.iter().map(|t| t.len()).sum::<usize>() >= PARALLEL_MIN_BYTES
+    }
+
+    /// [`encode`](Self::encode) for many texts, in parallel on the `rayon` pool for large
+    /// batches (set `TOKENIZERS_PARALLELISM=false` to disable). Results are in input order.
     pub fn encode_batch(&self, texts: &[&str], add_special: bool) -> Result<Vec<Vec<u32>>> {
-        let encs = self
-            .inner
-            .encode_batch_fast(texts.to_vec(), false)
-            .map_err(tk_err)?;
-        Ok(encs
-            .into_iter()
-            .map(|e| self.with_specials(e.get_ids().to_vec(), add_special))
-            .collect())
+        texts
+            .into_maybe_par_iter_cond(Self::parallel(texts))
+            .map(|t| self.encode(t, add_special))
+            .collect()
     }
 
-    /// [`count`](Self::count) for many texts, in parallel. Results are in input order.
+    /// [`count`](Self::count) for many texts, in parallel for large batches. Results are in
+    /// input order.
     pub fn count_batch(&self, texts: &[&str], add_special: bool) -> Result<Vec<usize>> {
-        let encs = self
-            .inner
-            .encode_batch_fast(texts.to_vec(), false)
-            .map_err(tk_err)?;
-        let extra = self.n_specials(add_special);
-        Ok(encs.into_iter().map(|e| e.len() + extra).collect())
+        texts
+            .into_maybe_par_iter_cond(Self::parallel(texts))
+            .map(|t| self.count(t, add_special))
+            .collect()
     }
 
     /// The text of `ids`, as llama.cpp's detokenizer renders it (special tokens as their text;
@@ -218,7 +399,7 @@ impl Tokenizer {
 
     /// The id of a token text, if it is in the vocabulary.
     pub fn token_to_id(&self, text: &str) -> Option<u32> {
-        self.inner.token_to_id(text)
+        self.ids.get(text).copied()
     }
 
     /// The text of a token id as stored in the vocabulary (byte-level form for BPE).

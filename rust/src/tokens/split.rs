@@ -15,6 +15,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::tokenizer::pattern::Pattern;
 use tokenizers::{Offsets, PreTokenizedString, PreTokenizer, SplitDelimiterBehavior};
 
+use super::scan::Scanner;
 use crate::error::{Error, Result};
 
 const LOOKAHEAD: &str = r"\s+(?!\S)";
@@ -54,18 +55,28 @@ impl RegexSplit {
     /// look-ahead) would find them.
     pub fn matches(&self, text: &str) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
-        let mut pos = 0;
+        self.for_each_match(text, |s, e| out.push((s, e)));
+        out
+    }
+
+    /// [`matches`](Self::matches) without the vector.
+    #[inline]
+    pub fn for_each_match(&self, text: &str, mut f: impl FnMut(usize, usize)) {
         if !self.has_ws_group {
             for m in self.re.find_iter(text) {
                 if m.start() < m.end() {
-                    out.push((m.start(), m.end()));
+                    f(m.start(), m.end());
                 }
             }
-            return out;
+            return;
         }
-        let mut locs = self.re.capture_locations();
+        let mut locs = None;
+        let mut pos = 0;
         while pos < text.len() {
-            let Some(m) = self.re.captures_read_at(&mut locs, text, pos) else {
+            // The lazy DFA finds the match; only a match of nothing but whitespace can come
+            // from the rewritten look-ahead group, and only then are the (slower) capture
+            // positions needed to tell.
+            let Some(m) = self.re.find_at(text, pos) else {
                 break;
             };
             let (start, mut end) = (m.start(), m.end());
@@ -74,20 +85,41 @@ impl RegexSplit {
                 pos = next_char_boundary(text, end);
                 continue;
             }
-            if locs.get(1).is_some() && end < text.len() {
-                // `\s+(?!\S)` matched the whole run (the run is maximal, so a non-space
-                // follows): the look-ahead gives back the last character. A run of one
-                // character cannot give anything back; the original regex then matched it
-                // with its trailing `\s+`, or left it as a gap, which splits the same way.
-                let last = prev_char_boundary(text, end);
-                if last > start {
-                    end = last;
+            if end < text.len() && m.as_str().chars().all(char::is_whitespace) {
+                let locs = locs.get_or_insert_with(|| self.re.capture_locations());
+                let again = self.re.captures_read_at(locs, text, start);
+                debug_assert_eq!(again.map(|m| (m.start(), m.end())), Some((start, end)));
+                if locs.get(1).is_some() {
+                    // `\s+(?!\S)` matched the whole run (the run is maximal, so a non-space
+                    // follows): the look-ahead gives back the last character. A run of one
+                    // character cannot give anything back; the original regex then matched it
+                    // with its trailing `\s+`, or left it as a gap, which splits the same way.
+                    let last = prev_char_boundary(text, end);
+                    if last > start {
+                        end = last;
+                    }
                 }
             }
-            out.push((start, end));
+            f(start, end);
             pos = end;
         }
-        out
+    }
+
+    /// Calls `f` on every piece of `text`: the matches and the text between them, in order,
+    /// covering all of it (`Split` with the `Isolated` behavior).
+    #[inline]
+    pub fn for_each_piece(&self, text: &str, mut f: impl FnMut(&str)) {
+        let mut prev = 0;
+        self.for_each_match(text, |start, end| {
+            if prev != start {
+                f(&text[prev..start]);
+            }
+            f(&text[start..end]);
+            prev = end;
+        });
+        if prev != text.len() {
+            f(&text[prev..]);
+        }
     }
 }
 
@@ -132,6 +164,10 @@ impl Pattern for &RegexSplit {
 /// The BPE pre-tokenizer: each split regex in turn, then the byte-level mapping.
 pub(crate) struct LlamaPreTokenizer {
     splits: Vec<RegexSplit>,
+    /// What the fast path runs for each regex: a hand-written scanner where there is one.
+    fast: Vec<Option<Scanner>>,
+    /// Only the `tokenizers` pipeline (the tests' reference) uses it.
+    #[cfg_attr(not(test), allow(dead_code))]
     byte_level: ByteLevel,
 }
 
@@ -142,6 +178,7 @@ impl LlamaPreTokenizer {
                 .iter()
                 .map(|r| RegexSplit::new(r))
                 .collect::<Result<_>>()?,
+            fast: regexes.iter().map(|r| Scanner::for_pattern(r)).collect(),
             byte_level: ByteLevel::new(false, false, false),
         })
     }
@@ -154,5 +191,40 @@ impl PreTokenizer for LlamaPreTokenizer {
                 .split(|_, normalized| normalized.split(split, SplitDelimiterBehavior::Isolated))?;
         }
         self.byte_level.pre_tokenize(pretokenized)
+    }
+}
+
+impl LlamaPreTokenizer {
+    /// Calls `f` on every pre-token of `text` (raw bytes, before the byte-level mapping), in
+    /// order: what `pre_tokenize` produces, without building a `PreTokenizedString`.
+    pub fn for_each_pretoken(&self, text: &str, f: &mut impl FnMut(&str)) {
+        walk(&self.splits, &self.fast, text, f);
+    }
+
+    /// The same with the regexes only (no hand-written scanners), for tests.
+    #[cfg(test)]
+    pub fn for_each_pretoken_regex(&self, text: &str, f: &mut impl FnMut(&str)) {
+        walk(&self.splits, &vec![None; self.splits.len()], text, f);
+    }
+}
+
+fn walk(splits: &[RegexSplit], fast: &[Option<Scanner>], text: &str, f: &mut impl FnMut(&str)) {
+    let (Some(split), Some(scan)) = (splits.first(), fast.first()) else {
+        if !text.is_empty() {
+            f(text);
+        }
+        return;
+    };
+    let (splits, fast) = (&splits[1..], &fast[1..]);
+    let mut inner = |piece: &str| {
+        if splits.is_empty() {
+            f(piece);
+        } else {
+            walk(splits, fast, piece, f);
+        }
+    };
+    match scan {
+        Some(scan) => scan.for_each_piece(text, &mut inner),
+        None => split.for_each_piece(text, &mut inner),
     }
 }

@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use super::split::RegexSplit;
 use super::*;
 use crate::gguf::tests::test_model_path;
@@ -505,4 +507,359 @@ fn spm_special_defaults() {
     assert_eq!(tok.count("ab", true).unwrap(), ids.len());
     assert_eq!(tok.decode(&ids).unwrap(), "<s> ab");
     assert!(tok.is_eog(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fast path against the `tokenizers` pipeline it replaces, and segment independence.
+
+/// Random text from an alphabet chosen to exercise the split regexes (letters, digits, runs of
+/// mixed whitespace, CRLF, contractions, punctuation, combining marks, emoji, CJK) and pieces of
+/// special-token text.
+fn random_text(rng: &mut Rng, specials: &[&str], max_parts: usize) -> String {
+    const PARTS: &[&str] = &[
+        " ",
+        "  ",
+        "   ",
+        "\t",
+        "\n",
+        "\n\n",
+        "\r\n",
+        " \n",
+        "\u{a0}",
+        "\u{3000}",
+        "a",
+        "Z",
+        "the",
+        " the",
+        "Hello",
+        "é",
+        "e\u{301}",
+        "日本",
+        "语",
+        "١٢٣",
+        "0",
+        "12",
+        "345",
+        "'s",
+        "'S",
+        "'ll",
+        "'",
+        ".",
+        ",",
+        "!",
+        "?!",
+        "...",
+        "-",
+        "(",
+        ")",
+        "{",
+        "}",
+        "::",
+        "=>",
+        "$",
+        "+",
+        "<",
+        ">",
+        "|",
+        "_",
+        "👍",
+        "🏳️‍🌈",
+        "x",
+        "def",
+        "    return",
+        "\u{200b}",
+        "ß",
+        "Ωμ",
+        "<|",
+        "|>",
+        "im_",
+    ];
+    let n = rng.below(max_parts + 1);
+    let mut out = String::new();
+    for _ in 0..n {
+        if !specials.is_empty() && rng.below(12) == 0 {
+            out.push_str(specials[rng.below(specials.len())]);
+        } else {
+            out.push_str(PARTS[rng.below(PARTS.len())]);
+        }
+    }
+    out
+}
+
+fn reference_ids(inner: &super::Inner, text: &str) -> Vec<u32> {
+    inner.encode_fast(text, false).unwrap().get_ids().to_vec()
+}
+
+/// Encodes with every public path and checks they agree with the reference pipelines.
+fn check_against_reference(tok: &Tokenizer, texts: &[String]) {
+    let special = tok.reference_pipeline(true);
+    let plain = tok.reference_pipeline(false);
+    for text in texts {
+        let want = reference_ids(&special, text);
+        let ids = tok.encode(text, false).unwrap();
+        assert_eq!(ids, want, "encode {text:?}");
+        assert_eq!(
+            tok.count(text, false).unwrap(),
+            want.len(),
+            "count {text:?}"
+        );
+        assert_eq!(
+            tok.encode_plain(text, false).unwrap(),
+            reference_ids(&plain, text),
+            "encode_plain {text:?}"
+        );
+        // Segment by segment, through the public pieces a cache would use.
+        let seg = tok
+            .encode_segmented(text, false, |t, out| tok.encode_segment(t, out))
+            .unwrap();
+        assert_eq!(seg, want, "segmented {text:?}");
+    }
+}
+
+#[test]
+fn fast_path_matches_the_tokenizers_pipeline_on_the_golden_corpus() {
+    let Some(tok) = load_default() else { return };
+    let texts: Vec<String> = golden().cases.into_iter().map(|c| c.text).collect();
+    check_against_reference(&tok, &texts);
+}
+
+#[test]
+fn fast_path_matches_the_tokenizers_pipeline_on_random_text() {
+    let Some(tok) = load_default() else { return };
+    let specials = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<repo_name>"];
+    let mut rng = Rng(0x005e_ed0f_f00d);
+    let texts: Vec<String> = (0..3000)
+        .map(|_| random_text(&mut rng, &specials, 40))
+        .collect();
+    check_against_reference(&tok, &texts);
+    // Long texts, past the piece cache's length limit and with long whitespace runs.
+    let long: Vec<String> = (0..20)
+        .map(|_| random_text(&mut rng, &specials, 3000))
+        .chain([
+            "a".repeat(1000),
+            " ".repeat(700) + "x",
+            "\n".repeat(600) + "y  z",
+        ])
+        .collect();
+    check_against_reference(&tok, &long);
+}
+
+#[test]
+fn fast_path_matches_for_every_pre_tokenizer_family() {
+    let mut rng = Rng(0xabad_1dea);
+    let specials = ["<|im_start|>", "<|im_end|>", "<tool>"];
+    let texts: Vec<String> = (0..1500)
+        .map(|_| random_text(&mut rng, &specials, 30))
+        .chain([
+            "hello".to_owned(),
+            "hell".to_owned(),
+            " wo hello".to_owned(),
+        ])
+        .collect();
+    // smollm, gpt-2, llama3 (ignore_merges), qwen2 and llama.cpp's default.
+    for pre in ["smollm", "gpt-2", "llama-bpe", "qwen2", "default"] {
+        check_against_reference(&tiny_bpe(pre, vec![]), &texts);
+    }
+}
+
+#[test]
+fn spm_fast_path_matches_the_pipeline_and_is_segment_independent() {
+    let v = spm_vocab();
+    let alphabet: Vec<&str> = vec![
+        "a", "b", "c", " ", "é", "\n", "x", "日", "<s>", "<|user|>", "ab", "  ",
+    ];
+    let mut rng = Rng(0x0dd_ba11);
+    let texts: Vec<String> = (0..2000)
+        .map(|_| {
+            let n = rng.below(20);
+            (0..n)
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect()
+        })
+        .collect();
+    for add_space_prefix in [true, false] {
+        let tok = spm_tokenizer(
+            &v,
+            vec![(
+                "tokenizer.ggml.add_space_prefix",
+                Value::Bool(add_space_prefix),
+            )],
+        );
+        check_against_reference(&tok, &texts);
+        // And the segmented encode is llama.cpp's (the space prefix goes on every segment).
+        for text in &texts {
+            let seg = tok
+                .encode_segmented(text, false, |t, out| tok.encode_segment(t, out))
+                .unwrap();
+            assert_eq!(seg, reference_spm(&v, text, add_space_prefix), "{text:?}");
+        }
+    }
+}
+
+#[test]
+fn segments_concatenate_to_the_full_encoding() {
+    let Some(tok) = load_default() else { return };
+    let golden = golden();
+    // Each golden case alone, and all of them joined into chat-like prompts, where every
+    // segment's ids come from a cache filled by earlier prompts.
+    let mut cache: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut cached = |t: &str, out: &mut Vec<u32>| -> Result<()> {
+        if let Some(ids) = cache.get(t) {
+            out.extend_from_slice(ids);
+        } else {
+            let start = out.len();
+            tok.encode_segment(t, out)?;
+            cache.insert(t.to_owned(), out[start..].to_vec());
+        }
+        Ok(())
+    };
+    for case in &golden.cases {
+        let seg = tok
+            .encode_segmented(&case.text, false, &mut cached)
+            .unwrap();
+        assert_eq!(seg, case.ids, "{:?}", case.text);
+    }
+    let mut prompt = String::new();
+    for (i, case) in golden.cases.iter().enumerate() {
+        let role = ["system", "user", "assistant"][i % 3];
+        prompt.push_str(&format!("<|im_start|>{role}\n{}<|im_end|>\n", case.text));
+        if i % 97 == 0 {
+            let full = tok.encode(&prompt, true).unwrap();
+            let seg = tok.encode_segmented(&prompt, true, &mut cached).unwrap();
+            assert_eq!(seg, full);
+        }
+    }
+}
+
+#[test]
+fn batches_match_single_calls_in_parallel_and_serially() {
+    let Some(tok) = load_default() else { return };
+    let golden = golden();
+    // Large enough to go to the thread pool, repeated so the threads' caches are warm too.
+    let texts: Vec<String> = golden.cases.iter().map(|c| c.text.repeat(3)).collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    assert!(Tokenizer::parallel(&refs));
+    for _ in 0..2 {
+        let ids = tok.encode_batch(&refs, true).unwrap();
+        let counts = tok.count_batch(&refs, true).unwrap();
+        for (i, t) in refs.iter().enumerate() {
+            let want = tok.encode(t, true).unwrap();
+            assert_eq!(ids[i], want);
+            assert_eq!(counts[i], want.len());
+        }
+    }
+    let few = &refs[..3];
+    assert!(!Tokenizer::parallel(few));
+    assert_eq!(tok.count_batch(few, false).unwrap().len(), 3);
+    assert!(tok.count_batch(&[], false).unwrap().is_empty());
+}
+
+#[test]
+fn piece_cache_stays_exact_past_its_size() {
+    let Some(tok) = load_default() else { return };
+    let reference = tok.reference_pipeline(true);
+    // More distinct pre-tokens than two cache generations hold, then the first ones again.
+    let words: Vec<String> = (0..40_000u32)
+        .map(|i| {
+            let mut x = i.wrapping_mul(2_654_435_761);
+            let mut w = String::from(" ");
+            for _ in 0..5 {
+                w.push(char::from(b'a' + (x % 26) as u8));
+                x /= 26;
+            }
+            w
+        })
+        .collect();
+    for pass in 0..2 {
+        for (i, w) in words.iter().enumerate() {
+            if pass == 1 && i % 7 != 0 {
+                continue;
+            }
+            assert_eq!(tok.encode(w, false).unwrap(), reference_ids(&reference, w));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The hand-written split scanners against the original regexes.
+
+#[test]
+fn scanners_match_fancy_regex() {
+    use super::scan::Scanner;
+    let patterns = [
+        r"\p{N}",
+        super::pre::GPT2,
+        super::pre::LLAMA3,
+        super::pre::QWEN2,
+        // GPT-2's pattern as llama.cpp writes it, with the trailing `\s+`.
+        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",
+    ];
+    let alphabet: Vec<char> =
+        " \t\n\r\u{b}\u{c}\u{85}\u{a0}\u{2028}\u{3000}aZé日1٣²Ⅻ'sSltTvVxrRmMdDeEL.,!-(\u{301}👍\u{1f3fb}𝐀"
+            .chars()
+            .collect();
+    let mut rng = Rng(0x7777_1234_abcd_0001);
+    for pattern in patterns {
+        let scanner = Scanner::for_pattern(pattern).unwrap_or(Scanner::Gpt2);
+        let reference = fancy_regex::Regex::new(pattern).unwrap();
+        for _ in 0..20_000 {
+            let len = rng.below(16);
+            let text: String = (0..len)
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect();
+            let want: Vec<(usize, usize)> = reference
+                .find_iter(&text)
+                .map(|m| m.unwrap())
+                .map(|m| (m.start(), m.end()))
+                .collect();
+            let mut got = Vec::new();
+            scanner.for_each_piece(&text, |p| {
+                let start = p.as_ptr() as usize - text.as_ptr() as usize;
+                got.push((start, start + p.len()));
+            });
+            assert_eq!(got, pieces(&want, text.len()), "{pattern} on {text:?}");
+        }
+    }
+}
+
+#[test]
+fn character_classes_match_the_regex_crate() {
+    use super::scan::{class, Class};
+    let letter = regex::Regex::new(r"\A\p{L}\z").unwrap();
+    let number = regex::Regex::new(r"\A\p{N}\z").unwrap();
+    let space = regex::Regex::new(r"\A\s\z").unwrap();
+    let mut buf = [0u8; 4];
+    for cp in (0u32..0x3_0000)
+        .chain(0xe_0000..0xe_0100)
+        .chain([0x10_fffd])
+    {
+        let Some(c) = char::from_u32(cp) else {
+            continue;
+        };
+        let s = c.encode_utf8(&mut buf);
+        let want = if letter.is_match(s) {
+            Class::Letter
+        } else if number.is_match(s) {
+            Class::Number
+        } else if space.is_match(s) {
+            Class::Space
+        } else {
+            Class::Other
+        };
+        assert_eq!(class(c), want, "U+{cp:04X}");
+    }
+}
+
+#[test]
+fn scanned_pretokens_match_the_regex_path_on_the_golden_corpus() {
+    for pre in ["smollm", "gpt-2", "llama-bpe", "qwen2", "default"] {
+        let info = super::pre::lookup(pre).unwrap();
+        let split = LlamaPreTokenizer::new(info.regexes).unwrap();
+        for case in golden().cases {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            split.for_each_pretoken(&case.text, &mut |p| a.push(p.to_owned()));
+            split.for_each_pretoken_regex(&case.text, &mut |p| b.push(p.to_owned()));
+            assert_eq!(a, b, "{pre} on {:?}", case.text);
+        }
+    }
 }

@@ -299,6 +299,9 @@ async def test_stream_event_sequence(client: TestClient) -> None:
     assert done["previous_response_id"] == first["id"]
     got = await (await client.get(f"/v1/responses/{done['id']}")).json()
     assert text(got) == deltas
+    # The ids the stream announced first are the stored ones: continuable before it ends.
+    assert created["id"] == done["id"] == got["id"]
+    assert item_id == done["output"][0]["id"] == got["output"][0]["id"]
 
 
 async def test_stream_incomplete_ends_with_response_incomplete(client: TestClient) -> None:

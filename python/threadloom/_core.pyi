@@ -18,6 +18,7 @@ __all__ = [
     "Tokenizer",
     "Turn",
     "convert_for_ctransformers",
+    "new_response_id",
 ]
 
 _Metadata = Mapping[str, Any] | str | bytes | None
@@ -54,7 +55,28 @@ class ResponseInfo:
         cached_tokens: int = 0,
         error: str | None = None,
         metadata: _Metadata = None,
+        id: str | None = None,
     ) -> ResponseInfo: ...
+    @property
+    def id(self) -> str | None: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def output_count(self) -> int: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def completion_tokens(self) -> int: ...
+    @property
+    def cached_tokens(self) -> int: ...
+    @property
+    def error(self) -> str | None: ...
+    @property
+    def metadata_json(self) -> str | None: ...
+
+def new_response_id() -> str: ...
 
 @final
 class Thread:

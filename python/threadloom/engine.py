@@ -5,18 +5,19 @@ caller, and stores the inputs and output as a response."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
-from threadloom._core import PromptEngine, ResponseInfo, Store
+from threadloom._core import PromptEngine, ResponseInfo, Store, new_response_id
 from threadloom.backends.base import BackendFactory, SamplingParams
 from threadloom.errors import InvalidInput, StateConflict, ThreadloomError
 from threadloom.slots import SlotPool
@@ -24,6 +25,7 @@ from threadloom.textstream import StopMatcher, ThinkSplitter, Utf8Stream
 
 Message = Mapping[str, str | None]
 DEFAULT_CONTEXT = 4096
+log = logging.getLogger("threadloom.engine")
 
 
 class Usage(msgspec.Struct, frozen=True):
@@ -54,6 +56,9 @@ class Started(msgspec.Struct, frozen=True, tag="started"):
     prompt_tokens: int
     cached_tokens: int
     slot: int
+    # The id the response will be stored under (None when nothing is stored), known before the
+    # first token so a stream can name it up front.
+    response_id: str | None = None
 
 
 class TokenEvent(msgspec.Struct, frozen=True, tag="token"):
@@ -143,6 +148,9 @@ class Engine:
         self.pool = SlotPool(backend, slots, max_queue=max_queue)
         # Generation threads: one per slot, plus room for assembly and store writes.
         self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
+        # Called on the event loop with every finished generation (cancelled and failed ones
+        # too), before it is stored: one place for metrics, whatever dialect asked for it.
+        self.on_finished: list[Callable[[Result], None]] = []
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -231,6 +239,7 @@ class Engine:
             )
 
         assembly = await loop.run_in_executor(self._executor, assemble)
+        response_id = new_response_id() if store and not stateless else None
         ids = assembly.ids
         cancel = threading.Event()
         acquiring = loop.run_in_executor(self._executor, lambda: self.pool.acquire(ids, cancel))
@@ -314,17 +323,26 @@ class Engine:
                 total_s=time.perf_counter() - started,
                 messages_dropped=assembly.messages_dropped,
             )
+            self._notify(result)
             if not store or stateless:
                 return result
             return await loop.run_in_executor(
                 self._executor,
                 lambda: self._save(
-                    result, new, owner, thread, previous_response_id, head, anchor_window, metadata
+                    result,
+                    new,
+                    owner,
+                    thread,
+                    previous_response_id,
+                    head,
+                    anchor_window,
+                    metadata,
+                    response_id,
                 ),
             )
 
         try:
-            yield Started(assembly.prompt_tokens, cached, slot.index)
+            yield Started(assembly.prompt_tokens, cached, slot.index, response_id)
             while True:
                 kind, payload = await queue.get()
                 if kind == "done":
@@ -344,6 +362,13 @@ class Engine:
             raise
         yield Finished(await finish(payload))
 
+    def _notify(self, result: Result) -> None:
+        for observer in self.on_finished:
+            try:
+                observer(result)
+            except Exception:  # an observer's bug must not lose the reply
+                log.exception("on_finished observer %r failed", observer)
+
     def _save(
         self,
         result: Result,
@@ -354,6 +379,7 @@ class Engine:
         head: str | None,
         anchor_window: bool,
         metadata: Mapping[str, Any] | None,
+        response_id: str | None,
     ) -> Result:
         output: dict[str, str] = {"role": "assistant", "content": result.text}
         if result.reasoning is not None:
@@ -367,6 +393,7 @@ class Engine:
             cached_tokens=result.usage.cached_tokens,
             error=result.error,
             metadata=dict(metadata) if metadata else None,
+            id=response_id,
         )
         turns = [*new, output]
         if thread is not None:

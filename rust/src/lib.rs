@@ -21,7 +21,8 @@ mod _core {
     use crate::py::prompt::{Assembly, PromptEngine, Tokenizer};
     #[pymodule_export]
     use crate::py::store::{
-        Appended, Response, ResponseInfo, Retention, Store, Thread, ThreadPage, Turn,
+        new_response_id, Appended, Response, ResponseInfo, Retention, Store, Thread, ThreadPage,
+        Turn,
     };
     #[pymodule_export]
     use crate::py::template::ChatTemplate;

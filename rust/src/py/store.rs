@@ -135,7 +135,7 @@ pub struct ResponseInfo {
 #[pymethods]
 impl ResponseInfo {
     #[new]
-    #[pyo3(signature = (model, *, status="completed", output_count=1, prompt_tokens=0, completion_tokens=0, cached_tokens=0, error=None, metadata=None))]
+    #[pyo3(signature = (model, *, status="completed", output_count=1, prompt_tokens=0, completion_tokens=0, cached_tokens=0, error=None, metadata=None, id=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         model: String,
@@ -146,9 +146,14 @@ impl ResponseInfo {
         cached_tokens: u64,
         error: Option<String>,
         metadata: Option<&Bound<'_, PyAny>>,
+        id: Option<String>,
     ) -> PyResult<Self> {
+        if let Some(id) = &id {
+            ids::validate_response_id(id)?;
+        }
         Ok(ResponseInfo {
             inner: NewResponse {
+                id,
                 status: ResponseStatus::parse(status)?,
                 model,
                 output_count,
@@ -162,6 +167,59 @@ impl ResponseInfo {
             },
         })
     }
+    /// The id minted for this response before it was stored, if any.
+    #[getter]
+    fn id(&self) -> Option<&str> {
+        self.inner.id.as_deref()
+    }
+    /// The model that produced it.
+    #[getter]
+    fn model(&self) -> &str {
+        &self.inner.model
+    }
+    /// `completed`, `incomplete` or `failed`.
+    #[getter]
+    fn status(&self) -> &'static str {
+        self.inner.status.as_str()
+    }
+    /// How many of the appended turns are outputs (at the end).
+    #[getter]
+    fn output_count(&self) -> u32 {
+        self.inner.output_count
+    }
+    /// Prompt tokens.
+    #[getter]
+    fn prompt_tokens(&self) -> u64 {
+        self.inner.usage.prompt_tokens
+    }
+    /// Generated tokens.
+    #[getter]
+    fn completion_tokens(&self) -> u64 {
+        self.inner.usage.completion_tokens
+    }
+    /// Prompt tokens reused from a slot's cache.
+    #[getter]
+    fn cached_tokens(&self) -> u64 {
+        self.inner.usage.cached_tokens
+    }
+    /// Why it failed, for failed responses.
+    #[getter]
+    fn error(&self) -> Option<&str> {
+        self.inner.error.as_deref()
+    }
+    /// The metadata as JSON text, as given (checked when stored).
+    #[getter]
+    fn metadata_json(&self) -> Option<&str> {
+        self.inner.metadata.as_deref()
+    }
+}
+
+/// A new response id (`resp_` + 128 random bits) in the store's format, for naming a response
+/// before it is stored (`ResponseInfo(id=...)`).
+#[pyfunction]
+#[pyo3(signature = ())]
+pub fn new_response_id() -> String {
+    ids::new_response_id()
 }
 
 /// A thread: a named, mutable pointer to the newest turn of a conversation.

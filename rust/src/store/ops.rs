@@ -385,6 +385,9 @@ impl Store {
                         turns.len()
                     )));
                 }
+                if let Some(id) = &r.id {
+                    ids::validate_response_id(id)?;
+                }
                 Some(records::normalize_metadata(r.metadata.as_deref())?)
             }
             None => None,
@@ -487,7 +490,16 @@ impl Store {
 
             let record = match (&response, &response_metadata) {
                 (Some(r), Some(metadata)) => {
-                    let id = ids::new_response_id();
+                    let id = match &r.id {
+                        // A reused id would let one response overwrite another's record.
+                        Some(id) if s.responses.get(txn, id.as_bytes())?.is_some() => {
+                            return Err(Error::StateConflict(format!(
+                                "response {id} already exists"
+                            )));
+                        }
+                        Some(id) => id.clone(),
+                        None => ids::new_response_id(),
+                    };
                     let rec = ResponseRecord {
                         id: id.clone(),
                         owner: owner.to_owned(),

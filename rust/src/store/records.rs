@@ -132,6 +132,9 @@ pub struct ResponseRecord {
 /// What the caller says about a response to record with an append.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewResponse {
+    /// The id to store it under, minted before generation so a stream can name it up front
+    /// (see `ids::new_response_id`); `None` mints one at append time.
+    pub id: Option<String>,
     pub status: ResponseStatus,
     pub model: String,
     /// How many of the appended turns are outputs (at the end); the rest are inputs.

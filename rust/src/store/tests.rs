@@ -64,6 +64,7 @@ fn turns(texts: &[&str]) -> Vec<NewTurn> {
 
 fn response(status: ResponseStatus, output_count: u32) -> NewResponse {
     NewResponse {
+        id: None,
         status,
         model: "test-model".into(),
         output_count,
@@ -2445,4 +2446,28 @@ fn a_map_grown_by_another_process_is_adopted() {
     push(&s, A, "shared", &["parent again"]);
     assert!(s.stats().unwrap().map_bytes > before);
     s.push_check(18);
+}
+
+#[test]
+fn a_response_id_minted_before_append_is_used_once() {
+    let (_dir, s) = store();
+    let id = ids::new_response_id();
+    let mut r = completed();
+    r.id = Some(id.clone());
+    let first = s
+        .append(A, &Anchor::Root, &[user("hi")], Some(&r), &no_options())
+        .unwrap();
+    assert_eq!(first.response.as_ref().unwrap().id, id);
+    assert_eq!(
+        s.get_response(A, &id).unwrap().last_turn,
+        ids::turn_id_string(&first.turn_ids[0])
+    );
+    // The same id again is refused, and nothing of the second append is stored.
+    let before = s.stats().unwrap();
+    let again = s.append(A, &Anchor::Root, &[user("again")], Some(&r), &no_options());
+    assert!(matches!(again, Err(Error::StateConflict(_))), "{again:?}");
+    assert_eq!(s.stats().unwrap().turns, before.turns);
+    r.id = Some("resp_nope".into());
+    let bad = s.append(A, &Anchor::Root, &[user("x")], Some(&r), &no_options());
+    assert!(matches!(bad, Err(Error::InvalidInput(_))), "{bad:?}");
 }

@@ -35,6 +35,12 @@ def mint_id(prefix: str) -> str:
     return prefix + "_" + "".join(s.CROCKFORD[(n >> (5 * i)) & 31] for i in range(25, -1, -1))
 
 
+def output_item_id(response_id: str) -> str:
+    """The id of a response's output message: derived from the response id, so a stream can
+    name it before the turn is stored and a later GET names it the same."""
+    return "msg_" + response_id.removeprefix("resp_")
+
+
 def check_model(model: str | None, engine: Engine, param: str = "model") -> None:
     if model is not None and model not in (engine.model_name, "default"):
         raise ApiError(404, f"model {model!r} does not exist", param=param, code="model_not_found")
@@ -102,8 +108,14 @@ class _Draft:
         self.sampling = sampling
         self.model = engine.model_name
         self.created_at = int(time.time())
+        # Replaced by the engine's id for the stored response once generation starts.
         self.id = mint_id("resp")
-        self.item_id = mint_id("msg")
+        self.item_id = output_item_id(self.id)
+
+    def started(self, event: Started) -> None:
+        if event.response_id is not None:
+            self.id = event.response_id
+            self.item_id = output_item_id(self.id)
 
     def build(
         self,
@@ -141,7 +153,7 @@ class _Draft:
 
     def finished(self, result: Result, item_id: str | None = None) -> s.ResponseObject:
         u = result.usage
-        message = _message(item_id or result.turn_id or self.item_id, result.text, result.status)
+        message = _message(item_id or self.item_id, result.text, result.status)
         return self.build(
             result.status,
             [message],
@@ -178,6 +190,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         await events.aclose()
         raise
     assert isinstance(first, Started)
+    draft.started(first)
     if req.stream:
         return await _stream(request, events, draft)
     result: Result | None = None
@@ -312,7 +325,11 @@ async def get_response(request: web.Request) -> web.Response:
             created_at=stored.created_ms // 1000,
             status=status,  # type: ignore[arg-type]
             model=stored.model,
-            output=[_message(t.id, t.content, status) for t in outputs if t.role == "assistant"],
+            output=[
+                _message(output_item_id(stored.id), t.content, status)
+                for t in outputs
+                if t.role == "assistant"
+            ],
             usage=_usage(stored.prompt_tokens, stored.completion_tokens, stored.cached_tokens),
             previous_response_id=stored.previous_response_id,
             store=True,

@@ -5,15 +5,33 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import threadloom
 
 HELPERS = Path(__file__).parent / "helpers"
 
+# A PostgreSQL server the tests may create schemas in (`.ci/run` starts one; see
+# tests/pgcluster.py). Unset, every PostgreSQL case is skipped.
+POSTGRES_URL = os.environ.get("THREADLOOM_TEST_POSTGRES_URL")
+# The store backends, as fixture parameters.
+BACKENDS = [
+    "lmdb",
+    pytest.param(
+        "postgres",
+        marks=pytest.mark.skipif(
+            POSTGRES_URL is None, reason="THREADLOOM_TEST_POSTGRES_URL is not set"
+        ),
+    ),
+]
+
 TurnDict = dict[str, str | None]
+# The `make_store` fixture: opens (or reopens) the test's store of the backend under test.
+MakeStore = Callable[..., threadloom.Store]
 
 # Crockford base32, lowercase, as the store writes ids.
 ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"
@@ -110,3 +128,29 @@ def assert_fields(obj: object, expected: Mapping[str, object]) -> None:
     for name, value in expected.items():
         got = getattr(obj, name)
         assert got == value, f"{name}: {got!r} != {value!r}"
+
+
+# ---- PostgreSQL: one fresh schema per test -------------------------------------------------------
+
+
+def with_search_path(url: str, schema: str) -> str:
+    """The URL with `schema` as the search path of every connection (the libpq `options`)."""
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+def create_pg_schema(base_url: str) -> tuple[str, str]:
+    """Creates an empty schema; returns its name and a URL whose connections use it."""
+    import psycopg
+
+    schema = "t_" + uuid.uuid4().hex[:16]
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return schema, with_search_path(base_url, schema)
+
+
+def drop_pg_schema(base_url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import threadloom
 from support import (
+    MakeStore,
     assert_fields,
     contents,
     missing_response_id,
@@ -44,8 +45,8 @@ def now_ms() -> int:
 # ---- the store itself --------------------------------------------------------------------------
 
 
-def test_store_properties(store: Store, store_path: Path) -> None:
-    assert Path(store.path) == store_path
+def test_store_properties(store: Store, store_spec: str) -> None:
+    assert str(store.path) == store_spec
     assert store.format_version == 1
     r = store.retention
     assert r.thread_inactivity_s == 90 * 86400
@@ -76,8 +77,8 @@ def test_retention_settings() -> None:
         Retention(anchor_window_s=-0.5)
 
 
-def test_store_keeps_its_retention(store_path: Path) -> None:
-    s = Store(store_path, retention=Retention(response_ttl_s=60))
+def test_store_keeps_its_retention(make_store: MakeStore) -> None:
+    s = make_store(retention=Retention(response_ttl_s=60))
     assert s.retention.response_ttl_s == 60
 
 
@@ -90,6 +91,7 @@ def test_exception_hierarchy() -> None:
     assert threadloom.NotFound is NotFound
 
 
+@pytest.mark.lmdb_only
 def test_open_on_a_file_is_a_store_error(tmp_path: Path) -> None:
     f = tmp_path / "not-a-dir"
     f.write_text("hello")
@@ -97,8 +99,8 @@ def test_open_on_a_file_is_a_store_error(tmp_path: Path) -> None:
         Store(f)
 
 
-def test_reopen_sees_the_data(store_path: Path) -> None:
-    s = Store(store_path)
+def test_reopen_sees_the_data(make_store: MakeStore) -> None:
+    s = make_store()
     s.create_thread("kept", metadata={"k": "v"})
     a = s.append(msgs("hello", "world"), thread="kept", response=ResponseInfo("m"))
     hidden = s.create_thread(visible=False)
@@ -106,7 +108,7 @@ def test_reopen_sees_the_data(store_path: Path) -> None:
     del s, a
     gc.collect()
 
-    s = Store(store_path)
+    s = make_store()
     t = s.get_thread("kept")
     assert t.metadata == {"k": "v"}
     assert t.message_count == 2
@@ -118,7 +120,7 @@ def test_reopen_sees_the_data(store_path: Path) -> None:
     del s
     gc.collect()
 
-    s = Store(store_path)
+    s = make_store()
     assert contents(s.history(thread="kept")) == ["hello", "world", "again"]
     s.verify()
 
@@ -1098,8 +1100,8 @@ def test_message_limit_on_branches(nearly_full: Full) -> None:
 # ---- anchors and retention ---------------------------------------------------------------------
 
 
-def test_anchor_window(store_path: Path) -> None:
-    store = Store(store_path, retention=Retention(anchor_window_s=0.3))
+def test_anchor_window(make_store: MakeStore) -> None:
+    store = make_store(retention=Retention(anchor_window_s=0.3))
     a = store.append(msgs("q", "a"), response=ResponseInfo("m"))
     assert a.response is not None
     rid = a.response.id
@@ -1118,8 +1120,8 @@ def test_anchor_window(store_path: Path) -> None:
     assert store.get_response(rid).id == rid
 
 
-def test_thread_inactivity_expiry_and_sweep(store_path: Path) -> None:
-    store = Store(store_path, retention=Retention(thread_inactivity_s=0.3))
+def test_thread_inactivity_expiry_and_sweep(make_store: MakeStore) -> None:
+    store = make_store(retention=Retention(thread_inactivity_s=0.3))
     store.create_thread("t", metadata={"x": 1})
     a = store.append(msgs("1", "2", "3"), thread="t")
     store.create_thread("hidden", visible=False)
@@ -1150,8 +1152,8 @@ def test_thread_inactivity_expiry_and_sweep(store_path: Path) -> None:
     store.verify()
 
 
-def test_expired_thread_keeps_turns_of_live_responses(store_path: Path) -> None:
-    store = Store(store_path, retention=Retention(thread_inactivity_s=0.2))
+def test_expired_thread_keeps_turns_of_live_responses(make_store: MakeStore) -> None:
+    store = make_store(retention=Retention(thread_inactivity_s=0.2))
     store.create_thread("t")
     a = store.append(msgs("q", "a"), thread="t", response=ResponseInfo("m"))
     store.append(msgs("q2", "a2"), thread="t")
@@ -1168,8 +1170,8 @@ def test_expired_thread_keeps_turns_of_live_responses(store_path: Path) -> None:
     store.verify()
 
 
-def test_expired_thread_id_can_be_reused_before_sweep(store_path: Path) -> None:
-    store = Store(store_path, retention=Retention(thread_inactivity_s=0.2))
+def test_expired_thread_id_can_be_reused_before_sweep(make_store: MakeStore) -> None:
+    store = make_store(retention=Retention(thread_inactivity_s=0.2))
     store.create_thread("t", metadata={"old": True})
     store.append(msgs("1", "2"), thread="t")
     time.sleep(0.3)
@@ -1180,8 +1182,8 @@ def test_expired_thread_id_can_be_reused_before_sweep(store_path: Path) -> None:
     store.verify()
 
 
-def test_activity_keeps_a_thread_alive(store_path: Path) -> None:
-    store = Store(store_path, retention=Retention(thread_inactivity_s=0.5))
+def test_activity_keeps_a_thread_alive(make_store: MakeStore) -> None:
+    store = make_store(retention=Retention(thread_inactivity_s=0.5))
     store.create_thread("t")
     time.sleep(0.3)
     store.append([msg("keepalive")], thread="t")
@@ -1193,8 +1195,8 @@ def test_activity_keeps_a_thread_alive(store_path: Path) -> None:
         store.get_thread("t")
 
 
-def test_thread_max_age(store_path: Path) -> None:
-    store = Store(store_path, retention=Retention(thread_max_age_s=0.6))
+def test_thread_max_age(make_store: MakeStore) -> None:
+    store = make_store(retention=Retention(thread_max_age_s=0.6))
     store.create_thread("t")
     for _ in range(3):
         time.sleep(0.15)
@@ -1206,8 +1208,8 @@ def test_thread_max_age(store_path: Path) -> None:
     assert store.sweep() == {"threads": 1, "responses": 0, "turns": 3}
 
 
-def test_response_ttl(store_path: Path) -> None:
-    store = Store(store_path, retention=Retention(response_ttl_s=0.3))
+def test_response_ttl(make_store: MakeStore) -> None:
+    store = make_store(retention=Retention(response_ttl_s=0.3))
     store.create_thread("t")
     a = store.append(msgs("q", "a"), thread="t", response=ResponseInfo("m"))
     b = store.append(
@@ -1285,6 +1287,7 @@ def test_history_turns_outlive_the_call(store: Store) -> None:
 # ---- map size ----------------------------------------------------------------------------------
 
 
+@pytest.mark.lmdb_only
 def test_map_grows(store_path: Path) -> None:
     store = Store(store_path, map_size=64 * 1024)
     assert store.stats()["map_bytes"] == 64 * 1024
@@ -1305,6 +1308,7 @@ def test_map_grows(store_path: Path) -> None:
     assert again.get_thread("t").message_count == 41
 
 
+@pytest.mark.lmdb_only
 def test_store_full(store_path: Path) -> None:
     store = Store(store_path, map_size=64 * 1024, max_map_size=512 * 1024)
     store.create_thread("t")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import child_env, helper_command, msg
+from support import MakeStore, child_env, helper_command, msg
 from threadloom import ResponseInfo, Store
 from threadloom.errors import LimitExceeded, NotFound, StateConflict, StoreFull
 
@@ -217,6 +217,7 @@ def test_threads_race_to_the_message_limit(store: Store) -> None:
     store.verify()
 
 
+@pytest.mark.lmdb_only
 def test_threads_grow_the_map_together(store_path: Path) -> None:
     store = Store(store_path, map_size=64 * 1024)
     for i in range(WORKERS):
@@ -322,6 +323,42 @@ def test_threads_append_while_another_deletes(store: Store) -> None:
     store.verify()
 
 
+def test_threads_append_while_another_locks(store: Store) -> None:
+    """A lock or archive lands between appends, never inside one: once it returns, the thread
+    does not grow, and every append that returned is in the thread."""
+    for round_, state in enumerate(("locked", "archived")):
+        name = f"closing{round_}"
+        store.create_thread(name)
+        closed_at: list[int] = []
+
+        def work(
+            i: int,
+            barrier: threading.Barrier,
+            name: str = name,
+            state: str = state,
+            closed_at: list[int] = closed_at,
+        ) -> list[str]:
+            barrier.wait()
+            if i == 0:
+                time.sleep(0.01)
+                closed_at.append(store.update_thread(name, state=state).message_count)
+                return []
+            done: list[str] = []
+            while True:
+                try:
+                    done.extend(store.append([msg(f"{i}")], thread=name).turn_ids)
+                except StateConflict:
+                    return done
+
+        results = run_threads(WORKERS, work)
+        written = [t for ids in results for t in ids]
+        t = store.get_thread(name)
+        assert t.state == state
+        assert t.message_count == closed_at[0] == len(written)
+        assert Counter(x.id for x in store.history(thread=name)) == Counter(written)
+    store.verify()
+
+
 def store_has(store: Store, name: str) -> bool:
     try:
         store.get_thread(name)
@@ -330,6 +367,7 @@ def store_has(store: Store, name: str) -> bool:
     return True
 
 
+@pytest.mark.lmdb_only
 def test_threads_fill_the_store(store_path: Path) -> None:
     """At the maximum map size, concurrent writes fail with StoreFull alone: every write that
     returned is stored, every write that failed left nothing, and small writes still fit."""
@@ -367,7 +405,10 @@ def test_threads_fill_the_store(store_path: Path) -> None:
 
 
 def run_children(
-    path: Path, tmp_path: Path, specs: list[tuple[str, str, int]], map_size: int | None = None
+    path: Path | str,
+    tmp_path: Path,
+    specs: list[tuple[str, str, int]],
+    map_size: int | None = None,
 ) -> list[list[dict[str, Any]]]:
     """Starts one appender.py per (mode, tag, count), releases them together, collects acks."""
     go = tmp_path / "go"
@@ -394,13 +435,15 @@ def run_children(
     return outputs
 
 
-def test_two_processes_append_to_one_store(store_path: Path, tmp_path: Path) -> None:
-    store = Store(store_path)
+def test_two_processes_append_to_one_store(
+    make_store: MakeStore, store_spec: str, tmp_path: Path
+) -> None:
+    store = make_store()
     store.create_thread("shared")
     store.create_thread("p1")
     store.create_thread("p2")
     count = 40
-    acks = run_children(store_path, tmp_path, [("append", "p1", count), ("append", "p2", count)])
+    acks = run_children(store_spec, tmp_path, [("append", "p1", count), ("append", "p2", count)])
 
     shared_written = [
         t for a in acks for ack in a if ack["thread"] == "shared" for t in ack["turns"]
@@ -421,16 +464,18 @@ def test_two_processes_append_to_one_store(store_path: Path, tmp_path: Path) -> 
     store.verify()
 
 
-def test_processes_and_threads_race_to_the_limit(store_path: Path, tmp_path: Path) -> None:
-    store = Store(store_path)
+def test_processes_and_threads_race_to_the_limit(
+    make_store: MakeStore, store_spec: str, tmp_path: Path
+) -> None:
+    store = make_store()
     store.create_thread("shared")
     store.append([msg(f"p{i}") for i in range(MAX_MESSAGES - 25)], thread="shared")
     del store
     gc.collect()
-    acks = run_children(store_path, tmp_path, [("fill", "a", 0), ("fill", "b", 0)])
+    acks = run_children(store_spec, tmp_path, [("fill", "a", 0), ("fill", "b", 0)])
     written = [t for a in acks for ack in a for t in ack["turns"]]
     assert len(written) == 25
-    store = Store(store_path)
+    store = make_store()
     history = store.history(thread="shared")
     assert len(history) == MAX_MESSAGES
     assert store.get_thread("shared").message_count == MAX_MESSAGES
@@ -438,6 +483,7 @@ def test_processes_and_threads_race_to_the_limit(store_path: Path, tmp_path: Pat
     store.verify()
 
 
+@pytest.mark.lmdb_only
 def test_two_processes_grow_the_map(store_path: Path, tmp_path: Path) -> None:
     """Both processes start on a small map; each must adopt the other's growth.
 
@@ -461,6 +507,7 @@ def test_two_processes_grow_the_map(store_path: Path, tmp_path: Path) -> None:
     store.verify()
 
 
+@pytest.mark.lmdb_only
 def test_open_store_sees_growth_by_another_process(store_path: Path, tmp_path: Path) -> None:
     """A store kept open while another process grows the map past it keeps working."""
     small = 64 * 1024

@@ -14,19 +14,31 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lmdb
 import pytest
-from support import child_env, helper_command, msgs, run_helper
+from support import (
+    BACKENDS,
+    POSTGRES_URL,
+    MakeStore,
+    child_env,
+    create_pg_schema,
+    drop_pg_schema,
+    helper_command,
+    msgs,
+    run_helper,
+)
 from threadloom import ResponseInfo, Store
 from threadloom.errors import StoreFormatError
+from threadloom.storage import close_store, open_store
 
 ACKS_BEFORE_KILL = 200
 
 
-def run_and_kill(path: Path, acks_wanted: int, *args: str) -> list[dict[str, Any]]:
+def run_and_kill(path: Path | str, acks_wanted: int, *args: str) -> list[dict[str, Any]]:
     """Starts the child, reads `acks_wanted` acknowledgements, SIGKILLs it, returns the acks."""
     child = subprocess.Popen(
         helper_command("crash_child.py", str(path), *args),
@@ -57,18 +69,35 @@ def run_and_kill(path: Path, acks_wanted: int, *args: str) -> list[dict[str, Any
     return acks
 
 
+@pytest.fixture(scope="module", params=BACKENDS)
+def killed_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A store (LMDB path or PostgreSQL URL) whose writer was SIGKILLed, and its acks."""
+    if request.param == "lmdb":
+        # The very store the layout test reads (which runs first, before this one appends).
+        yield request.getfixturevalue("killed_lmdb")
+        return
+    assert POSTGRES_URL is not None
+    schema, url = create_pg_schema(POSTGRES_URL)
+    try:
+        yield url, run_and_kill(url, ACKS_BEFORE_KILL)
+    finally:
+        drop_pg_schema(POSTGRES_URL, schema)
+
+
 @pytest.fixture(scope="module")
-def killed_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]]]:
+def killed_lmdb(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dict[str, Any]]]:
     path = tmp_path_factory.mktemp("crash") / "store"
-    acks = run_and_kill(path, ACKS_BEFORE_KILL)
-    return path, acks
+    return str(path), run_and_kill(path, ACKS_BEFORE_KILL)
 
 
+@pytest.mark.lmdb_only
 def test_independent_reader_sees_the_documented_layout(
-    killed_store: tuple[Path, list[dict[str, Any]]],
+    killed_lmdb: tuple[str, list[dict[str, Any]]],
 ) -> None:
     # Runs first, on the store exactly as the killed child left it.
-    path, acks = killed_store
+    path, acks = killed_lmdb
     dump = json.loads(run_helper("read_layout.py", str(path)).stdout)
 
     assert dump["meta"] == {
@@ -159,10 +188,10 @@ def test_independent_reader_sees_the_documented_layout(
 
 
 def test_acknowledged_turns_survive_sigkill(
-    killed_store: tuple[Path, list[dict[str, Any]]],
+    killed_store: tuple[str, list[dict[str, Any]]],
 ) -> None:
-    path, acks = killed_store
-    store = Store(path)
+    spec, acks = killed_store
+    store = open_store(spec)
     store.verify()
     thread_history = {t.id: t for t in store.history(thread="crash")}
     other_history = {t.id: t for t in store.history(owner="tenant-b", thread="other-tenant")}
@@ -186,15 +215,15 @@ def test_acknowledged_turns_survive_sigkill(
     # The store keeps working after the crash.
     store.append(msgs("after the crash"), thread="crash")
     store.verify()
+    close_store(store)
     del store
     gc.collect()
 
 
-def test_kill_twice_then_continue(tmp_path: Path) -> None:
-    path = tmp_path / "store"
-    first = run_and_kill(path, 20)
-    second = run_and_kill(path, 20)
-    store = Store(path)
+def test_kill_twice_then_continue(store_spec: str, make_store: MakeStore) -> None:
+    first = run_and_kill(store_spec, 20)
+    second = run_and_kill(store_spec, 20)
+    store = make_store()
     store.verify()
     ids = {t.id for t in store.history(thread="crash")}
     for ack in first + second:
@@ -202,6 +231,7 @@ def test_kill_twice_then_continue(tmp_path: Path) -> None:
             assert {t["id"] for t in ack["turns"]} <= ids
 
 
+@pytest.mark.lmdb_only
 def test_sigkill_during_group_commits(tmp_path: Path) -> None:
     """Several writer threads share commits; every acknowledged write survives a SIGKILL."""
     path = tmp_path / "store"
@@ -251,6 +281,7 @@ def set_meta(path: Path, key: bytes, value: bytes | None) -> None:
         env.close()
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("version", [0, 2, 99])
 def test_unknown_format_version_is_refused(tmp_path: Path, version: int) -> None:
     path = tmp_path / "store"
@@ -265,6 +296,7 @@ def test_unknown_format_version_is_refused(tmp_path: Path, version: int) -> None
     assert len(s.history(thread="t")) == 2
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("value", [None, b"\x01\x00", b"\x01\x00\x00\x00\x00"])
 def test_missing_or_malformed_version_is_refused(tmp_path: Path, value: bytes | None) -> None:
     path = tmp_path / "store"
@@ -274,6 +306,7 @@ def test_missing_or_malformed_version_is_refused(tmp_path: Path, value: bytes | 
         Store(path)
 
 
+@pytest.mark.lmdb_only
 def test_foreign_lmdb_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "store"
     make_store(path)

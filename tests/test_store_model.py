@@ -20,8 +20,10 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from support import POSTGRES_URL, create_pg_schema, drop_pg_schema
 from threadloom import ResponseInfo, Store
 from threadloom.errors import InvalidInput, NotFound, StateConflict, ThreadloomError
+from threadloom.storage import close_store, open_store
 
 OWNERS = ("alice", "bob")
 THREAD_NAMES = ("a", "b", "c")
@@ -130,11 +132,16 @@ def other(owner: str) -> str:
 
 
 class StoreMachine(RuleBasedStateMachine):
+    """Runs against a fresh LMDB store per example."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.dir = Path(tempfile.mkdtemp(prefix="threadloom-model-"))
-        self.store = Store(self.dir / "store")
+        self.store = self.open_store()
         self.model = Model()
+
+    def open_store(self) -> Store:
+        self.dir = Path(tempfile.mkdtemp(prefix="threadloom-model-"))
+        return Store(self.dir / "store")
 
     def teardown(self) -> None:
         del self.store
@@ -547,10 +554,29 @@ class StoreMachine(RuleBasedStateMachine):
         self.store.verify()
 
 
-StoreMachine.TestCase.settings = settings(
+class PostgresStoreMachine(StoreMachine):
+    """The same rules against a fresh PostgreSQL schema per example."""
+
+    def open_store(self) -> Store:
+        assert POSTGRES_URL is not None
+        self.schema, url = create_pg_schema(POSTGRES_URL)
+        return open_store(url)
+
+    def teardown(self) -> None:
+        close_store(self.store)
+        assert POSTGRES_URL is not None
+        drop_pg_schema(POSTGRES_URL, self.schema)
+
+
+SETTINGS = settings(
     max_examples=50,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
+StoreMachine.TestCase.settings = SETTINGS
+PostgresStoreMachine.TestCase.settings = SETTINGS
 TestStoreModel = StoreMachine.TestCase
+TestStoreModelPostgres = pytest.mark.skipif(
+    POSTGRES_URL is None, reason="THREADLOOM_TEST_POSTGRES_URL is not set"
+)(PostgresStoreMachine.TestCase)

@@ -25,6 +25,7 @@ from threadloom.errors import (
     StoreError,
     StoreFormatError,
     StoreFull,
+    StoreUnavailable,
     ThreadloomError,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "StoreError",
     "StoreFormatError",
     "StoreFull",
+    "StoreUnavailable",
     "Thread",
     "ThreadPage",
     "ThreadloomError",

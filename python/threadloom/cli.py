@@ -7,12 +7,17 @@ import json
 import sys
 from collections.abc import Sequence
 
-from threadloom import ResponseInfo, Store, ThreadloomError
+from threadloom import ResponseInfo, ThreadloomError
+from threadloom.storage import ConversationStore, close_store, describe, open_store
+
+
+def _open(args: argparse.Namespace) -> ConversationStore:
+    return open_store(args.store)
 
 
 def _demo(args: argparse.Namespace) -> int:
     """A small batch job: a thread, a second turn, and a branch from the first response."""
-    store = Store(args.store)
+    store = _open(args)
     thread = store.create_thread(metadata={"source": "threadloom demo"})
     first = store.append(
         [
@@ -41,7 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
         response=ResponseInfo("demo"),
     )
     assert branch.response is not None
-    print(f"store: {store.path}")
+    print(f"store: {describe(args.store)}")
     for title, turns in (
         (f"thread {thread.id}", store.history(thread=thread.id)),
         (f"branch {branch.response.id}", store.history(response=branch.response.id)),
@@ -50,21 +55,28 @@ def _demo(args: argparse.Namespace) -> int:
         for turn in turns:
             print(f"  {turn.role:>9}: {turn.content}")
     print("\n" + json.dumps(store.stats()))
+    close_store(store)
     return 0
 
 
 def _stats(args: argparse.Namespace) -> int:
-    print(json.dumps(Store(args.store).stats()))
+    store = _open(args)
+    print(json.dumps(store.stats()))
+    close_store(store)
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    print(json.dumps(Store(args.store).sweep()))
+    store = _open(args)
+    print(json.dumps(store.sweep()))
+    close_store(store)
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    Store(args.store).verify()
+    store = _open(args)
+    store.verify()
+    close_store(store)
     print("ok")
     return 0
 
@@ -95,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for name, func, help_text in commands:
         cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("--store", default="./threadloom-data", help="store directory")
+        cmd.add_argument(
+            "--store",
+            default="./threadloom-data",
+            help="LMDB store directory or postgresql:// URL",
+        )
         cmd.set_defaults(func=func)
     serve = sub.add_parser("serve", help="run the HTTP server")
     from threadloom.server.config import add_arguments

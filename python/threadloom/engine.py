@@ -17,10 +17,24 @@ from typing import Any, Literal
 
 import msgspec
 
-from threadloom._core import PromptEngine, ResponseInfo, Store, new_response_id
+from threadloom._core import (
+    Assembly,
+    PromptEngine,
+    Response,
+    ResponseInfo,
+    new_response_id,
+)
 from threadloom.backends.base import BackendFactory, SamplingParams
-from threadloom.errors import InvalidInput, StateConflict, ThreadloomError
+from threadloom.errors import InvalidInput, NotFound, StateConflict, ThreadloomError
 from threadloom.slots import SlotPool
+from threadloom.storage import (
+    ConversationStore,
+    assemble,
+    close_store,
+    open_store,
+    turn_messages,
+)
+from threadloom.summarize import Summarizer
 from threadloom.textstream import StopMatcher, ThinkSplitter, Utf8Stream
 
 Message = Mapping[str, str | None]
@@ -106,7 +120,7 @@ class Engine:
 
     def __init__(
         self,
-        store: Store | str | os.PathLike[str],
+        store: ConversationStore | str | os.PathLike[str],
         model: str | os.PathLike[str] | None = None,
         *,
         slots: int = 2,
@@ -121,7 +135,9 @@ class Engine:
     ) -> None:
         from threadloom.models import default_model_path
 
-        self.store = store if isinstance(store, Store) else Store(store)
+        # An LMDB directory or a postgresql:// URL; a store passed in stays the caller's.
+        self._owns_store = isinstance(store, (str, os.PathLike))
+        self.store = open_store(store)
         self.model_path = Path(model) if model is not None else default_model_path()
         self.model_name = model_name or self.model_path.stem
         if backend is None:
@@ -148,13 +164,24 @@ class Engine:
         self.pool = SlotPool(backend, slots, max_queue=max_queue)
         # Generation threads: one per slot, plus room for assembly and store writes.
         self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
+        # Waiting for a slot blocks a thread until a generation releases one. Those waits get
+        # their own threads (one per slot and queue place, started on demand): in the shared
+        # executor, slots + 4 waiters would take every thread and the generations that free
+        # the slots would queue behind them forever.
+        self._waiters = ThreadPoolExecutor(
+            max_workers=slots + max_queue, thread_name_prefix="threadloom-wait"
+        )
         # Called on the event loop with every finished generation (cancelled and failed ones
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
+        self._summarizer = Summarizer(self)
 
     def close(self) -> None:
+        self._waiters.shutdown(wait=True, cancel_futures=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
         self.pool.close()
+        if self._owns_store:
+            close_store(self.store)
 
     # ---- generation ----------------------------------------------------------------------
 
@@ -175,21 +202,17 @@ class Engine:
         metadata: Mapping[str, Any] | None = None,
         thread_metadata: Mapping[str, Any] | None = None,
         hidden: bool = False,
+        add_generation_prompt: bool = True,
+        split_reasoning: bool = True,
     ) -> AsyncIterator[Event]:
         """Generates a reply and yields `Started`, `TokenEvent`s and one `Finished`. Closing the
-        iterator early cancels the generation; what was produced is stored as incomplete."""
-        params = sampling or SamplingParams()
-        params.validate()
-        new = _normalize(inputs)
-        if not new:
-            raise InvalidInput("inputs is empty")
-        if sum(x is not None for x in (thread, previous_response_id, history)) > 1:
-            raise InvalidInput("give at most one of thread, previous_response_id and history")
-        if params.max_tokens >= self.context_length:
-            raise InvalidInput(
-                f"max_tokens ({params.max_tokens}) must be smaller than the context "
-                f"({self.context_length})"
-            )
+        iterator early cancels the generation; what was produced is stored as incomplete.
+
+        `add_generation_prompt=False` renders the conversation without opening a new assistant
+        message, so the model continues the last one. `split_reasoning=False` leaves a
+        thinking model's `<think>` block inline in the text (for dialects that stream raw
+        tokens) instead of routing it to reasoning events."""
+        params, new = self._check_request(inputs, thread, previous_response_id, history, sampling)
         loop = asyncio.get_running_loop()
         stateless = history is not None
         head: str | None = None
@@ -207,42 +230,34 @@ class Engine:
             head = t.head
             if t.state != "open":
                 raise StateConflict(f"thread {thread!r} is {t.state} and accepts no new messages")
+        # The thread the reply is stored in: `thread`, or the one `previous_response_id` heads.
+        save_thread = thread
         if previous_response_id is not None:
-            # Checks existence, ownership, status and window before spending model time.
-            r = await loop.run_in_executor(
-                self._executor,
-                lambda: self.store.get_response(previous_response_id, owner=owner),
+            previous = await self._check_previous(previous_response_id, owner, anchor_window)
+            save_thread = await loop.run_in_executor(
+                self._executor, lambda: self._headed_thread(previous, owner)
             )
-            if r.status == "failed":
-                raise StateConflict(
-                    f"response {previous_response_id} has status failed and cannot be continued"
-                )
-
-        def assemble() -> Any:
-            kwargs: dict[str, Any] = {
-                "strategy": strategy,
-                "window": window,
-                "max_tokens": params.max_tokens,
-                "budget": self.context_length - params.max_tokens,
-                "enable_thinking": enable_thinking,
-            }
-            if stateless:
-                return self.prompt.assemble_messages([*_normalize(history or []), *new], **kwargs)
-            return self.prompt.assemble(
-                self.store,
+            if save_thread is not None:
+                head = previous.last_turn
+        assembly = await loop.run_in_executor(
+            self._executor,
+            lambda: self._assemble(
                 new,
-                owner=owner,
                 thread=thread,
-                response=previous_response_id,
-                cache_key=thread,
-                **kwargs,
-            )
-
-        assembly = await loop.run_in_executor(self._executor, assemble)
+                previous_response_id=previous_response_id,
+                history=history,
+                owner=owner,
+                max_tokens=params.max_tokens,
+                strategy=strategy,
+                window=window,
+                enable_thinking=enable_thinking,
+                add_generation_prompt=add_generation_prompt,
+            ),
+        )
         response_id = new_response_id() if store and not stateless else None
         ids = assembly.ids
         cancel = threading.Event()
-        acquiring = loop.run_in_executor(self._executor, lambda: self.pool.acquire(ids, cancel))
+        acquiring = loop.run_in_executor(self._waiters, lambda: self.pool.acquire(ids, cancel))
         try:
             slot, cached = await asyncio.shield(acquiring)
         except asyncio.CancelledError:
@@ -264,7 +279,7 @@ class Engine:
             finish = "length"
             error: str | None = None
             utf8, stops = Utf8Stream(), StopMatcher(params.stop)
-            think = ThinkSplitter(bool(enable_thinking))
+            think = ThinkSplitter(bool(enable_thinking) and split_reasoning)
             first: float | None = None
 
             def emit(text: str) -> None:
@@ -332,7 +347,7 @@ class Engine:
                     result,
                     new,
                     owner,
-                    thread,
+                    save_thread,
                     previous_response_id,
                     head,
                     anchor_window,
@@ -440,6 +455,163 @@ class Engine:
     def respond_sync(self, inputs: str | Iterable[Message], **kwargs: Any) -> Result:
         """`respond` for code without an event loop."""
         return asyncio.run(self.respond(inputs, **kwargs))
+
+    def generate_text(self, ids: Sequence[int], params: SamplingParams) -> str:
+        """Blocking generation for the engine's own use (summaries): prompt ids in, text out,
+        nothing stored. Runs in a worker thread, never on the event loop."""
+        slot, _ = self.pool.acquire(ids)
+        utf8, out = Utf8Stream(), []
+        try:
+            for token in slot.backend.generate(ids, params, threading.Event()):
+                if token in self._eog:
+                    break
+                out.append(utf8.feed(self.tokenizer.piece(token) or b""))
+        finally:
+            self.pool.release(slot)
+        out.append(utf8.flush())
+        return "".join(out)
+
+    # ---- prompt assembly -----------------------------------------------------------------
+
+    async def assemble_prompt(
+        self,
+        inputs: str | Iterable[Message],
+        *,
+        previous_response_id: str | None = None,
+        history: Iterable[Message] | None = None,
+        owner: str = "default",
+        sampling: SamplingParams | None = None,
+        strategy: str = "tokens",
+        window: int | None = None,
+        enable_thinking: bool | None = None,
+        add_generation_prompt: bool = True,
+    ) -> Assembly:
+        """The prompt `stream` would give the model for the same arguments (same checks, same
+        assembly and trimming), without generating or storing anything: for token counting.
+        Threads are left out because `stream` creates a missing thread, which a count must not."""
+        params, new = self._check_request(inputs, None, previous_response_id, history, sampling)
+        if previous_response_id is not None:
+            await self._check_previous(previous_response_id, owner)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor,
+            lambda: self._assemble(
+                new,
+                thread=None,
+                previous_response_id=previous_response_id,
+                history=history,
+                owner=owner,
+                max_tokens=params.max_tokens,
+                strategy=strategy,
+                window=window,
+                enable_thinking=enable_thinking,
+                add_generation_prompt=add_generation_prompt,
+            ),
+        )
+
+    def _check_request(
+        self,
+        inputs: str | Iterable[Message],
+        thread: str | None,
+        previous_response_id: str | None,
+        history: Iterable[Message] | None,
+        sampling: SamplingParams | None,
+    ) -> tuple[SamplingParams, list[dict[str, str]]]:
+        params = sampling or SamplingParams()
+        params.validate()
+        new = _normalize(inputs)
+        if not new:
+            raise InvalidInput("inputs is empty")
+        if sum(x is not None for x in (thread, previous_response_id, history)) > 1:
+            raise InvalidInput("give at most one of thread, previous_response_id and history")
+        if params.max_tokens >= self.context_length:
+            raise InvalidInput(
+                f"max_tokens ({params.max_tokens}) must be smaller than the context "
+                f"({self.context_length})"
+            )
+        return params, new
+
+    async def _check_previous(
+        self, previous_response_id: str, owner: str, anchor_window: bool = False
+    ) -> Response:
+        # Checks existence, ownership, status and window before spending model time.
+        loop = asyncio.get_running_loop()
+        r = await loop.run_in_executor(
+            self._executor,
+            lambda: self.store.get_response(previous_response_id, owner=owner),
+        )
+        if r.status == "failed":
+            raise StateConflict(
+                f"response {previous_response_id} has status failed and cannot be continued"
+            )
+        window_s = self.store.retention.anchor_window_s
+        if anchor_window and time.time() * 1000 - r.created_ms > window_s * 1000:
+            # The store refuses it too, but only when storing, after the generation.
+            raise NotFound(
+                f"response {previous_response_id} is older than the {window_s:.0f} s window "
+                "for continuing a response"
+            )
+        return r
+
+    def _headed_thread(self, previous: Response, owner: str) -> str | None:
+        """The open thread whose newest turn is `previous`'s output, if any: continuing that
+        response continues the thread (whichever dialect made either), so the thread's history
+        holds every turn. Continuing an older response branches off the thread instead."""
+        if previous.thread_id is None:
+            return None
+        try:
+            t = self.store.get_thread(previous.thread_id, owner=owner)
+        except NotFound:
+            return None
+        return t.id if t.state == "open" and t.head == previous.last_turn else None
+
+    def _assemble(
+        self,
+        new: list[dict[str, str]],
+        *,
+        thread: str | None,
+        previous_response_id: str | None,
+        history: Iterable[Message] | None,
+        owner: str,
+        max_tokens: int,
+        strategy: str,
+        window: int | None,
+        enable_thinking: bool | None,
+        add_generation_prompt: bool,
+    ) -> Assembly:
+        """Runs in a worker thread: renders, tokenizes and trims (the Rust core does it all).
+        `summarize` trims like `tokens`, then replaces what was dropped by a summary."""
+        summarize = strategy == "summarize"
+        kwargs: dict[str, Any] = {
+            "strategy": "tokens" if summarize else strategy,
+            "window": window,
+            "max_tokens": max_tokens,
+            "budget": self.context_length - max_tokens,
+            "enable_thinking": enable_thinking,
+            "add_generation_prompt": add_generation_prompt,
+        }
+        past: list[Mapping[str, str | None]] = []
+        if history is not None:
+            past = list(_normalize(history))
+            trimmed = self.prompt.assemble_messages([*past, *new], **kwargs)
+        else:
+            trimmed = assemble(
+                self.prompt,
+                self.store,
+                new,
+                owner=owner,
+                thread=thread,
+                response=previous_response_id,
+                cache_key=thread,
+                **kwargs,
+            )
+        if not summarize or not trimmed.messages_dropped:
+            return trimmed
+        turn_ids: list[str] | None = None
+        if history is None:
+            turns = self.store.history(owner=owner, thread=thread, response=previous_response_id)
+            past, turn_ids = turn_messages(turns), [t.id for t in turns]
+        return self._summarizer.assemble(trimmed, past, new, kwargs, turn_ids)
 
     # ---- batch ----------------------------------------------------------------------------
 

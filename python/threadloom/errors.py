@@ -12,6 +12,7 @@ __all__ = [
     "StoreError",
     "StoreFormatError",
     "StoreFull",
+    "StoreUnavailable",
     "ThreadloomError",
 ]
 
@@ -54,6 +55,11 @@ class StoreError(ThreadloomError):
 
 class StoreFull(StoreError):
     """The store reached its maximum map size."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached: the database is down, or no connection came free in time.
+    Retry later. (A write cut off while committing may have been stored.)"""
 
 
 class StoreFormatError(StoreError):

@@ -1,6 +1,8 @@
 """Child process of the concurrency tests: appends to a shared store and prints what it wrote.
 
-Usage: appender.py STORE_PATH GO_FILE MODE TAG COUNT [MAP_SIZE]
+Usage: appender.py STORE GO_FILE MODE TAG COUNT [MAP_SIZE]
+
+STORE is an LMDB directory or a postgresql:// URL (MAP_SIZE applies to LMDB only).
 
 Waits until GO_FILE exists (so that several children start writing together), then:
 - MODE "append": COUNT times, appends one or two turns to the shared thread "shared" and one to
@@ -18,14 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-from threadloom import Store
 from threadloom.errors import LimitExceeded
+from threadloom.storage import open_store
 
 
 def main() -> None:
     path, go, mode, tag, count = sys.argv[1:6]
     map_size = int(sys.argv[6]) if len(sys.argv) > 6 else None
-    store = Store(path, map_size=map_size)
+    store = open_store(path, map_size=map_size) if map_size else open_store(path)
     deadline = time.monotonic() + 30
     while not Path(go).exists():
         if time.monotonic() > deadline:

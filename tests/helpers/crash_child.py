@@ -1,6 +1,6 @@
 """Child process of the crash test: appends turns forever, printing each acknowledged append.
 
-Usage: crash_child.py STORE_PATH [THREADS]
+Usage: crash_child.py STORE [THREADS]   (STORE: an LMDB directory or a postgresql:// URL)
 
 With THREADS, that many Python threads append concurrently (their writes share group commits),
 each to its own thread `crash-<k>`, and print the same kind of line.
@@ -17,6 +17,7 @@ import sys
 import threading
 
 from threadloom import ResponseInfo, Store
+from threadloom.storage import open_store
 
 PRINT_LOCK = threading.Lock()
 
@@ -55,7 +56,7 @@ def threaded(store: Store, k: int) -> None:
 
 
 def main() -> None:
-    store = Store(sys.argv[1])
+    store = open_store(sys.argv[1])
     if len(sys.argv) > 2:
         workers = [
             threading.Thread(target=threaded, args=(store, k), daemon=True)

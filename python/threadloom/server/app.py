@@ -11,10 +11,12 @@ from aiohttp import web
 
 from threadloom.backends.base import BackendFactory
 from threadloom.engine import Engine
+from threadloom.server import metrics, openapi
 from threadloom.server.config import ServerConfig, redacted
 from threadloom.server.keys import BACKEND, CONFIG, ENGINE
 from threadloom.server.middleware import auth_middleware, error_middleware
-from threadloom.server.routes import chat, common, responses
+from threadloom.server.routes import chat, common, freddy, lmstudio, paddler, responses, tokenize
+from threadloom.storage import describe
 
 log = logging.getLogger("threadloom.server")
 
@@ -26,7 +28,11 @@ def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> 
     cleanup; `backend` replaces the model backend (tests pass `ScriptedFactory`)."""
     config.validate()
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(config.api_keys)],
+        middlewares=[
+            metrics.metrics_middleware,
+            error_middleware,
+            auth_middleware(config.api_keys),
+        ],
         client_max_size=config.max_body_bytes,
     )
     app[CONFIG] = config
@@ -35,6 +41,12 @@ def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> 
     common.setup(app)
     responses.setup(app)
     chat.setup(app)
+    freddy.setup(app)
+    paddler.setup(app)
+    tokenize.setup(app)
+    lmstudio.setup(app)
+    metrics.setup(app)
+    openapi.setup(app)
     return app
 
 
@@ -57,7 +69,12 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ENGINE] = engine
     if not config.api_keys:
         log.warning("no API keys configured: the server is open to anyone who can reach it")
-    log.info("serving %s (%s) from store %s", engine.model_name, engine.backend_name, config.store)
+    log.info(
+        "serving %s (%s) from store %s",
+        engine.model_name,
+        engine.backend_name,
+        describe(config.store),
+    )
     try:
         yield
     finally:

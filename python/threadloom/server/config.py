@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from threadloom.storage import describe
+
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
@@ -96,7 +98,11 @@ def load_api_keys_file(path: str | os.PathLike[str]) -> dict[str, str]:
 _FLAGS: dict[str, tuple[str, type, str]] = {
     "host": ("THREADLOOM_HOST", str, "address to listen on (default 127.0.0.1)"),
     "port": ("THREADLOOM_PORT", int, "port to listen on (default 8000)"),
-    "store": ("THREADLOOM_STORE", str, "store directory (default ./threadloom-data)"),
+    "store": (
+        "THREADLOOM_STORE",
+        str,
+        "LMDB store directory (default ./threadloom-data) or postgresql:// URL",
+    ),
     "model": ("THREADLOOM_MODEL", str, "GGUF model file (default: the shipped default model)"),
     "api_keys_file": ("THREADLOOM_API_KEYS_FILE", str, "file of API keys: {key: tenant}"),
     "max_body_bytes": ("THREADLOOM_MAX_BODY_BYTES", int, "largest request body (1 MiB)"),
@@ -152,4 +158,5 @@ def redacted(config: ServerConfig) -> str:
     """The config as JSON for logs, without the keys themselves."""
     data = msgspec.to_builtins(config)
     data["api_keys"] = sorted(set(config.api_keys.values()))
+    data["store"] = describe(config.store)
     return json.dumps(data)

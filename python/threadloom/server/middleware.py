@@ -1,4 +1,8 @@
-"""The error middleware (every failure becomes a JSON error) and API-key authentication."""
+"""The error middleware (every failure becomes a JSON error) and API-key authentication.
+
+Errors are OpenAI-shaped (`{"error": {message, type, param, code}}`) unless the route declared
+its dialect's own shape with `register_error_format`. Either way `to_api_error` alone decides
+the status, message and headers; a dialect's formatter only shapes the body."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from threadloom.errors import (
     LimitExceeded,
     NotFound,
     StateConflict,
+    StoreUnavailable,
     ThreadloomError,
 )
 from threadloom.server.errors import ApiError
@@ -26,13 +31,19 @@ from threadloom.slots import Overloaded
 log = logging.getLogger("threadloom.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Builds a dialect's error body (anything msgspec encodes) from the mapped error.
+ErrorFormatter = Callable[[web.Request, ApiError], object]
+# Route path (the resource's canonical form, e.g. "/v1/things/{id}") -> its error formatter.
+ERROR_FORMATS = web.AppKey("error_formats", dict[str, ErrorFormatter])
 TENANT = web.RequestKey("tenant", str)  # the authenticated tenant name
-OPEN_PATHS = frozenset({"/health"})
+# /openapi.json describes only what the public source says; tools fetch it before a key.
+OPEN_PATHS = frozenset({"/health", "/openapi.json"})
 RETRY_AFTER_S = "1"
 
 _encoder = msgspec.json.Encoder()
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-_UNKNOWN = re.compile(r"unknown field `(?P<field>[^`]*)`")
+# An unknown or missing field is named after the path of the object that holds it.
+_FIELD = re.compile(r"(?:unknown|missing required) field `(?P<field>[^`]*)`")
 
 
 def validation_param(message: str) -> str | None:
@@ -41,18 +52,41 @@ def validation_param(message: str) -> str | None:
     m = _PATH.search(message)
     if m:
         path = m.group("path").lstrip(".")
-    u = _UNKNOWN.search(message)
+    u = _FIELD.search(message)
     if u:
         path = f"{path}.{u.group('field')}" if path else u.group("field")
     return path or None
 
 
-def error_response(error: ApiError) -> web.Response:
-    body = ErrorBody(
-        error=ErrorDetail(
-            message=error.message, type=error.type, param=error.param, code=error.code
+def register_error_format(app: web.Application, path: str, formatter: ErrorFormatter) -> None:
+    """Declares the error body for every failure of the route at `path` (as registered, with
+    its `{placeholders}`): decoding, auth, the engine, and 404/405 on that exact path. Call it
+    from a route module's `setup(app)`."""
+    if ERROR_FORMATS not in app:
+        app[ERROR_FORMATS] = {}
+    app[ERROR_FORMATS][path] = formatter
+
+
+def error_formatter(request: web.Request) -> ErrorFormatter | None:
+    formats = request.app.get(ERROR_FORMATS)
+    if not formats:
+        return None
+    # A request that matched no route (404, 405) has no resource; its path still names it.
+    resource = request.match_info.route.resource
+    return formats.get(resource.canonical if resource is not None else request.path)
+
+
+def error_response(error: ApiError, request: web.Request | None = None) -> web.Response:
+    formatter = error_formatter(request) if request is not None else None
+    body: object
+    if formatter is not None and request is not None:
+        body = formatter(request, error)
+    else:
+        body = ErrorBody(
+            error=ErrorDetail(
+                message=error.message, type=error.type, param=error.param, code=error.code
+            )
         )
-    )
     return web.Response(
         body=_encoder.encode(body),
         status=error.status,
@@ -80,6 +114,17 @@ def to_api_error(e: BaseException) -> ApiError:
         return ApiError(400, str(e), code="limit_exceeded")
     if isinstance(e, InvalidInput):
         return ApiError(400, str(e), code="invalid_value")
+    if isinstance(e, StoreUnavailable):
+        # The database is down or saturated: a retryable outage, not a bug. The detail (which
+        # names the database host) goes to the log, not to clients.
+        log.warning("store unavailable: %s", e)
+        return ApiError(
+            503,
+            "the conversation store is unavailable; retry later",
+            type="server_error",
+            code="store_unavailable",
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
     if isinstance(e, Overloaded):
         return ApiError(
             429,
@@ -107,12 +152,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as e:
         if e.status < 400:
             raise
-        return error_response(to_api_error(e))
+        return error_response(to_api_error(e), request)
     except (ApiError, ThreadloomError, msgspec.MsgspecError, Overloaded) as e:
-        return error_response(to_api_error(e))
+        return error_response(to_api_error(e), request)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(to_api_error(RuntimeError()))
+        return error_response(to_api_error(RuntimeError()), request)
 
 
 def _digest(key: str) -> bytes:

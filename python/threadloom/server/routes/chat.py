@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import msgspec
 from aiohttp import web
@@ -16,7 +16,7 @@ from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, to_api_error
-from threadloom.server.routes.common import json_response
+from threadloom.server.routes.common import decode_body, json_response, sampling_params
 from threadloom.server.routes.responses import Events, check_model, mint_id
 from threadloom.server.schemas import chat as c
 from threadloom.server.schemas.common import ErrorBody, ErrorDetail
@@ -25,27 +25,16 @@ _decoder = msgspec.json.Decoder(c.ChatRequest)
 
 
 def _sampling(req: c.ChatRequest, engine: Engine) -> SamplingParams:
-    given: dict[str, Any] = {}
-    max_tokens = req.max_completion_tokens or req.max_tokens
-    if max_tokens is not None:
-        if max_tokens >= engine.context_length:
-            param = "max_completion_tokens" if req.max_completion_tokens else "max_tokens"
-            raise ApiError(
-                400,
-                f"{param} must be smaller than the context ({engine.context_length})",
-                param=param,
-                code="invalid_value",
-            )
-        given["max_tokens"] = max_tokens
-    if req.temperature is not None:
-        given["temperature"] = req.temperature
-    if req.top_p is not None:
-        given["top_p"] = req.top_p
-    if req.seed is not None:
-        given["seed"] = req.seed
-    if req.stop is not None:
-        given["stop"] = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop)
-    return SamplingParams(**given)
+    stop = (req.stop,) if isinstance(req.stop, str) else req.stop
+    return sampling_params(
+        engine,
+        max_tokens=req.max_completion_tokens or req.max_tokens,
+        max_tokens_param="max_completion_tokens" if req.max_completion_tokens else "max_tokens",
+        temperature=req.temperature,
+        top_p=req.top_p,
+        seed=req.seed,
+        stop=tuple(stop) if stop is not None else None,
+    )
 
 
 def _messages(req: c.ChatRequest) -> list[dict[str, str]]:
@@ -71,7 +60,7 @@ def _finish_reason(result: Result) -> Literal["stop", "length"]:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    req = _decoder.decode(await request.read())
+    req = decode_body(_decoder, await request.read())
     check_model(req.model, engine)
     sampling = _sampling(req, engine)
     messages = _messages(req)

@@ -1,14 +1,20 @@
-"""Dialect-neutral endpoints: health and the model list."""
+"""Dialect-neutral endpoints (health and the model list) and helpers every dialect uses."""
 
 from __future__ import annotations
 
 import time
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
+from threadloom.backends.base import SamplingParams
+from threadloom.engine import Engine
+from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.schemas.common import Health, Model, ModelList
+
+T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
 _STARTED = int(time.time())
@@ -16,6 +22,35 @@ _STARTED = int(time.time())
 
 def json_response(data: object, status: int = 200) -> web.Response:
     return web.Response(body=_encoder.encode(data), status=status, content_type="application/json")
+
+
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """Decodes a request body. Deep nesting (under an `Any` field) exhausts the recursion limit
+    inside msgspec, and invalid UTF-8 inside a string raises UnicodeDecodeError rather than a
+    DecodeError; both are the client's malformed input, not a server error."""
+    try:
+        return decoder.decode(body)
+    except RecursionError:
+        raise ApiError(400, "the JSON body is nested too deeply", code="invalid_json") from None
+    except UnicodeDecodeError as e:
+        raise ApiError(400, f"the JSON body is not valid UTF-8: {e}", code="invalid_json") from None
+
+
+def sampling_params(
+    engine: Engine, *, max_tokens: int | None, max_tokens_param: str, **given: Any
+) -> SamplingParams:
+    """The sampler settings a request asked for; a None field keeps the engine's default. The
+    output cap is checked here, not by the engine, so the 400 names the dialect's own field."""
+    if max_tokens is not None:
+        if max_tokens >= engine.context_length:
+            raise ApiError(
+                400,
+                f"{max_tokens_param} must be smaller than the context ({engine.context_length})",
+                param=max_tokens_param,
+                code="invalid_value",
+            )
+        given["max_tokens"] = max_tokens
+    return SamplingParams(**{k: v for k, v in given.items() if v is not None})
 
 
 async def health(request: web.Request) -> web.Response:

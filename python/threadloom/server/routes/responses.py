@@ -21,7 +21,7 @@ from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, to_api_error
-from threadloom.server.routes.common import json_response
+from threadloom.server.routes.common import decode_body, json_response, sampling_params
 from threadloom.server.schemas import responses as s
 
 _create = msgspec.json.Decoder(s.CreateResponse)
@@ -60,21 +60,13 @@ def _inputs(req: s.CreateResponse) -> list[dict[str, str]]:
 
 
 def _sampling(req: s.CreateResponse, engine: Engine) -> SamplingParams:
-    given: dict[str, Any] = {}
-    if req.max_output_tokens is not None:
-        if req.max_output_tokens >= engine.context_length:
-            raise ApiError(
-                400,
-                f"max_output_tokens must be smaller than the context ({engine.context_length})",
-                param="max_output_tokens",
-                code="invalid_value",
-            )
-        given["max_tokens"] = req.max_output_tokens
-    if req.temperature is not None:
-        given["temperature"] = req.temperature
-    if req.top_p is not None:
-        given["top_p"] = req.top_p
-    return SamplingParams(**given)
+    return sampling_params(
+        engine,
+        max_tokens=req.max_output_tokens,
+        max_tokens_param="max_output_tokens",
+        temperature=req.temperature,
+        top_p=req.top_p,
+    )
 
 
 def _usage(prompt: int, completion: int, cached: int) -> s.ResponseUsage:
@@ -162,20 +154,25 @@ class _Draft:
         )
 
 
-def _stream_kwargs(req: s.CreateResponse, tenant: str, sampling: SamplingParams) -> dict[str, Any]:
+def _prompt_kwargs(req: s.CreateResponse, tenant: str, sampling: SamplingParams) -> dict[str, Any]:
+    """What shapes the prompt: shared by generation and input token counting, so a count is
+    the prompt a create with the same body gets."""
     return {
         "previous_response_id": req.previous_response_id,
-        "store": req.store,
         "owner": tenant,
         "sampling": sampling,
         "strategy": "tokens" if req.truncation == "auto" else "none",
     }
 
 
+def _stream_kwargs(req: s.CreateResponse, tenant: str, sampling: SamplingParams) -> dict[str, Any]:
+    return {**_prompt_kwargs(req, tenant, sampling), "store": req.store}
+
+
 async def create_response(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     tenant = request[TENANT]
-    req = _create.decode(await request.read())
+    req = decode_body(_create, await request.read())
     check_model(req.model, engine)
     inputs = _inputs(req)
     sampling = _sampling(req, engine)
@@ -378,8 +375,25 @@ async def input_items(request: web.Request) -> web.Response:
     )
 
 
+async def input_tokens(request: web.Request) -> web.Response:
+    """`POST /v1/responses/input_tokens`: the body of a create; the prompt tokens it would use,
+    history behind `previous_response_id` and trimming included. Generates and stores nothing."""
+    engine = request.app[ENGINE]
+    req = decode_body(_create, await request.read())
+    check_model(req.model, engine)
+    sampling = _sampling(req, engine)
+    try:
+        assembly = await engine.assemble_prompt(
+            _inputs(req), **_prompt_kwargs(req, request[TENANT], sampling)
+        )
+    except NotFound as e:
+        raise ApiError(404, str(e), param="previous_response_id", code="not_found") from None
+    return json_response(s.InputTokens(input_tokens=assembly.prompt_tokens))
+
+
 def setup(app: web.Application) -> None:
     app.router.add_post("/v1/responses", create_response)
+    app.router.add_post("/v1/responses/input_tokens", input_tokens)
     app.router.add_get("/v1/responses/{response_id}", get_response)
     app.router.add_delete("/v1/responses/{response_id}", delete_response)
     app.router.add_get("/v1/responses/{response_id}/input_items", input_items)

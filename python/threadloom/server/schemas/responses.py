@@ -146,6 +146,11 @@ class DeletedResponse(msgspec.Struct, kw_only=True):
     deleted: bool = True
 
 
+class InputTokens(msgspec.Struct, kw_only=True):
+    object: Literal["response.input_tokens"] = "response.input_tokens"
+    input_tokens: int
+
+
 class InputItem(msgspec.Struct, tag="message", tag_field="type", kw_only=True):
     id: str
     role: str

@@ -1,0 +1,259 @@
+"""`GET /metrics` in the Prometheus text exposition format (version 0.0.4), hand-written: three
+metric kinds with fixed label sets do not justify a dependency.
+
+What is exported:
+
+- `threadloom_http_requests_total{method,route,status}`: every request the app answered.
+- `threadloom_http_request_duration_seconds{method,route}`: a histogram of the time until the
+  handler returned; for a stream that is the whole stream.
+- `threadloom_prompt_tokens_total`, `threadloom_cached_prompt_tokens_total`,
+  `threadloom_generated_tokens_total` and `threadloom_generations_total{status}`: from the
+  engine's `on_finished` hook, so every dialect is counted without code of its own.
+- `threadloom_slots`, `threadloom_slots_busy`, `threadloom_queue_depth` and
+  `threadloom_store_*` gauges, read when scraped.
+
+Labels stay bounded whatever clients send: `route` is the matched route's template
+(`/v1/responses/{response_id}`), never the raw path, and "unmatched" for anything no route
+matched; `method` is one of the HTTP methods the app knows, else "other".
+
+Authentication: `/metrics` is *not* in `OPEN_PATHS`, so when API keys are configured a scraper
+needs one (Prometheus sends it with `authorization: {credentials: ...}`). Request volume per
+route and the store's size are operational details a stranger has no business reading, and
+with no keys configured the server only listens on loopback, where everything is open anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections.abc import Iterable, Sequence
+
+from aiohttp import web
+
+from threadloom.engine import Engine, Result
+from threadloom.server.keys import ENGINE
+from threadloom.server.middleware import Handler
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# From a cached /health (milliseconds) to a long generation streamed to the end (minutes).
+LATENCY_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
+# Not a real HTTP status: the client went away before the handler answered (nginx's code).
+CLIENT_CLOSED = 499
+
+STORE_HELP = {
+    "threads": "Threads in the store.",
+    "responses": "Responses in the store.",
+    "turns": "Turns in the store.",
+    "file_bytes": "Size of the store's data file in bytes.",
+    "map_bytes": "Size of the store's memory map in bytes.",
+}
+
+Labels = tuple[str, ...]
+
+
+def escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    parts = [f'{n}="{escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _num(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return str(value) if isinstance(value, int) else repr(value)
+
+
+class Counter:
+    def __init__(self, name: str, help: str, labels: Sequence[str] = ()) -> None:
+        self.name, self.help, self.label_names = name, help, tuple(labels)
+        self.values: dict[Labels, float] = {}
+
+    def inc(self, labels: Labels = (), amount: float = 1) -> None:
+        self.values[labels] = self.values.get(labels, 0) + amount
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} counter"
+        if not self.values and not self.label_names:
+            yield f"{self.name} 0"  # an unlabelled counter exists from the start
+        for labels, value in sorted(self.values.items()):
+            yield f"{self.name}{_labels(self.label_names, labels)} {_num(value)}"
+
+
+class Histogram:
+    def __init__(
+        self, name: str, help: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> None:
+        self.name, self.help, self.label_names = name, help, tuple(labels)
+        self.bounds = tuple(sorted(buckets))
+        # Per label set: non-cumulative bucket counts (the last one is +Inf), sum.
+        self.series: dict[Labels, tuple[list[int], list[float]]] = {}
+
+    def observe(self, labels: Labels, value: float) -> None:
+        series = self.series.get(labels)
+        if series is None:
+            series = self.series[labels] = ([0] * (len(self.bounds) + 1), [0.0])
+        counts, total = series
+        # `le` is inclusive: a value equal to a bound falls into that bound's bucket.
+        counts[bisect.bisect_left(self.bounds, value)] += 1
+        total[0] += value
+
+    def render(self) -> Iterable[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} histogram"
+        for labels, (counts, total) in sorted(self.series.items()):
+            running = 0
+            for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
+                running += n
+                le = _labels(self.label_names, labels, f'le="{_num(bound)}"')
+                yield f"{self.name}_bucket{le} {running}"
+            plain = _labels(self.label_names, labels)
+            yield f"{self.name}_sum{plain} {_num(total[0])}"
+            yield f"{self.name}_count{plain} {running}"
+
+
+def _gauge(name: str, help: str, value: float) -> Iterable[str]:
+    yield f"# HELP {name} {help}"
+    yield f"# TYPE {name} gauge"
+    yield f"{name} {_num(value)}"
+
+
+class Metrics:
+    """The app's metrics. Everything is updated on the event loop thread, so no locks."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "threadloom_http_requests_total",
+            "HTTP requests answered, by method, route template and status.",
+            ("method", "route", "status"),
+        )
+        self.latency = Histogram(
+            "threadloom_http_request_duration_seconds",
+            "Time until the handler returned (for streams: the whole stream), by route template.",
+            ("method", "route"),
+            LATENCY_BUCKETS,
+        )
+        self.prompt_tokens = Counter(
+            "threadloom_prompt_tokens_total", "Prompt tokens of finished generations."
+        )
+        self.cached_tokens = Counter(
+            "threadloom_cached_prompt_tokens_total",
+            "Prompt tokens a slot already held, so the model did not evaluate them again.",
+        )
+        self.generated_tokens = Counter(
+            "threadloom_generated_tokens_total", "Tokens generated by finished generations."
+        )
+        self.generations = Counter(
+            "threadloom_generations_total", "Finished generations, by status.", ("status",)
+        )
+
+    def record_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        method = method if method in KNOWN_METHODS else "other"
+        self.requests.inc((method, route, str(status)))
+        self.latency.observe((method, route), seconds)
+
+    def record_generation(self, result: Result) -> None:
+        usage = result.usage
+        self.prompt_tokens.inc(amount=usage.prompt_tokens)
+        self.cached_tokens.inc(amount=usage.cached_tokens)
+        self.generated_tokens.inc(amount=usage.completion_tokens)
+        self.generations.inc((result.status,))
+
+    def render(self, engine: Engine | None) -> str:
+        lines: list[str] = []
+        for metric in (
+            self.requests,
+            self.latency,
+            self.prompt_tokens,
+            self.cached_tokens,
+            self.generated_tokens,
+            self.generations,
+        ):
+            lines.extend(metric.render())
+        if engine is not None:
+            pool = engine.pool
+            lines.extend(_gauge("threadloom_slots", "Generation slots.", len(pool.slots)))
+            lines.extend(_gauge("threadloom_slots_busy", "Slots generating now.", pool.busy))
+            lines.extend(
+                _gauge("threadloom_queue_depth", "Requests waiting for a free slot.", pool.waiting)
+            )
+            for key, value in sorted(engine.store.stats().items()):
+                help = STORE_HELP.get(key, f"Store statistic {key}.")
+                lines.extend(_gauge(f"threadloom_store_{key}", help, value))
+        lines.append("")
+        return "\n".join(lines)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+
+def route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost, so it sees the status the error middleware settled on (401s included)."""
+    metrics = request.app.get(METRICS)
+    if metrics is None:
+        return await handler(request)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as e:  # redirects and the like, which the error middleware passes
+        status = e.status
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        metrics.record_request(
+            request.method, route_template(request), status, time.perf_counter() - started
+        )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = request.app[METRICS].render(request.app.get(ENGINE))
+    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def setup(app: web.Application) -> None:
+    """Adds the registry, `GET /metrics` and the engine hook; the app also needs
+    `metrics_middleware` in its middleware list."""
+    metrics = app[METRICS] = Metrics()
+
+    async def observe_engine(app: web.Application) -> None:
+        # Runs after the engine context opened it (cleanup contexts start first).
+        app[ENGINE].on_finished.append(metrics.record_generation)
+
+    app.on_startup.append(observe_engine)
+    app.router.add_get("/metrics", metrics_handler)

@@ -1,0 +1,365 @@
+"""Freddy-style threads dialect: `POST /v1/model/response` (a reply inside a thread, or chained
+to an earlier response with `previousResponseId`) and the threads API (`/v1/threads`: create,
+list, get, messages, update, delete).
+
+Every thread call goes to the engine's store under the caller's tenant, so another tenant's
+thread is simply not found. The store enforces the ids, states, limits and windows; this module
+checks what it can up front (so nothing is stored on a bad request) and names the field in
+every error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Callable
+from typing import TypeVar, cast
+
+import msgspec
+from aiohttp import web
+
+from threadloom._core import Store, Thread, Turn
+from threadloom.backends.base import SamplingParams
+from threadloom.engine import Engine, Finished, Result
+from threadloom.errors import (
+    InvalidInput,
+    LimitExceeded,
+    NotFound,
+    StateConflict,
+    ThreadloomError,
+)
+from threadloom.server.errors import ApiError
+from threadloom.server.keys import ENGINE
+from threadloom.server.middleware import TENANT, to_api_error
+from threadloom.server.routes.common import decode_body, json_response, sampling_params
+from threadloom.server.routes.responses import Events, check_model
+from threadloom.server.schemas import freddy as f
+
+T = TypeVar("T")
+
+_create_response = msgspec.json.Decoder(f.CreateModelResponse)
+_create_thread = msgspec.json.Decoder(f.CreateThread)
+_update_thread = msgspec.json.Decoder(f.UpdateThread)
+_THREAD_ID = re.compile(f.THREAD_ID_PATTERN)
+
+
+async def _blocking(call: Callable[[], T]) -> T:
+    """Runs a store call off the event loop: writes wait for a disk commit."""
+    return await asyncio.to_thread(call)
+
+
+def _named(e: BaseException, param: str) -> BaseException:
+    """The client-facing error for `e`, naming `param`; anything unexpected passes through."""
+    if not isinstance(e, ThreadloomError):
+        return e
+    error = to_api_error(e)
+    error.param = param
+    return error
+
+
+def _thread_object(t: Thread) -> f.ThreadObject:
+    return f.ThreadObject(
+        id=t.id,
+        state=cast(f.ThreadState, t.state),
+        visible_in_ui=t.visible,
+        metadata=t.metadata,
+        message_count=t.message_count,
+        created_at=t.created_ms // 1000,
+        last_activity_at=t.last_activity_ms // 1000,
+    )
+
+
+def _check_id(tid: str | None, param: str) -> None:
+    if tid is not None and not _THREAD_ID.fullmatch(tid):
+        raise ApiError(
+            400,
+            f"invalid thread id {tid!r}: use 1 to 128 characters of [A-Za-z0-9_.:-]",
+            param=param,
+            code="invalid_id",
+        )
+
+
+def _path_thread_id(request: web.Request) -> str:
+    tid = request.match_info["thread_id"]
+    _check_id(tid, "threadId")
+    return tid
+
+
+# ---- model responses -------------------------------------------------------------------------
+
+
+def _check_combination(req: f.CreateModelResponse) -> None:
+    if req.previous_response_id is None:
+        return
+    if req.thread is not None:
+        raise ApiError(
+            400,
+            "previousResponseId cannot be combined with thread: give one or the other",
+            param="previousResponseId",
+            code="invalid_value",
+        )
+    if req.thread_state is not None:
+        raise ApiError(
+            400,
+            "threadState needs a thread; previousResponseId continues a response without one",
+            param="threadState",
+            code="invalid_value",
+        )
+
+
+def _sampling(req: f.CreateModelResponse, engine: Engine) -> SamplingParams:
+    return sampling_params(
+        engine,
+        max_tokens=req.max_output_tokens,
+        max_tokens_param="maxOutputTokens",
+        temperature=req.temperature,
+        top_p=req.top_p,
+    )
+
+
+class _Target:
+    """The thread a reply goes into, and whether this request created it (so a request that
+    fails before anything is stored can take it back)."""
+
+    def __init__(self, thread_id: str, created: bool) -> None:
+        self.id = thread_id
+        self.created = created
+
+
+async def _open_thread(store: Store, tenant: str, req: f.CreateModelResponse) -> _Target:
+    """Finds the requested thread or creates it (hidden when `store` is false, with the
+    object form's metadata); no `thread` at all gets a new thread with a generated id."""
+    ref = req.thread
+    tid = ref if isinstance(ref, str) else ref.id if ref is not None else None
+    metadata = ref.metadata if isinstance(ref, f.ThreadRef) else None
+    _check_id(tid, "thread" if isinstance(ref, str) else "thread.id")
+    if tid is not None:
+        with contextlib.suppress(NotFound):
+            await _blocking(lambda: store.get_thread(tid, owner=tenant))
+            return _Target(tid, created=False)
+    try:
+        t = await _blocking(
+            lambda: store.create_thread(tid, owner=tenant, metadata=metadata, visible=req.store)
+        )
+    except StateConflict:
+        assert tid is not None  # a generated id never collides
+        return _Target(tid, created=False)  # another request created it meanwhile
+    except ThreadloomError as e:
+        raise _named(e, "thread.metadata" if metadata is not None else "thread") from None
+    return _Target(t.id, created=True)
+
+
+def _generation_error(e: BaseException, req: f.CreateModelResponse) -> BaseException:
+    """Names the field behind an engine or store error: the conversation it continues, or the
+    inputs that do not fit (the context, or the 10,000 messages of a conversation)."""
+    anchor = "previousResponseId" if req.previous_response_id else "thread"
+    if isinstance(e, LimitExceeded):
+        return _named(e, "inputs")
+    if isinstance(e, (NotFound, StateConflict)):
+        return _named(e, anchor)
+    if isinstance(e, InvalidInput):
+        return _named(e, "previousResponseId" if req.previous_response_id else "inputs")
+    return e
+
+
+async def _finish(events: Events) -> Result:
+    result: Result | None = None
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, Finished):
+                result = event.result
+    assert result is not None
+    return result
+
+
+async def _take_back(store: Store, tenant: str, thread_id: str) -> None:
+    """Deletes a thread this request created, unless another request has used it since."""
+    with contextlib.suppress(ThreadloomError):
+        t = await _blocking(lambda: store.get_thread(thread_id, owner=tenant))
+        if t.message_count == 0:
+            await _blocking(lambda: store.delete_thread(thread_id, owner=tenant))
+
+
+async def _generate(
+    engine: Engine, tenant: str, events: Events, req: f.CreateModelResponse, target: _Target | None
+) -> Result:
+    """Runs the generation to its end. A failure stores nothing (the engine appends only at
+    the end, in one commit), so a thread this request created is taken back too."""
+    try:
+        return await _finish(events)
+    except Exception as e:
+        if target is not None and target.created:
+            await _take_back(engine.store, tenant, target.id)
+        raise _generation_error(e, req) from None
+
+
+async def _apply_state(store: Store, tenant: str, req: f.CreateModelResponse, r: Result) -> None:
+    """`threadState` takes effect once the reply is stored, so a request can add a last
+    message and lock or archive the thread in one go. A failed reply leaves the thread open
+    for a retry."""
+    if req.thread_state in (None, "open") or r.thread_id is None or r.status == "failed":
+        return
+    state = req.thread_state
+    thread_id = r.thread_id
+    try:
+        await _blocking(lambda: store.update_thread(thread_id, owner=tenant, state=state))
+    except ThreadloomError as e:
+        raise _named(e, "threadState") from None
+
+
+def _model_response(req: f.CreateModelResponse, r: Result, created_at: int) -> f.ModelResponse:
+    u = r.usage
+    error = (
+        f.ResponseError(code="server_error", message="the generation failed")
+        if r.status == "failed"
+        else None
+    )
+    return f.ModelResponse(
+        id=r.response_id,
+        created_at=created_at,
+        model=r.model,
+        status=r.status,
+        thread_id=r.thread_id,
+        previous_response_id=req.previous_response_id,
+        output=[f.OutputMessage(texts=[f.Text(text=r.text)])],
+        usage=f.Usage(
+            input_tokens=u.prompt_tokens,
+            output_tokens=u.completion_tokens,
+            total_tokens=u.prompt_tokens + u.completion_tokens,
+            cached_tokens=u.cached_tokens,
+        ),
+        error=error,
+    )
+
+
+async def create_model_response(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    tenant = request[TENANT]
+    created_at = int(time.time())
+    req = decode_body(_create_response, await request.read())
+    check_model(req.model, engine)
+    _check_combination(req)
+    sampling = _sampling(req, engine)
+    inputs = [{"role": m.role, "content": m.content()} for m in req.inputs]
+    target = None
+    if req.previous_response_id is None:
+        target = await _open_thread(engine.store, tenant, req)
+    events = cast(
+        Events,
+        engine.stream(
+            inputs,
+            thread=target.id if target is not None else None,
+            previous_response_id=req.previous_response_id,
+            owner=tenant,
+            sampling=sampling,
+            anchor_window=True,  # Freddy continues responses up to 24 h old
+            hidden=not req.store,
+        ),
+    )
+    result = await _generate(engine, tenant, events, req, target)
+    await _apply_state(engine.store, tenant, req, result)
+    return json_response(_model_response(req, result, created_at))
+
+
+# ---- threads ---------------------------------------------------------------------------------
+
+
+async def create_thread(request: web.Request) -> web.Response:
+    store = request.app[ENGINE].store
+    body = await request.read()
+    req = decode_body(_create_thread, body) if body.strip() else f.CreateThread()
+    _check_id(req.id, "id")
+    try:
+        t = await _blocking(
+            lambda: store.create_thread(req.id, owner=request[TENANT], metadata=req.metadata)
+        )
+    except StateConflict as e:
+        raise _named(e, "id") from None
+    except ThreadloomError as e:
+        raise _named(e, "metadata") from None
+    return json_response(_thread_object(t))
+
+
+async def list_threads(request: web.Request) -> web.Response:
+    store = request.app[ENGINE].store
+    query = msgspec.convert(dict(request.query), f.ListThreadsQuery, strict=False)
+    try:
+        page = await _blocking(
+            lambda: store.list_threads(
+                owner=request[TENANT],
+                visible=query.visible_in_ui,
+                limit=query.limit,
+                after=query.cursor,
+            )
+        )
+    except ThreadloomError as e:
+        raise _named(e, "cursor") from None
+    return json_response(
+        f.ThreadList(
+            data=[_thread_object(t) for t in page.threads],
+            has_more=page.next_cursor is not None,
+            next_cursor=page.next_cursor,
+        )
+    )
+
+
+async def _load(request: web.Request, call: Callable[[Store, str, str], T]) -> T:
+    """Runs `call(store, thread_id, tenant)` for the thread in the path."""
+    store = request.app[ENGINE].store
+    tid = _path_thread_id(request)
+    try:
+        return await _blocking(lambda: call(store, tid, request[TENANT]))
+    except NotFound as e:
+        raise _named(e, "threadId") from None
+
+
+async def get_thread(request: web.Request) -> web.Response:
+    t = await _load(request, lambda s, tid, owner: s.get_thread(tid, owner=owner))
+    return json_response(_thread_object(t))
+
+
+def _message(turn: Turn) -> f.ThreadMessage:
+    return f.ThreadMessage(
+        id=turn.id,
+        role=turn.role,
+        texts=[f.Text(text=turn.content)],
+        created_at=turn.created_ms // 1000,
+    )
+
+
+async def thread_messages(request: web.Request) -> web.Response:
+    turns = await _load(request, lambda s, tid, owner: s.history(owner=owner, thread=tid))
+    tid = request.match_info["thread_id"]
+    return json_response(f.MessageList(thread_id=tid, data=[_message(t) for t in turns]))
+
+
+async def update_thread(request: web.Request) -> web.Response:
+    req = decode_body(_update_thread, await request.read())
+    try:
+        t = await _load(
+            request,
+            lambda s, tid, owner: s.update_thread(
+                tid, owner=owner, metadata=req.metadata, state=req.state
+            ),
+        )
+    except StateConflict as e:
+        raise _named(e, "state" if req.state is not None else "metadata") from None
+    except ThreadloomError as e:
+        raise _named(e, "metadata") from None
+    return json_response(_thread_object(t))
+
+
+async def delete_thread(request: web.Request) -> web.Response:
+    await _load(request, lambda s, tid, owner: s.delete_thread(tid, owner=owner))
+    return json_response(f.DeletedThread(id=request.match_info["thread_id"]))
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/model/response", create_model_response)
+    app.router.add_post("/v1/threads", create_thread)
+    app.router.add_get("/v1/threads", list_threads)
+    app.router.add_get("/v1/threads/{thread_id}", get_thread)
+    app.router.add_patch("/v1/threads/{thread_id}", update_thread)
+    app.router.add_delete("/v1/threads/{thread_id}", delete_thread)
+    app.router.add_get("/v1/threads/{thread_id}/messages", thread_messages)

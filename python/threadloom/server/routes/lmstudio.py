@@ -1,0 +1,292 @@
+"""LM Studio's native stateful chat: `POST /api/v1/chat`.
+
+Every stored reply is a new store response; its id goes back to the client as `thread_id` (and
+as `response_id`, LM Studio's newer name). Sending either id back, as `thread_id` or
+`previous_response_id`, continues from that point, so continuing from an older id branches.
+The ids are the Responses API's, so `/v1/responses` can continue these conversations too."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Literal, cast
+
+import msgspec
+from aiohttp import web
+
+from threadloom.backends.base import SamplingParams
+from threadloom.engine import Engine, Finished, Result, Started, TokenEvent
+from threadloom.errors import NotFound, StateConflict
+from threadloom.server import sse
+from threadloom.server.errors import ApiError
+from threadloom.server.keys import ENGINE
+from threadloom.server.middleware import TENANT, to_api_error
+from threadloom.server.routes.common import decode_body, json_response, sampling_params
+from threadloom.server.routes.responses import Events, check_model
+from threadloom.server.schemas import lmstudio as lm
+
+_decoder = msgspec.json.Decoder(lm.StatefulChatRequest)
+log = logging.getLogger("threadloom.server")
+Phase = Literal["prompt", "reasoning", "message", "done"]
+
+
+# ---- request ---------------------------------------------------------------------------------
+
+
+def _inputs(req: lm.StatefulChatRequest) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+    if req.system_prompt is not None:
+        out.append({"role": "system", "content": req.system_prompt})
+    if isinstance(req.input, str):
+        out.append({"role": "user", "content": req.input})
+        return out
+    # Each item is its own user turn: no separator is invented between them.
+    for i, item in enumerate(req.input):
+        if isinstance(item, lm.ImageInput):
+            raise ApiError(
+                400,
+                "image input is not supported: the model reads text only",
+                param=f"input[{i}]",
+                code="unsupported_input",
+            )
+        out.append({"role": "user", "content": item.content})
+    return out
+
+
+def _sampling(req: lm.StatefulChatRequest, engine: Engine) -> SamplingParams:
+    if req.context_length is not None and req.context_length > engine.context_length:
+        raise ApiError(
+            400,
+            f"context_length must be at most the loaded model's context ({engine.context_length})",
+            param="context_length",
+            code="invalid_value",
+        )
+    return sampling_params(
+        engine,
+        max_tokens=req.max_output_tokens,
+        max_tokens_param="max_output_tokens",
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        repetition_penalty=req.repeat_penalty,
+    )
+
+
+def _anchor(req: lm.StatefulChatRequest) -> tuple[str | None, str]:
+    """The stored response to continue from, and the field that named it (for errors)."""
+    if req.previous_response_id is None:
+        return req.thread_id, "thread_id"
+    if req.thread_id is not None and req.thread_id != req.previous_response_id:
+        raise ApiError(
+            400,
+            "thread_id and previous_response_id name different responses; give one of them",
+            param="previous_response_id",
+            code="conflicting_parameters",
+        )
+    return req.previous_response_id, "previous_response_id"
+
+
+def _thinking(req: lm.StatefulChatRequest) -> bool | None:
+    # The chat templates know only on and off, so every effort level means on.
+    return None if req.reasoning is None else req.reasoning != "off"
+
+
+# ---- result ----------------------------------------------------------------------------------
+
+
+def _stats(result: Result, engine: Engine) -> lm.Stats:
+    u = result.usage
+    # The engine counts output tokens without telling reasoning apart; re-counting the
+    # reasoning text misses only the think tags around it.
+    reasoning = engine.tokenizer.count(result.reasoning) if result.reasoning else 0
+    first = result.time_to_first_token_s
+    decoding = result.total_s - (first or 0.0)
+    # Generation speed after the first token, which also paid for the prompt.
+    if u.completion_tokens > 1 and decoding > 0:
+        speed = (u.completion_tokens - 1) / decoding
+    else:
+        speed = u.completion_tokens / result.total_s if result.total_s > 0 else 0.0
+    return lm.Stats(
+        input_tokens=u.prompt_tokens,
+        total_output_tokens=u.completion_tokens,
+        reasoning_output_tokens=min(reasoning, u.completion_tokens),
+        tokens_per_second=speed,
+        time_to_first_token_seconds=first or 0.0,
+    )
+
+
+def _chat_result(result: Result, engine: Engine) -> lm.ChatResult:
+    output: list[lm.OutputItem] = []
+    if result.reasoning:
+        output.append(lm.ReasoningOutput(content=result.reasoning))
+    output.append(lm.MessageOutput(content=result.text))
+    # A failed response is kept for inspection but cannot be continued, so it gets no handle.
+    handle = result.response_id if result.status != "failed" else None
+    return lm.ChatResult(
+        model_instance_id=result.model,
+        output=output,
+        stats=_stats(result, engine),
+        thread_id=handle,
+        response_id=handle,
+    )
+
+
+def _generation_failed() -> ApiError:
+    return ApiError(500, "the generation failed", type="server_error", code="server_error")
+
+
+def _stream_error(error: ApiError) -> lm.ChatErrorEvent:
+    kind: lm.ErrorType = "invalid_request"
+    if error.status >= 500:
+        kind = "internal_error"
+    elif error.code == "model_not_found":
+        kind = "model_not_found"
+    detail = lm.ChatErrorDetail(
+        type=kind, message=error.message, code=error.code, param=error.param
+    )
+    return lm.ChatErrorEvent(error=detail)
+
+
+# ---- handler ---------------------------------------------------------------------------------
+
+
+async def _start(events: Events, anchor_param: str) -> None:
+    """The first event: the anchor is checked and the prompt assembled before any byte is sent,
+    so these failures are plain JSON errors and nothing has been stored."""
+    try:
+        first = await anext(events)
+    except (NotFound, StateConflict) as e:
+        await events.aclose()
+        status, code = (404, "not_found") if isinstance(e, NotFound) else (409, "conflict")
+        raise ApiError(status, str(e), param=anchor_param, code=code) from None
+    except BaseException:
+        await events.aclose()
+        raise
+    assert isinstance(first, Started)
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    req = decode_body(_decoder, await request.read())
+    check_model(req.model, engine)
+    inputs = _inputs(req)
+    sampling = _sampling(req, engine)
+    anchor, anchor_param = _anchor(req)
+    events = cast(
+        Events,
+        engine.stream(
+            inputs,
+            previous_response_id=anchor,
+            store=req.store,
+            owner=request[TENANT],
+            sampling=sampling,
+            enable_thinking=_thinking(req),
+        ),
+    )
+    await _start(events, anchor_param)
+    if req.stream:
+        return await _stream(request, events, engine)
+    result: Result | None = None
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, Finished):
+                result = event.result
+    assert result is not None
+    if result.status == "failed":
+        raise _generation_failed()
+    return json_response(_chat_result(result, engine))
+
+
+# ---- streaming -------------------------------------------------------------------------------
+
+
+class _Phases:
+    """Turns token events into LM Studio's bracketed phases: prompt processing ends with the
+    first token, then reasoning and message text each open with a start event and close with
+    an end event when the other kind begins or generation ends."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.phase: Phase = "prompt"
+
+    async def send(self, event: lm.StreamEvent) -> None:
+        tag = type(event).__struct_config__.tag
+        await self.response.write(sse.frame(event, cast(str, tag)))
+
+    async def begin(self, model: str) -> None:
+        await self.send(lm.ChatStart(model_instance_id=model))
+        await self.send(lm.PromptProcessingStart())
+
+    async def _enter(self, phase: Phase) -> None:
+        if self.phase == phase:
+            return
+        if self.phase == "prompt":
+            await self.send(lm.PromptProcessingEnd())
+        elif self.phase == "reasoning":
+            await self.send(lm.ReasoningEnd())
+        elif self.phase == "message":
+            await self.send(lm.MessageEnd())
+        if phase == "reasoning":
+            await self.send(lm.ReasoningStart())
+        elif phase == "message":
+            await self.send(lm.MessageStart())
+        self.phase = phase
+
+    async def token(self, event: TokenEvent) -> None:
+        if not event.text:
+            return
+        if event.reasoning:
+            await self._enter("reasoning")
+            await self.send(lm.ReasoningDelta(content=event.text))
+        else:
+            await self._enter("message")
+            await self.send(lm.MessageDelta(content=event.text))
+
+    async def end(self) -> None:
+        """Closes the open phase. The result always carries a message, so an empty reply still
+        gets its (empty) message.start/message.end pair."""
+        await self._enter("message")
+        await self._enter("done")
+
+
+async def _stream(request: web.Request, events: Events, engine: Engine) -> web.StreamResponse:
+    pending = await sse.pull_next(events)
+    response: web.StreamResponse | None = None
+    try:
+        response = await sse.open_stream(request)
+        phases = _Phases(response)
+        await phases.begin(engine.model_name)
+        while True:
+            event = await pending
+            if isinstance(event, Finished):
+                break
+            pending = await sse.pull_next(events)
+            if isinstance(event, TokenEvent):
+                await phases.token(event)
+        await phases.end()
+        result = event.result
+        if result.status == "failed":
+            # As LM Studio does: the error, then the final payload with what was generated.
+            await phases.send(_stream_error(_generation_failed()))
+        await phases.send(lm.ChatEnd(result=_chat_result(result, engine)))
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away; the finally below stores what was generated
+    except Exception as e:
+        if response is None or not response.prepared:
+            raise
+        error = to_api_error(e)
+        if error.status >= 500:
+            # The middleware logs what reaches it; this never does, the stream is already open.
+            log.exception("error in the %s stream", request.path)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(sse.frame(_stream_error(error), "error"))
+            await response.write_eof()
+    finally:
+        await sse.finish_pull(pending, events)
+    assert response is not None
+    return response
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/api/v1/chat", chat)

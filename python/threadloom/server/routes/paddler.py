@@ -1,0 +1,134 @@
+"""Paddler's inference API, stateless: `POST /api/v1/continue_from_conversation_history`. The
+client sends the whole conversation; the reply streams back as newline-delimited JSON frames,
+one per token, closed by a `Done` frame or an `Error` frame. Nothing is stored."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import string
+from typing import Literal, cast
+
+import msgspec
+from aiohttp import web
+
+from threadloom.backends.base import SamplingParams
+from threadloom.engine import Finished, Started, TokenEvent
+from threadloom.server import sse
+from threadloom.server.errors import ApiError
+from threadloom.server.keys import ENGINE
+from threadloom.server.middleware import TENANT, register_error_format, to_api_error
+from threadloom.server.routes.common import decode_body
+from threadloom.server.routes.responses import Events
+from threadloom.server.schemas import paddler as p
+
+PATH = "/api/v1/continue_from_conversation_history"
+# Paddler answers with a JSON content type whatever the framing; its clients split on lines.
+HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
+# The request id ties every frame of one request together, error frames from the middleware too.
+REQUEST_ID = web.RequestKey("paddler_request_id", str)
+# Paddler's ids are nanoids: 21 characters of this alphabet.
+_ALPHABET = string.ascii_letters + string.digits + "_-"
+
+_decoder = msgspec.json.Decoder(p.ContinueFromConversationHistory)
+_encoder = msgspec.json.Encoder()
+
+
+def new_request_id() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(21))
+
+
+def _line(frame: p.ResponseFrame | p.ErrorFrame) -> bytes:
+    return _encoder.encode(frame) + b"\n"
+
+
+def _token_frame(request_id: str, slot: int, text: str | None) -> p.ResponseFrame:
+    """A token's frame, or with `text=None` the closing `Done` frame."""
+    result: p.Token | Literal["Done"] = p.Token(token=text) if text is not None else "Done"
+    generated = p.GeneratedToken(generated_token_result=result, slot=slot)
+    return p.ResponseFrame(
+        response=p.ResponseEnvelope(
+            request_id=request_id,
+            response=p.GeneratedTokenResponse(generated_token=generated),
+        )
+    )
+
+
+def error_frame(request_id: str, error: ApiError) -> p.ErrorFrame:
+    return p.ErrorFrame(
+        error=p.ErrorEnvelope(
+            request_id=request_id,
+            error=p.ErrorDetail(code=error.status, description=error.message),
+        )
+    )
+
+
+def _error_body(request: web.Request, error: ApiError) -> p.ErrorFrame:
+    """The middleware's formatter: failures before the stream opens keep their HTTP status and
+    carry the same frame a failure mid-stream does."""
+    return error_frame(request.get(REQUEST_ID) or new_request_id(), error)
+
+
+async def continue_from_conversation_history(request: web.Request) -> web.StreamResponse:
+    request[REQUEST_ID] = request_id = new_request_id()
+    engine = request.app[ENGINE]
+    req = decode_body(_decoder, await request.read())
+    messages = [{"role": m.role, "content": m.content} for m in req.conversation_history]
+    events = cast(
+        Events,
+        engine.stream(
+            messages[-1:],
+            history=messages[:-1],
+            store=False,
+            owner=request[TENANT],
+            sampling=SamplingParams(max_tokens=req.max_tokens),
+            enable_thinking=req.enable_thinking,
+            add_generation_prompt=req.add_generation_prompt,
+            # Paddler streams the model's raw tokens, thinking block and all.
+            split_reasoning=False,
+        ),
+    )
+    try:
+        first = await anext(events)  # errors before generation starts keep their HTTP status
+    except BaseException:
+        await events.aclose()
+        raise
+    assert isinstance(first, Started)
+    return await _stream(request, events, request_id, first.slot)
+
+
+async def _stream(
+    request: web.Request, events: Events, request_id: str, slot: int
+) -> web.StreamResponse:
+    pending = await sse.pull_next(events)
+    response = web.StreamResponse(status=200, headers=HEADERS)
+    response.enable_chunked_encoding()
+    try:
+        await response.prepare(request)
+        while True:
+            event = await pending
+            if isinstance(event, Finished):
+                break
+            pending = await sse.pull_next(events)
+            if isinstance(event, TokenEvent) and event.text:
+                await response.write(_line(_token_frame(request_id, slot, event.text)))
+        if event.result.status == "failed":
+            raise ApiError(500, "the generation failed", type="server_error", code="server_error")
+        await response.write(_line(_token_frame(request_id, slot, None)))
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away; the finally below stops the generation
+    except Exception as e:
+        if not response.prepared:
+            raise
+        with contextlib.suppress(ConnectionResetError):
+            await response.write(_line(error_frame(request_id, to_api_error(e))))
+            await response.write_eof()
+    finally:
+        await sse.finish_pull(pending, events)
+    return response
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post(PATH, continue_from_conversation_history)
+    register_error_format(app, PATH, _error_body)

@@ -1,0 +1,113 @@
+"""The `summarize` trimming strategy: turns that no longer fit the context are replaced by a
+summary the model itself writes, instead of being dropped silently.
+
+The cut point comes from the `tokens` strategy (which trims in blocks, so it moves rarely); the
+summary of everything up to a cut point is written once and cached by that turn's id, so
+consecutive prompts of a conversation start with the same system text and summary: a stable
+prefix that the slot's evaluated-token cache keeps reusing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from threadloom.backends.base import SamplingParams
+
+if TYPE_CHECKING:
+    from threadloom._core import Assembly
+    from threadloom.engine import Engine
+
+SUMMARY_TOKENS = 192
+# The transcript handed to the summarizer keeps its newest part when it is longer than this share
+# of the context: the oldest turns were, by construction, summarized less recently anyway.
+TRANSCRIPT_SHARE = 0.75
+INSTRUCTIONS = (
+    "You summarize conversations. Write a short summary of the conversation below: the facts, "
+    "names, numbers, decisions and open questions a reader needs to continue it. "
+    "Write only the summary."
+)
+SUMMARY_HEADER = "Summary of the earlier conversation:"
+CACHE_SIZE = 1024
+
+
+class Summarizer:
+    """Writes and caches summaries of the turns a `tokens` trim would drop."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._cache: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def assemble(
+        self,
+        trimmed: Assembly,
+        history: Sequence[Mapping[str, str | None]],
+        new: Sequence[Mapping[str, str | None]],
+        kwargs: Mapping[str, Any],
+        turn_ids: Sequence[str] | None = None,
+    ) -> Assembly:
+        """The prompt with the turns that `trimmed` (the `tokens` assembly of the same request)
+        dropped replaced by their summary. `turn_ids` are the stored history's turn ids (None
+        for a history given in full): the summary is cached under the newest dropped one."""
+        if not trimmed.messages_dropped:
+            return trimmed
+        if turn_ids is not None and trimmed.cut_after is not None:
+            cut = turn_ids.index(trimmed.cut_after) + 1
+            key = trimmed.cut_after
+        else:
+            cut = _nth_non_system(history, trimmed.messages_dropped) + 1
+            key = hashlib.sha256(
+                "\0".join(f"{m['role']}\0{m['content']}" for m in history[:cut]).encode()
+            ).hexdigest()
+        dropped, kept = history[:cut], history[cut:]
+        systems = [str(m["content"]) for m in dropped if m["role"] == "system"]
+        summary = self.summary(key, [m for m in dropped if m["role"] != "system"])
+        system = "\n\n".join([*systems, f"{SUMMARY_HEADER}\n{summary}"])
+        messages = [{"role": "system", "content": system}, *kept, *new]
+        # Still too long (a huge new input): the token budget trims the kept turns further.
+        return self._engine.prompt.assemble_messages(messages, **{**kwargs, "strategy": "tokens"})
+
+    def summary(self, key: str, turns: Sequence[Mapping[str, str | None]]) -> str:
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        text = self._write(turns)
+        with self._lock:
+            self._cache[key] = text
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return text
+
+    def _write(self, turns: Sequence[Mapping[str, str | None]]) -> str:
+        engine = self._engine
+        transcript = "\n".join(f"{t['role']}: {t['content']}" for t in turns)
+        limit = int(engine.context_length * TRANSCRIPT_SHARE) - SUMMARY_TOKENS
+        tokens = engine.tokenizer.encode(transcript)
+        if len(tokens) > limit:
+            transcript = engine.tokenizer.decode(tokens[len(tokens) - limit :])
+        prompt = engine.prompt.assemble_messages(
+            [
+                {"role": "system", "content": INSTRUCTIONS},
+                {"role": "user", "content": transcript},
+            ],
+            strategy="none",
+            max_tokens=SUMMARY_TOKENS,
+        )
+        return engine.generate_text(prompt.ids, SamplingParams(max_tokens=SUMMARY_TOKENS)).strip()
+
+
+def _nth_non_system(history: Sequence[Mapping[str, str | None]], n: int) -> int:
+    """The index of the `n`th (1-based) non-system message: the `tokens` strategy drops the
+    oldest non-system messages first."""
+    seen = 0
+    for i, m in enumerate(history):
+        if m["role"] != "system":
+            seen += 1
+            if seen == n:
+                return i
+    return len(history) - 1

@@ -26,7 +26,7 @@ from threadloom._core import (
 )
 from threadloom.backends.base import BackendFactory, SamplingParams
 from threadloom.errors import InvalidInput, NotFound, StateConflict, ThreadloomError
-from threadloom.slots import SlotPool
+from threadloom.slots import Overloaded, SlotPool
 from threadloom.storage import (
     ConversationStore,
     assemble,
@@ -162,14 +162,16 @@ class Engine:
         self.tokenizer = self.prompt.tokenizer
         self._eog = frozenset(self.tokenizer.eog_ids)
         self.pool = SlotPool(backend, slots, max_queue=max_queue)
-        # Generation threads: one per slot, plus room for assembly and store writes.
+        # Assembly and store reads and writes.
         self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
-        # Waiting for a slot blocks a thread until a generation releases one. Those waits get
-        # their own threads (one per slot and queue place, started on demand): in the shared
-        # executor, slots + 4 waiters would take every thread and the generations that free
-        # the slots would queue behind them forever.
+        # A generation waits for its slot and then generates in one thread of its own: one per
+        # slot and queue place (started on demand). Requests beyond that are refused before
+        # they take a thread (`_admitted`), so none waits invisibly behind the pool, and slot
+        # waits never starve the store work that the running generations need to finish.
+        self._capacity = slots + max_queue
+        self._admitted = 0
         self._waiters = ThreadPoolExecutor(
-            max_workers=slots + max_queue, thread_name_prefix="threadloom-wait"
+            max_workers=self._capacity, thread_name_prefix="threadloom-gen"
         )
         # Called on the event loop with every finished generation (cancelled and failed ones
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
@@ -257,24 +259,38 @@ class Engine:
         response_id = new_response_id() if store and not stateless else None
         ids = assembly.ids
         cancel = threading.Event()
-        acquiring = loop.run_in_executor(self._waiters, lambda: self.pool.acquire(ids, cancel))
-        try:
-            slot, cached = await asyncio.shield(acquiring)
-        except asyncio.CancelledError:
-            # Gone while waiting for a slot: stop waiting, or give back the slot it just got.
-            cancel.set()
+        # The worker thread hands events over in batches: it wakes the loop only when the
+        # loop has drained the previous batch, so a fast generator costs one wake-up per
+        # batch, not per token.
+        batch: list[tuple[str, Any]] = []
+        lock = threading.Lock()
+        ready = asyncio.Event()
 
-            def give_back(f: asyncio.Future[Any]) -> None:
-                if not f.cancelled() and f.exception() is None:
-                    self.pool.release(f.result()[0])
+        def put(item: tuple[str, Any]) -> None:
+            with lock:
+                batch.append(item)
+                wake = len(batch) == 1
+            if wake:
+                loop.call_soon_threadsafe(ready.set)
 
-            acquiring.add_done_callback(give_back)
-            raise
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        put = queue.put_nowait
+        def take_batch() -> list[tuple[str, Any]]:
+            with lock:
+                items = batch[:]
+                batch.clear()
+                ready.clear()
+            return items
+
         started = time.perf_counter()
 
         def work() -> None:
+            # Waiting for the slot and generating are one task, so a slot is never held while
+            # its request waits for the event loop to start the generation.
+            try:
+                slot, cached = self.pool.acquire(ids, cancel)
+            except Exception as e:
+                put(("refused", e))
+                return
+            put(("started", (slot.index, cached)))
             out_ids: list[int] = []
             finish = "length"
             error: str | None = None
@@ -284,7 +300,7 @@ class Engine:
 
             def emit(text: str) -> None:
                 for reasoning, piece in think.feed(stops.feed(text)):
-                    loop.call_soon_threadsafe(put, ("token", TokenEvent(piece, reasoning)))
+                    put(("token", TokenEvent(piece, reasoning)))
 
             try:
                 for token in slot.backend.generate(ids, params, cancel):
@@ -307,10 +323,29 @@ class Engine:
                 self.pool.release(slot)
             emit(utf8.flush())
             for reasoning, piece in think.feed(stops.flush()) + think.flush():
-                loop.call_soon_threadsafe(put, ("token", TokenEvent(piece, reasoning)))
-            loop.call_soon_threadsafe(put, ("done", (out_ids, finish, error, first)))
+                put(("token", TokenEvent(piece, reasoning)))
+            put(("done", (out_ids, finish, error, first)))
 
-        future = loop.run_in_executor(self._executor, work)
+        if self._admitted >= self._capacity:
+            raise Overloaded(
+                f"all {len(self.pool.slots)} slots are busy and {self.pool.waiting} requests wait"
+            )
+        self._admitted += 1
+        future = loop.run_in_executor(self._waiters, work)
+        future.add_done_callback(self._release_admission)
+        pending: list[tuple[str, Any]] = []
+        try:
+            while not pending:
+                await ready.wait()
+                pending = take_batch()
+        except asyncio.CancelledError:
+            # Gone while waiting for a slot: stop waiting (or stop the generation it just got).
+            cancel.set()
+            raise
+        kind, payload = pending.pop(0)
+        if kind == "refused":
+            raise payload
+        slot_index, cached = payload
         text: list[str] = []
         reasoning: list[str] = []
 
@@ -356,11 +391,17 @@ class Engine:
                 ),
             )
 
+        done: Any = None
         try:
-            yield Started(assembly.prompt_tokens, cached, slot.index, response_id)
-            while True:
-                kind, payload = await queue.get()
+            yield Started(assembly.prompt_tokens, cached, slot_index, response_id)
+            while done is None:
+                if not pending:
+                    await ready.wait()
+                    pending = take_batch()
+                    continue
+                kind, payload = pending.pop(0)
                 if kind == "done":
+                    done = payload
                     break
                 take(payload)
                 yield payload
@@ -368,14 +409,17 @@ class Engine:
             # The caller went away: stop generating, then store what exists as incomplete.
             cancel.set()
             await asyncio.shield(future)
-            while True:
-                kind, payload = queue.get_nowait()
+            for kind, payload in [*pending, *take_batch()]:
                 if kind == "done":
-                    break
-                take(payload)
-            await asyncio.shield(finish((payload[0], "cancelled", payload[2], payload[3])))
+                    done = payload
+                else:
+                    take(payload)
+            await asyncio.shield(finish((done[0], "cancelled", done[2], done[3])))
             raise
-        yield Finished(await finish(payload))
+        yield Finished(await finish(done))
+
+    def _release_admission(self, _: asyncio.Future[None]) -> None:
+        self._admitted -= 1
 
     def _notify(self, result: Result) -> None:
         for observer in self.on_finished:

@@ -544,10 +544,9 @@ async def test_messages_include_turns_from_every_dialect(client: Client) -> None
 
 
 async def test_end_to_end_with_the_real_model(
-    aiohttp_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: Any, tmp_path: Path
 ) -> None:
     pytest.importorskip("ctransformers")
-    from threadloom import engine as engine_module
     from threadloom.errors import ModelNotInstalled
     from threadloom.models import default_model_path
 
@@ -555,8 +554,10 @@ async def test_end_to_end_with_the_real_model(
         default_model_path()
     except ModelNotInstalled as err:
         pytest.skip(str(err))
-    monkeypatch.setattr(engine_module, "DEFAULT_CONTEXT", 1024)  # a small context loads fast
-    app = init_app(config(tmp_path, cache_dir=str(tmp_path / "cache"), slots=1), backend=None)
+    app = init_app(
+        config(tmp_path, cache_dir=str(tmp_path / "cache"), slots=1, context_length=1024),
+        backend=None,
+    )
     client = await aiohttp_client(app)
     system = user("You are a helpful assistant.", "system")
     first = await respond(

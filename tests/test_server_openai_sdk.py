@@ -131,3 +131,66 @@ def test_openai_sdk_chat_completions(sdk_server: ThreadedServer) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="default", messages=[])
+
+
+# ---- the real model ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
+    pytest.importorskip("ctransformers")
+    from threadloom.errors import ModelNotInstalled
+    from threadloom.models import default_model_path
+
+    try:
+        default_model_path()
+    except ModelNotInstalled as err:
+        pytest.skip(str(err))
+    tmp = tmp_path_factory.mktemp("sdk-model")
+    cfg = config(tmp, cache_dir=str(tmp / "cache"), slots=1, context_length=1024)
+    server = ThreadedServer(lambda: init_app(cfg)).start()
+    yield server
+    server.stop()
+
+
+def test_real_model_responses_chain_stream_and_chat(model_server: ThreadedServer) -> None:
+    client = _sdk(model_server)
+    system = "You are a helpful assistant."
+    first = client.responses.create(
+        model="default",
+        instructions=system,
+        input="What is the capital of France?",
+        max_output_tokens=12,
+    )
+    assert "Paris" in first.output_text
+    # Turn 2 is streamed and continues turn 1: the stream's first event names the stored id.
+    events = list(
+        client.responses.create(
+            model="default",
+            input="And of Italy?",
+            previous_response_id=first.id,
+            max_output_tokens=12,
+            stream=True,
+        )
+    )
+    created, done = events[0], events[-1]
+    assert created.type == "response.created" and done.type in (
+        "response.completed",
+        "response.incomplete",
+    )
+    assert created.response.id == done.response.id
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text and text == done.response.output_text
+    stored = client.responses.retrieve(done.response.id)
+    assert stored.previous_response_id == first.id and stored.output_text == text
+    # The second prompt held the first turn, which the slot had already evaluated.
+    assert stored.usage is not None and stored.usage.input_tokens > first.usage.input_tokens  # type: ignore[union-attr]
+    chat = client.chat.completions.create(
+        model="default",
+        messages=[
+            {"role": "system", "content": system},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+        max_tokens=12,
+    )
+    assert "Paris" in (chat.choices[0].message.content or "")

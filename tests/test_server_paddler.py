@@ -345,13 +345,10 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 async def test_real_model_end_to_end(
-    aiohttp_client: Any, tmp_path: Path, real_model: Path, monkeypatch: pytest.MonkeyPatch
+    aiohttp_client: Any, tmp_path: Path, real_model: Path
 ) -> None:
-    import threadloom.engine
-
-    # ServerConfig has no context setting; a small context keeps the model's memory small.
-    monkeypatch.setattr(threadloom.engine, "DEFAULT_CONTEXT", 1024)
-    app = init_app(config(tmp_path, cache_dir=str(real_model), slots=1))
+    # A small context keeps the model's memory small.
+    app = init_app(config(tmp_path, cache_dir=str(real_model), slots=1, context_length=1024))
     client: Client = await aiohttp_client(app)
     question = [SYSTEM, user("What is the capital of France?")]
     frames = await run(client, body(question, max_tokens=12))

@@ -63,6 +63,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             backend=backend,  # type: ignore[arg-type]
             cache_dir=config.cache_dir,
             max_queue=config.max_queue,
+            context_length=config.context_length,
+            gpu_layers=config.gpu_layers,
         )
 
     engine = await loop.run_in_executor(None, open_engine)

@@ -34,6 +34,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     log_level: str = "info"
     slots: int = 2
     cache_dir: str | None = None
+    # None: the engine's default (4,096 tokens, at most the model's own context).
+    context_length: int | None = None
+    gpu_layers: int = 0
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -44,6 +47,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError("max_queue must not be negative")
         if self.slots < 1:
             raise ConfigError("slots must be at least 1")
+        if self.context_length is not None and self.context_length < 256:
+            raise ConfigError("context_length must be at least 256")
+        if self.gpu_layers < 0:
+            raise ConfigError("gpu_layers must not be negative")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for key, tenant in self.api_keys.items():
@@ -110,6 +117,12 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "log_level": ("THREADLOOM_LOG_LEVEL", str, "debug, info, warning or error (info)"),
     "slots": ("THREADLOOM_SLOTS", int, "model instances generating in parallel (2)"),
     "cache_dir": ("THREADLOOM_CACHE_DIR", str, "where converted model files are kept"),
+    "context_length": (
+        "THREADLOOM_CONTEXT_LENGTH",
+        int,
+        "context per slot in tokens (4096, at most the model's)",
+    ),
+    "gpu_layers": ("THREADLOOM_GPU_LAYERS", int, "layers to offload to a CUDA GPU (0)"),
 }
 
 

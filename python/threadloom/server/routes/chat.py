@@ -16,8 +16,14 @@ from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, to_api_error
-from threadloom.server.routes.common import decode_body, json_response, sampling_params
-from threadloom.server.routes.responses import Events, check_model, mint_id
+from threadloom.server.routes.common import (
+    Events,
+    decode_body,
+    final_result,
+    json_response,
+    sampling_params,
+)
+from threadloom.server.routes.responses import check_model, mint_id
 from threadloom.server.schemas import chat as c
 from threadloom.server.schemas.common import ErrorBody, ErrorDetail
 
@@ -84,12 +90,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return await _stream(request, events, ident, created, engine.model_name, include_usage)
-    result: Result | None = None
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if isinstance(event, Finished):
-                result = event.result
-    assert result is not None
+    result = await final_result(events)
     if result.status == "failed":
         raise ApiError(500, "the generation failed", type="server_error", code="server_error")
     return json_response(

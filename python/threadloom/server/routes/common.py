@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncGenerator
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine
+from threadloom.engine import Engine, Event, Finished, Result
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.schemas.common import Health, Model, ModelList
 
 T = TypeVar("T")
+Events = AsyncGenerator[Event, None]
 
 _encoder = msgspec.json.Encoder()
 _STARTED = int(time.time())
+
+
+async def final_result(events: Events) -> Result:
+    """Runs a started generation to its end and returns its result (for non-streaming
+    replies); the events are closed however this ends."""
+    async with contextlib.aclosing(events):
+        async for event in events:
+            if isinstance(event, Finished):
+                return event.result
+    raise RuntimeError("the generation ended without a result")
 
 
 def json_response(data: object, status: int = 200) -> web.Response:

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from threadloom._core import Store, Thread, Turn
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine, Finished, Result
+from threadloom.engine import Engine, Result
 from threadloom.errors import (
     InvalidInput,
     LimitExceeded,
@@ -32,8 +32,14 @@ from threadloom.errors import (
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, to_api_error
-from threadloom.server.routes.common import decode_body, json_response, sampling_params
-from threadloom.server.routes.responses import Events, check_model
+from threadloom.server.routes.common import (
+    Events,
+    decode_body,
+    final_result,
+    json_response,
+    sampling_params,
+)
+from threadloom.server.routes.responses import check_model
 from threadloom.server.schemas import freddy as f
 
 T = TypeVar("T")
@@ -164,13 +170,7 @@ def _generation_error(e: BaseException, req: f.CreateModelResponse) -> BaseExcep
 
 
 async def _finish(events: Events) -> Result:
-    result: Result | None = None
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if isinstance(event, Finished):
-                result = event.result
-    assert result is not None
-    return result
+    return await final_result(events)
 
 
 async def _take_back(store: Store, tenant: str, thread_id: str) -> None:

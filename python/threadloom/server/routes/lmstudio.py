@@ -21,8 +21,14 @@ from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, to_api_error
-from threadloom.server.routes.common import decode_body, json_response, sampling_params
-from threadloom.server.routes.responses import Events, check_model
+from threadloom.server.routes.common import (
+    Events,
+    decode_body,
+    final_result,
+    json_response,
+    sampling_params,
+)
+from threadloom.server.routes.responses import check_model
 from threadloom.server.schemas import lmstudio as lm
 
 _decoder = msgspec.json.Decoder(lm.StatefulChatRequest)
@@ -186,12 +192,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     await _start(events, anchor_param)
     if req.stream:
         return await _stream(request, events, engine)
-    result: Result | None = None
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if isinstance(event, Finished):
-                result = event.result
-    assert result is not None
+    result = await final_result(events)
     if result.status == "failed":
         raise _generation_failed()
     return json_response(_chat_result(result, engine))

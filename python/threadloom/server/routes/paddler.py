@@ -18,8 +18,7 @@ from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, register_error_format, to_api_error
-from threadloom.server.routes.common import decode_body
-from threadloom.server.routes.responses import Events
+from threadloom.server.routes.common import Events, decode_body
 from threadloom.server.schemas import paddler as p
 
 PATH = "/api/v1/continue_from_conversation_history"

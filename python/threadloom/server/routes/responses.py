@@ -7,7 +7,6 @@ import contextlib
 import re
 import secrets
 import time
-from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 import msgspec
@@ -15,17 +14,22 @@ from aiohttp import web
 
 from threadloom._core import Response, Turn
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine, Event, Finished, Result, Started, TokenEvent
+from threadloom.engine import Engine, Finished, Result, Started, TokenEvent
 from threadloom.errors import NotFound
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, to_api_error
-from threadloom.server.routes.common import decode_body, json_response, sampling_params
+from threadloom.server.routes.common import (
+    Events,
+    decode_body,
+    final_result,
+    json_response,
+    sampling_params,
+)
 from threadloom.server.schemas import responses as s
 
 _create = msgspec.json.Decoder(s.CreateResponse)
-Events = AsyncGenerator[Event, None]
 _ID = re.compile(s.RESPONSE_ID_PATTERN)
 
 
@@ -190,12 +194,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     draft.started(first)
     if req.stream:
         return await _stream(request, events, draft)
-    result: Result | None = None
-    async with contextlib.aclosing(events):
-        async for event in events:
-            if isinstance(event, Finished):
-                result = event.result
-    assert result is not None
+    result = await final_result(events)
     return json_response(draft.finished(result))
 
 

@@ -110,3 +110,19 @@ def parse_sse(raw: str) -> list[tuple[str | None, dict[str, Any]]]:
 
 def config(tmp_path: Any, **kwargs: Any) -> ServerConfig:
     return ServerConfig(store=str(tmp_path / "store"), **kwargs)
+
+
+BACKEND_OPTIONS = ("delay_s", "context_length", "fail_after")
+
+
+def scripted_app(tmp_path: Any, script: EchoScript | None = None, **kwargs: Any) -> web.Application:
+    """The server app on a store under `tmp_path` with the scripted backend running `script`
+    (default: a fresh `EchoScript`). `kwargs` are `ServerConfig` fields, except the backend's
+    own options (`BACKEND_OPTIONS`)."""
+    script = script or EchoScript()
+    backend = {k: kwargs.pop(k) for k in BACKEND_OPTIONS if k in kwargs}
+    from threadloom.server.app import init_app
+
+    app = init_app(config(tmp_path, **kwargs), backend=scripted(script, **backend))
+    attach_tokenizer(app, script)
+    return app

@@ -15,7 +15,7 @@ import pytest_asyncio
 pytest.importorskip("aiohttp")
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from server_support import EchoScript, attach_tokenizer, config, scripted
+from server_support import config, scripted_app
 from threadloom import Retention, Store
 from threadloom.server.app import init_app
 from threadloom.server.keys import ENGINE
@@ -30,12 +30,7 @@ BIG = "x" * 17_000  # over the 16 KB metadata limit once encoded
 Client = TestClient[web.Request, web.Application]
 
 
-def make_app(tmp_path: Path, **kwargs: Any) -> web.Application:
-    script = EchoScript()
-    factory = {k: kwargs.pop(k) for k in ("context_length",) if k in kwargs}
-    app = init_app(config(tmp_path, **kwargs), backend=scripted(script, **factory))
-    attach_tokenizer(app, script)
-    return app
+make_app = scripted_app
 
 
 @pytest_asyncio.fixture

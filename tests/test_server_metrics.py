@@ -14,10 +14,8 @@ import pytest
 import pytest_asyncio
 
 pytest.importorskip("aiohttp")
-from aiohttp import web
 from aiohttp.test_utils import TestClient
-from server_support import EchoScript, attach_tokenizer, config, parse_sse, scripted
-from threadloom.server.app import init_app
+from server_support import parse_sse, scripted_app
 from threadloom.server.keys import ENGINE
 from threadloom.server.metrics import CONTENT_TYPE, LATENCY_BUCKETS
 
@@ -69,12 +67,7 @@ def total(samples: dict[Sample, float], name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
 
-def make_app(tmp_path: Path, **kwargs: Any) -> web.Application:
-    script = EchoScript()
-    factory = {k: kwargs.pop(k) for k in ("delay_s",) if k in kwargs}
-    app = init_app(config(tmp_path, **kwargs), backend=scripted(script, **factory))
-    attach_tokenizer(app, script)
-    return app
+make_app = scripted_app
 
 
 @pytest_asyncio.fixture

@@ -12,11 +12,9 @@ import pytest
 import pytest_asyncio
 
 pytest.importorskip("aiohttp")
-from aiohttp import web
 from aiohttp.test_utils import TestClient
-from server_support import EchoScript, attach_tokenizer, config, parse_sse, scripted
+from server_support import parse_sse, scripted_app
 from threadloom.server import openapi
-from threadloom.server.app import init_app
 
 # Comes with schemathesis (the test extra): validates schemas and bodies as JSON Schema 2020-12.
 jsonschema_rs = pytest.importorskip("jsonschema_rs")
@@ -30,11 +28,7 @@ def doc() -> dict[str, Any]:
     return openapi.build_document()
 
 
-def make_app(tmp_path: Path, **kwargs: Any) -> web.Application:
-    script = EchoScript()
-    app = init_app(config(tmp_path, **kwargs), backend=scripted(script))
-    attach_tokenizer(app, script)
-    return app
+make_app = scripted_app
 
 
 @pytest_asyncio.fixture

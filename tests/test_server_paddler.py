@@ -17,7 +17,7 @@ import pytest_asyncio
 pytest.importorskip("aiohttp")
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from server_support import EOS, EchoScript, attach_tokenizer, config, scripted
+from server_support import EOS, EchoScript, config, scripted_app
 from threadloom.server.app import init_app
 from threadloom.server.keys import ENGINE
 
@@ -31,14 +31,7 @@ Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
 
 
-def make_app(tmp_path: Path, script: Any = None, **kwargs: Any) -> web.Application:
-    script = script or EchoScript()
-    factory_kwargs = {
-        k: kwargs.pop(k) for k in ("delay_s", "context_length", "fail_after") if k in kwargs
-    }
-    app = init_app(config(tmp_path, **kwargs), backend=scripted(script, **factory_kwargs))
-    attach_tokenizer(app, script)
-    return app
+make_app = scripted_app
 
 
 @pytest_asyncio.fixture

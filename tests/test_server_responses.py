@@ -12,16 +12,11 @@ import pytest
 import pytest_asyncio
 
 pytest.importorskip("aiohttp")
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 from server_support import (
-    EchoScript,
-    attach_tokenizer,
-    config,
     parse_sse,
-    scripted,
+    scripted_app,
 )
-from threadloom.server.app import init_app
 from threadloom.server.keys import ENGINE
 
 pytestmark = pytest.mark.asyncio
@@ -33,14 +28,7 @@ BOB = {"X-API-Key": "key-bob"}
 MakeClient = Callable[..., Awaitable[TestClient]]
 
 
-def make_app(tmp_path: Path, script: EchoScript | None = None, **kwargs: Any) -> web.Application:
-    script = script or EchoScript()
-    factory_kwargs = {
-        k: kwargs.pop(k) for k in ("delay_s", "context_length", "fail_after") if k in kwargs
-    }
-    app = init_app(config(tmp_path, **kwargs), backend=scripted(script, **factory_kwargs))
-    attach_tokenizer(app, script)
-    return app
+make_app = scripted_app
 
 
 @pytest_asyncio.fixture

@@ -21,7 +21,11 @@ lint: build-dev ## rustfmt, clippy, ruff and the _core stub check
 	$(VENV)/bin/ruff check
 	$(PY) -m mypy.stubtest threadloom._core
 
-bench: build-dev ## run the benchmarks
+bench: build-dev ## run the benchmarks (each prints its table and ratios)
 	$(PY) benches/bench_store.py
+	$(PY) benches/bench_prompt.py
+	$(PY) benches/bench_engine.py
+	$(PY) benches/bench_server.py
+	$(PY) benches/bench_pg_store.py
 
 .PHONY: help build-dev test lint bench

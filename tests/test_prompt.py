@@ -1,4 +1,6 @@
-"""Prompt assembly with the real default model: exact counts, trimming, prefix stability."""
+"""Prompt assembly with the real default model: exact counts, trimming, prefix stability, from
+either store (`storage.assemble`: the Rust core reads LMDB in place; PostgreSQL hands over the
+history it returns)."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import pytest
 import threadloom
 from threadloom.errors import ContextLengthExceeded, InvalidInput, NotFound
 from threadloom.models import default_model_path
+from threadloom.storage import assemble
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def test_prompt_matches_template_and_exact_count(
 ) -> None:
     tid = fill(store, 3)
     new = [{"role": "user", "content": "And the weather? ☀️ 天气"}]
-    a = engine.assemble(store, new, thread=tid, max_tokens=64)
+    a = assemble(engine, store, new, thread=tid, max_tokens=64)
     history = [{"role": t.role, "content": t.content} for t in store.history(thread=tid)]
     assert a.prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
     tail = "<|im_start|>user\nAnd the weather? ☀️ 天气<|im_end|>\n<|im_start|>assistant\n"
@@ -60,10 +63,31 @@ def test_prompt_matches_template_and_exact_count(
 def test_stateless_matches_stored(engine: threadloom.PromptEngine, store: threadloom.Store) -> None:
     tid = fill(store, 4)
     new = [{"role": "user", "content": "next"}]
-    stored = engine.assemble(store, new, thread=tid)
+    stored = assemble(engine, store, new, thread=tid)
     history = [{"role": t.role, "content": t.content} for t in store.history(thread=tid)]
     stateless = engine.assemble_messages(history + new)
     assert stateless.prompt == stored.prompt and stateless.ids == stored.ids
+
+
+def test_stateless_protects_all_new_inputs_like_stored(
+    engine: threadloom.PromptEngine, store: threadloom.Store
+) -> None:
+    """A history handed over in full (a PostgreSQL store, a stateless request) trims exactly as
+    the store path does once it says how many messages are the request's own."""
+    tid = fill(store, 60)
+    new = [
+        {"role": "user", "content": "first new question " * 40},
+        {"role": "assistant", "content": "an answer given in the request " * 40},
+        {"role": "user", "content": "and the last one"},
+    ]
+    stored = assemble(engine, store, new, thread=tid, strategy="window", window=2)
+    history = [{"role": t.role, "content": t.content} for t in store.history(thread=tid)]
+    both = engine.assemble_messages(history + new, strategy="window", window=2, protected=3)
+    assert both.prompt == stored.prompt and both.ids == stored.ids
+    assert "first new question" in both.prompt
+    # Protecting only the last message lets the window drop the other new inputs.
+    last_only = engine.assemble_messages(history + new, strategy="window", window=2)
+    assert "first new question" not in last_only.prompt
 
 
 def test_none_strategy_raises_with_both_numbers(
@@ -71,7 +95,7 @@ def test_none_strategy_raises_with_both_numbers(
 ) -> None:
     tid = fill(store, 400)
     with pytest.raises(ContextLengthExceeded) as info:
-        engine.assemble(store, [{"role": "user", "content": "x"}], thread=tid, strategy="none")
+        assemble(engine, store, [{"role": "user", "content": "x"}], thread=tid, strategy="none")
     e = info.value
     assert e.context_length == 8192 and e.max_tokens == 256
     assert e.prompt_tokens > 8192 - 256
@@ -83,35 +107,37 @@ def test_tokens_strategy_fits_keeps_system_and_starts_with_user(
     engine: threadloom.PromptEngine, store: threadloom.Store
 ) -> None:
     tid = fill(store, 400)
-    a = engine.assemble(store, [{"role": "user", "content": "last"}], thread=tid, max_tokens=512)
+    a = assemble(engine, store, [{"role": "user", "content": "last"}], thread=tid, max_tokens=512)
     assert a.prompt_tokens + 512 <= 8192
-    assert a.messages_dropped > 0 and a.cut_after is not None
+    assert a.messages_dropped > 0
+    # Only the LMDB path knows stored turn ids inside the core (PostgreSQL hands over messages).
+    assert (a.cut_after is not None) == isinstance(store, threadloom.Store)
     assert a.prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
     assert a.ids == engine.tokenizer.encode(a.prompt)
-    budget = engine.assemble(store, [{"role": "user", "content": "last"}], thread=tid, budget=300)
+    budget = assemble(engine, store, [{"role": "user", "content": "last"}], thread=tid, budget=300)
     assert budget.prompt_tokens <= 300
     assert budget.prompt.startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
 
 
 def test_window_strategy(engine: threadloom.PromptEngine, store: threadloom.Store) -> None:
     tid = fill(store, 10)
-    a = engine.assemble(
-        store, [{"role": "user", "content": "now"}], thread=tid, strategy="window", window=5
+    a = assemble(
+        engine, store, [{"role": "user", "content": "now"}], thread=tid, strategy="window", window=5
     )
     # System + the last 5 messages: question 8 .. answer 9, then the new input.
     assert a.messages_kept == 1 + 5
     assert a.prompt.count("<|im_start|>user") == 3
     assert "question 8" in a.prompt and "answer 7" not in a.prompt
     # With 4, the first kept message would be an assistant turn: it is dropped too.
-    b = engine.assemble(
-        store, [{"role": "user", "content": "now"}], thread=tid, strategy="window", window=4
+    b = assemble(
+        engine, store, [{"role": "user", "content": "now"}], thread=tid, strategy="window", window=4
     )
     assert b.messages_kept == 1 + 3
     assert "answer 8" not in b.prompt and "question 9" in b.prompt
     with pytest.raises(InvalidInput):
-        engine.assemble(store, [], thread=tid, strategy="window")
+        assemble(engine, store, [], thread=tid, strategy="window")
     with pytest.raises(InvalidInput):
-        engine.assemble(store, [], thread=tid, strategy="summarise")
+        assemble(engine, store, [], thread=tid, strategy="summarise")
 
 
 def test_new_inputs_are_never_dropped(
@@ -120,7 +146,7 @@ def test_new_inputs_are_never_dropped(
     tid = fill(store, 2)
     huge = " ".join(["word"] * 9000)
     with pytest.raises(ContextLengthExceeded):
-        engine.assemble(store, [{"role": "user", "content": huge}], thread=tid)
+        assemble(engine, store, [{"role": "user", "content": huge}], thread=tid)
 
 
 def test_prefix_is_stable_over_a_long_conversation(
@@ -131,7 +157,7 @@ def test_prefix_is_stable_over_a_long_conversation(
     reused = 0
     for i in range(50):
         new = exchange(i, words=40)
-        a = engine.assemble(store, new[:1], thread=thread.id, budget=1500, cache_key=thread.id)
+        a = assemble(engine, store, new[:1], thread=thread.id, budget=1500, cache_key=thread.id)
         assert a.prompt_tokens <= 1500
         if i > 0 and a.shared_prefix_tokens > a.prompt_tokens // 2:
             reused += 1
@@ -144,8 +170,8 @@ def test_repeat_assembly_reuses_cached_counts_and_is_identical(
     engine: threadloom.PromptEngine, store: threadloom.Store
 ) -> None:
     tid = fill(store, 5)
-    first = engine.assemble(store, [], thread=tid, cache_key="k")
-    second = engine.assemble(store, [], thread=tid, cache_key="k")
+    first = assemble(engine, store, [], thread=tid, cache_key="k")
+    second = assemble(engine, store, [], thread=tid, cache_key="k")
     assert first.ids == second.ids
     assert second.shared_prefix_tokens == len(second.ids)
     # Counting writes only the cache, never a turn.
@@ -155,11 +181,11 @@ def test_repeat_assembly_reuses_cached_counts_and_is_identical(
 
 def test_assemble_errors(engine: threadloom.PromptEngine, store: threadloom.Store) -> None:
     with pytest.raises(NotFound):
-        engine.assemble(store, [], thread="missing")
+        assemble(engine, store, [], thread="missing")
     with pytest.raises(InvalidInput):
-        engine.assemble(store, [{"role": "robot", "content": "x"}])
+        assemble(engine, store, [{"role": "robot", "content": "x"}])
     with pytest.raises(InvalidInput):
-        engine.assemble(store, [{"role": "user", "content": "x"}], max_tokens=8192)
+        assemble(engine, store, [{"role": "user", "content": "x"}], max_tokens=8192)
     tid = fill(store, 1)
     with pytest.raises(NotFound):
-        engine.assemble(store, [], thread=tid, owner="someone-else")
+        assemble(engine, store, [], thread=tid, owner="someone-else")

@@ -343,6 +343,7 @@ class PromptEngine:
         enable_thinking: bool | None = None,
         tools: str | None = None,
         cache_key: str | None = None,
+        protected: int = 1,
     ) -> Assembly: ...
 
 def convert_for_ctransformers(

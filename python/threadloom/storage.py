@@ -103,7 +103,9 @@ def assemble(
         else []
     )
     messages = turn_messages(history)
-    messages.extend(inputs)
+    new = list(inputs)
+    messages.extend(new)
     # The same prefix-cache key the Rust path picks: the thread, else the conversation's root.
     key = cache_key or (history[0].id if history else None)
-    return prompt.assemble_messages(messages, cache_key=key, **options)
+    # The new inputs are never trimmed, as on the LMDB path.
+    return prompt.assemble_messages(messages, cache_key=key, protected=len(new), **options)

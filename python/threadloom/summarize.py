@@ -69,7 +69,9 @@ class Summarizer:
         system = "\n\n".join([*systems, f"{SUMMARY_HEADER}\n{summary}"])
         messages = [{"role": "system", "content": system}, *kept, *new]
         # Still too long (a huge new input): the token budget trims the kept turns further.
-        return self._engine.prompt.assemble_messages(messages, **{**kwargs, "strategy": "tokens"})
+        return self._engine.prompt.assemble_messages(
+            messages, protected=len(new), **{**kwargs, "strategy": "tokens"}
+        )
 
     def summary(self, key: str, turns: Sequence[Mapping[str, str | None]]) -> str:
         with self._lock:

@@ -365,9 +365,11 @@ impl PromptEngine {
     }
 
     /// Assembles a conversation given in full by the caller (the stateless dialects).
+    /// The `protected` newest messages (the request's new inputs) are never trimmed.
     pub fn assemble_messages(
         &self,
         messages: &[NewTurn],
+        protected: usize,
         options: &AssembleOptions,
     ) -> Result<Assembly> {
         let msgs: Vec<Msg<'_>> = messages
@@ -380,8 +382,14 @@ impl PromptEngine {
             })
             .collect();
         let (counts, _) = self.content_counts(&msgs, &[])?;
-        // The newest message is the request: never trimmed.
-        self.build(&msgs, &counts, 1, options, options.cache_key.clone())
+        let protected = protected.min(msgs.len());
+        self.build(
+            &msgs,
+            &counts,
+            protected,
+            options,
+            options.cache_key.clone(),
+        )
     }
 
     /// Content token counts: cached ones where given, the rest counted in one parallel batch.

@@ -342,9 +342,9 @@ impl PromptEngine {
         Ok(out.into())
     }
 
-    /// Assembles a conversation given in full (dicts with role and content); the last message
-    /// is never trimmed.
-    #[pyo3(signature = (messages, *, strategy="tokens", window=None, budget=None, max_tokens=256, add_generation_prompt=true, enable_thinking=None, tools=None, cache_key=None))]
+    /// Assembles a conversation given in full (dicts with role and content); the last
+    /// `protected` messages (the request's new inputs) are never trimmed.
+    #[pyo3(signature = (messages, *, strategy="tokens", window=None, budget=None, max_tokens=256, add_generation_prompt=true, enable_thinking=None, tools=None, cache_key=None, protected=1))]
     #[allow(clippy::too_many_arguments)]
     fn assemble_messages(
         &self,
@@ -358,6 +358,7 @@ impl PromptEngine {
         enable_thinking: Option<bool>,
         tools: Option<&str>,
         cache_key: Option<String>,
+        protected: usize,
     ) -> PyResult<Assembly> {
         let messages = parse_turns(messages)?;
         let opts = options(
@@ -370,7 +371,7 @@ impl PromptEngine {
             tools,
             cache_key,
         )?;
-        let out = py.detach(|| self.inner.assemble_messages(&messages, &opts))?;
+        let out = py.detach(|| self.inner.assemble_messages(&messages, protected, &opts))?;
         Ok(out.into())
     }
 }

@@ -400,7 +400,14 @@ async def test_delete_then_not_found_everywhere(client: Client) -> None:
     ]:
         await expect_error(client, method, path, 404, "threadId", **kw)
     assert "gone" not in await list_ids(client)
-    # The id is free again: a new thread under it starts with no history.
+    # Continuing the deleted conversation is a 404 (the seed's clients then start a new one),
+    # not a fresh thread that silently lost its history; nothing is stored.
+    before = client.app[ENGINE].store.stats()
+    missing = await respond(client, "again", thread="gone", status=404)
+    assert missing["error"]["param"] == "thread" and "deleted" in missing["error"]["message"]
+    assert client.app[ENGINE].store.stats()["turns"] == before["turns"]
+    # An explicit create reuses the id: a new thread under it starts with no history.
+    await call(client, "POST", "/v1/threads", json={"id": "gone"})
     fresh = await respond(client, "new start", thread="gone")
     assert reply(fresh) == "[new start]"
 

@@ -32,6 +32,7 @@ from threadloom.errors import (
     StoreFull,
     ThreadloomError,
 )
+from threadloom.storage import is_postgres_url
 
 ID_RE = re.compile(r"^[0-9a-hjkmnp-tv-z]{26}$")
 MAX_MESSAGES = 10_000
@@ -47,7 +48,8 @@ def now_ms() -> int:
 
 def test_store_properties(store: Store, store_spec: str) -> None:
     assert str(store.path) == store_spec
-    assert store.format_version == 1
+    # LMDB's on-disk layout version; PostgreSQL's schema migration version.
+    assert store.format_version == (2 if is_postgres_url(store_spec) else 1)
     r = store.retention
     assert r.thread_inactivity_s == 90 * 86400
     assert r.thread_max_age_s == 365 * 86400
@@ -1170,15 +1172,35 @@ def test_expired_thread_keeps_turns_of_live_responses(make_store: MakeStore) -> 
     store.verify()
 
 
-def test_expired_thread_id_can_be_reused_before_sweep(make_store: MakeStore) -> None:
+def test_expired_thread_id_is_reused_only_by_an_explicit_create(make_store: MakeStore) -> None:
     store = make_store(retention=Retention(thread_inactivity_s=0.2))
     store.create_thread("t", metadata={"old": True})
     store.append(msgs("1", "2"), thread="t")
     time.sleep(0.3)
-    t = store.create_thread("t", exist_ok=True)
+    # Create-if-missing does not revive it (a client would continue a thread that lost its
+    # history); an explicit create reuses the id.
+    with pytest.raises(NotFound, match="deleted or expired"):
+        store.create_thread("t", exist_ok=True)
+    t = store.create_thread("t")
     assert (t.metadata, t.message_count, t.head) == ({}, 0, None)
     assert store.stats()["turns"] == 0
     assert store.history(thread="t") == []
+    assert store.create_thread("t", exist_ok=True).created_ms == t.created_ms
+    store.verify()
+
+
+def test_a_deleted_thread_id_is_not_revived_by_create_if_missing(store: Store) -> None:
+    store.create_thread("t")
+    store.append(msgs("1", "2"), thread="t")
+    store.delete_thread("t")
+    with pytest.raises(NotFound, match="deleted or expired"):
+        store.create_thread("t", exist_ok=True)
+    assert store.stats()["threads"] == 0
+    store.create_thread("t", owner="other", exist_ok=True)  # owners have their own ids
+    assert store.create_thread("t").message_count == 0
+    # An empty thread had no history to lose: its id stays free.
+    store.delete_thread("t")
+    assert store.create_thread("t", exist_ok=True).message_count == 0
     store.verify()
 
 

@@ -85,6 +85,9 @@ class MResponse:
 @dataclass
 class Model:
     threads: dict[tuple[str, str], MThread] = field(default_factory=dict)
+    # Ids of deleted threads that held messages: create-if-missing refuses them, an explicit
+    # create reuses them.
+    tombstones: set[tuple[str, str]] = field(default_factory=set)
     responses: dict[str, MResponse] = field(default_factory=dict)
     # Every turn ever written, live or not, so that rules can also pick deleted ones.
     turns: dict[str, MTurn] = field(default_factory=dict)
@@ -309,6 +312,11 @@ class StoreMachine(RuleBasedStateMachine):
             else:
                 self.expect_error(StateConflict, op)
             return
+        if name is not None and (owner, name) in self.model.tombstones:
+            if exist_ok:
+                self.expect_error(NotFound, op)
+                return
+            self.model.tombstones.discard((owner, name))
         t = op()
         if name is None:
             assert t.id.startswith("thread_")
@@ -469,7 +477,9 @@ class StoreMachine(RuleBasedStateMachine):
             self.expect_error(NotFound, lambda: self.store.delete_thread(name, owner=owner))
             return
         self.store.delete_thread(name, owner=owner)
-        del self.model.threads[(owner, name)]
+        gone = self.model.threads.pop((owner, name))
+        if gone.head is not None:
+            self.model.tombstones.add((owner, name))
 
     @rule(at=target_st)
     def delete_response(self, at: Target) -> None:

@@ -25,6 +25,7 @@ from threadloom.storage import describe, is_postgres_url, open_store
 
 pytest.importorskip("psycopg")
 from threadloom.pgstore import PostgresStore, checks
+from threadloom.pgstore.schema import LATEST
 
 needs_postgres = pytest.mark.skipif(
     POSTGRES_URL is None, reason="THREADLOOM_TEST_POSTGRES_URL is not set"
@@ -92,13 +93,13 @@ def test_schema_is_versioned_and_a_newer_one_refused(schema_url: str) -> None:
     import psycopg
 
     with PostgresStore(schema_url) as s:
-        assert s.format_version == 1
+        assert s.format_version == 2
         s.create_thread("t")
     with psycopg.connect(schema_url, autocommit=True) as conn:
         rows = conn.execute("SELECT version, description FROM threadloom_schema").fetchall()
-        assert [r[0] for r in rows] == [1]
+        assert [r[0] for r in rows] == [1, 2]
         conn.execute("INSERT INTO threadloom_schema (version, description) VALUES (7, 'future')")
-    with pytest.raises(StoreFormatError, match=r"schema version 7.*up to 1"):
+    with pytest.raises(StoreFormatError, match=r"schema version 7.*up to 2"):
         PostgresStore(schema_url)
     with psycopg.connect(schema_url, autocommit=True) as conn:
         conn.execute("DELETE FROM threadloom_schema WHERE version = 7")
@@ -127,7 +128,7 @@ def test_servers_starting_together_migrate_once(schema_url: str) -> None:
         t.join()
     assert not errors, errors
     try:
-        assert {s.format_version for s in opened} == {1}
+        assert {s.format_version for s in opened} == {LATEST}
         opened[0].create_thread("shared")
         assert opened[-1].get_thread("shared").id == "shared"
     finally:

@@ -99,6 +99,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         $$;
         """,
     ),
+    (
+        2,
+        "thread tombstones: create-if-missing does not revive a deleted or expired thread id",
+        """
+        CREATE TABLE threadloom_thread_tombstones (
+            owner text NOT NULL,
+            id text NOT NULL,
+            deleted_ms bigint NOT NULL,
+            PRIMARY KEY (owner, id)
+        );
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

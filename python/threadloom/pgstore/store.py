@@ -393,10 +393,16 @@ class PostgresStore:
         return r
 
     def _remove_thread(self, conn: Conn, t: ThreadRecord) -> int:
-        """Deletes a thread row and releases its head; returns the turns deleted."""
+        """Deletes a thread row and releases its head; returns the turns deleted. A thread that
+        held messages leaves a tombstone (see `_clear_tombstone`)."""
         conn.execute("DELETE FROM threadloom_threads WHERE owner = %s AND id = %s", (t.owner, t.id))
         if t.head is None:
-            return 0
+            return 0  # an empty thread had no history to lose: its id stays free
+        conn.execute(
+            "INSERT INTO threadloom_thread_tombstones (owner, id, deleted_ms) VALUES (%s, %s, %s) "
+            "ON CONFLICT (owner, id) DO UPDATE SET deleted_ms = EXCLUDED.deleted_ms",
+            (t.owner, t.id, now_ms()),
+        )
         return self._release(conn, checks.parse_turn_id(t.head))
 
     @staticmethod
@@ -436,6 +442,7 @@ class PostgresStore:
                     (owner, tid, meta, visible, now, now),
                 ).fetchone()
                 if row is not None:
+                    self._clear_tombstone(conn, owner, tid, exist_ok)
                     return _thread(row)
                 old = conn.execute(
                     f"SELECT {_THREAD_COLUMNS} FROM threadloom_threads "
@@ -449,10 +456,22 @@ class PostgresStore:
                     if exist_ok:
                         return t
                     raise StateConflict(f"thread {debug_str(tid)} already exists")
-                # An expired thread is gone as far as readers know; reclaim it before reuse.
+                # An expired thread is gone as far as readers know; reclaim it (leaving its
+                # tombstone) before deciding on reuse.
                 self._remove_thread(conn, t)
 
         return self._call(create, write=True)
+
+    @staticmethod
+    def _clear_tombstone(conn: Conn, owner: str, tid: str, exist_ok: bool) -> None:
+        """Create-if-missing must not quietly revive a deleted or expired conversation under
+        its old id; an explicit create may reuse it. Raising rolls the new row back."""
+        gone = conn.execute(
+            "DELETE FROM threadloom_thread_tombstones WHERE owner = %s AND id = %s RETURNING 1",
+            (owner, tid),
+        ).fetchone()
+        if gone is not None and exist_ok:
+            raise NotFound(f"thread {debug_str(tid)} was deleted or expired")
 
     def get_thread(self, thread_id: str, *, owner: str = "default") -> ThreadRecord:
         """The thread, or NotFound (also for another owner's or an expired thread)."""

@@ -120,6 +120,7 @@ pub struct Store {
     activity: Db,
     responses: Db,
     token_counts: Db,
+    tombstones: Db,
 }
 
 pub fn now_ms() -> i64 {
@@ -145,6 +146,7 @@ struct Dbs {
     activity: Db,
     responses: Db,
     token_counts: Db,
+    tombstones: Db,
 }
 
 /// Creates (or opens) the databases and checks the format header, in one write transaction.
@@ -159,6 +161,7 @@ fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
         activity: create("thread_activity")?,
         responses: create("responses")?,
         token_counts: create("token_counts")?,
+        tombstones: create("thread_tombstones")?,
     };
     let meta = dbs.meta;
     match meta.get(&txn, b"format")? {
@@ -242,6 +245,7 @@ impl Store {
             activity: dbs.activity,
             responses: dbs.responses,
             token_counts: dbs.token_counts,
+            tombstones: dbs.tombstones,
         })
     }
 

@@ -207,8 +207,20 @@ impl Store {
                         "thread {id:?} already exists"
                     )));
                 }
-                // An expired thread is gone as far as readers know; reclaim it before reuse.
+                // An expired thread is gone as far as readers know; reclaim it (leaving its
+                // tombstone) before deciding on reuse.
                 s.remove_thread(txn, &old)?;
+            }
+            // "Create if missing" must not quietly revive a deleted or expired conversation
+            // under its old id (the client would continue a thread that lost its history);
+            // an explicit create may reuse the id.
+            if s.tombstones.get(txn, &key)?.is_some() {
+                if exist_ok {
+                    return Err(Error::NotFound(format!(
+                        "thread {id:?} was deleted or expired"
+                    )));
+                }
+                s.tombstones.delete(txn, &key)?;
             }
             let t = ThreadRecord {
                 id,
@@ -341,8 +353,14 @@ impl Store {
         })
     }
 
+    /// Removes a thread (deleted or expired). One that held messages leaves a tombstone under
+    /// its id; an empty one has no history to lose, so its id stays free.
     fn remove_thread(&self, txn: &mut RwTxn<'_>, t: &ThreadRecord) -> Result<u64> {
-        self.threads.delete(txn, &keys::thread(&t.owner, &t.id))?;
+        let key = keys::thread(&t.owner, &t.id);
+        self.threads.delete(txn, &key)?;
+        if t.head.is_some() {
+            self.tombstones.put(txn, &key, &now_ms().to_le_bytes())?;
+        }
         self.unindex_thread(txn, t)?;
         match opt_turn_key(&t.head)? {
             Some(head) => self.release(txn, &head),

@@ -2471,3 +2471,24 @@ fn a_response_id_minted_before_append_is_used_once() {
     let bad = s.append(A, &Anchor::Root, &[user("x")], Some(&r), &no_options());
     assert!(matches!(bad, Err(Error::InvalidInput(_))), "{bad:?}");
 }
+
+#[test]
+fn a_deleted_thread_id_is_not_revived_by_create_if_missing() {
+    let (_dir, s) = store();
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    push(&s, A, "t", &["hello"]);
+    s.delete_thread(A, "t").unwrap();
+    let again = s.create_thread(A, Some("t"), None, true, true);
+    assert!(matches!(again, Err(Error::NotFound(_))), "{again:?}");
+    // Another owner's id space is its own.
+    s.create_thread(B, Some("t"), None, true, true).unwrap();
+    // An explicit create reuses the id, after which create-if-missing finds it.
+    let t = s.create_thread(A, Some("t"), None, true, false).unwrap();
+    assert_eq!((t.message_count, t.head), (0, None));
+    let same = s.create_thread(A, Some("t"), None, true, true).unwrap();
+    assert_eq!(same.created_ms, t.created_ms);
+    // An empty thread had no history to lose: its id stays free.
+    s.delete_thread(A, "t").unwrap();
+    s.create_thread(A, Some("t"), None, true, true).unwrap();
+    s.verify().unwrap();
+}

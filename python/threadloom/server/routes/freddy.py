@@ -145,15 +145,19 @@ async def _open_thread(store: Store, tenant: str, req: f.CreateModelResponse) ->
             await _blocking(lambda: store.get_thread(tid, owner=tenant))
             return _Target(tid, created=False)
     try:
+        # Create-if-missing: a deleted or expired conversation's id is NotFound (404), as the
+        # seed's clients expect, rather than a fresh thread that lost its history.
         t = await _blocking(
-            lambda: store.create_thread(tid, owner=tenant, metadata=metadata, visible=req.store)
+            lambda: store.create_thread(
+                tid, owner=tenant, metadata=metadata, visible=req.store, exist_ok=True
+            )
         )
-    except StateConflict:
-        assert tid is not None  # a generated id never collides
-        return _Target(tid, created=False)  # another request created it meanwhile
+    except NotFound as e:
+        raise _named(e, "thread") from None
     except ThreadloomError as e:
         raise _named(e, "thread.metadata" if metadata is not None else "thread") from None
-    return _Target(t.id, created=True)
+    # Empty: this request made it (or one racing it did; undoing an empty thread loses nothing).
+    return _Target(t.id, created=t.head is None)
 
 
 def _generation_error(e: BaseException, req: f.CreateModelResponse) -> BaseException:

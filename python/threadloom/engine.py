@@ -217,33 +217,32 @@ class Engine:
         params, new = self._check_request(inputs, thread, previous_response_id, history, sampling)
         loop = asyncio.get_running_loop()
         stateless = history is not None
-        head: str | None = None
-        if thread is not None:
-            t = await loop.run_in_executor(
-                self._executor,
-                lambda: self.store.create_thread(
+
+        def prepare() -> tuple[str | None, str | None, Assembly]:
+            # One worker hop for every store read and the assembly before generation.
+            head: str | None = None
+            if thread is not None:
+                t = self.store.create_thread(
                     thread,
                     owner=owner,
                     exist_ok=True,
                     visible=not hidden,
                     metadata=dict(thread_metadata) if thread_metadata else None,
-                ),
-            )
-            head = t.head
-            if t.state != "open":
-                raise StateConflict(f"thread {thread!r} is {t.state} and accepts no new messages")
-        # The thread the reply is stored in: `thread`, or the one `previous_response_id` heads.
-        save_thread = thread
-        if previous_response_id is not None:
-            previous = await self._check_previous(previous_response_id, owner, anchor_window)
-            save_thread = await loop.run_in_executor(
-                self._executor, lambda: self._headed_thread(previous, owner)
-            )
-            if save_thread is not None:
-                head = previous.last_turn
-        assembly = await loop.run_in_executor(
-            self._executor,
-            lambda: self._assemble(
+                )
+                head = t.head
+                if t.state != "open":
+                    raise StateConflict(
+                        f"thread {thread!r} is {t.state} and accepts no new messages"
+                    )
+            # The thread the reply is stored in: `thread`, or the one `previous_response_id`
+            # heads.
+            save_thread = thread
+            if previous_response_id is not None:
+                previous = self._previous(previous_response_id, owner, anchor_window)
+                save_thread = self._headed_thread(previous, owner)
+                if save_thread is not None:
+                    head = previous.last_turn
+            assembly = self._assemble(
                 new,
                 thread=thread,
                 previous_response_id=previous_response_id,
@@ -254,8 +253,10 @@ class Engine:
                 window=window,
                 enable_thinking=enable_thinking,
                 add_generation_prompt=add_generation_prompt,
-            ),
-        )
+            )
+            return head, save_thread, assembly
+
+        head, save_thread, assembly = await loop.run_in_executor(self._executor, prepare)
         response_id = new_response_id() if store and not stateless else None
         ids = assembly.ids
         cancel = threading.Event()
@@ -534,12 +535,11 @@ class Engine:
         assembly and trimming), without generating or storing anything: for token counting.
         Threads are left out because `stream` creates a missing thread, which a count must not."""
         params, new = self._check_request(inputs, None, previous_response_id, history, sampling)
-        if previous_response_id is not None:
-            await self._check_previous(previous_response_id, owner)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._executor,
-            lambda: self._assemble(
+
+        def prepare() -> Assembly:
+            if previous_response_id is not None:
+                self._previous(previous_response_id, owner)
+            return self._assemble(
                 new,
                 thread=None,
                 previous_response_id=previous_response_id,
@@ -550,8 +550,9 @@ class Engine:
                 window=window,
                 enable_thinking=enable_thinking,
                 add_generation_prompt=add_generation_prompt,
-            ),
-        )
+            )
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, prepare)
 
     def _check_request(
         self,
@@ -575,15 +576,12 @@ class Engine:
             )
         return params, new
 
-    async def _check_previous(
+    def _previous(
         self, previous_response_id: str, owner: str, anchor_window: bool = False
     ) -> Response:
-        # Checks existence, ownership, status and window before spending model time.
-        loop = asyncio.get_running_loop()
-        r = await loop.run_in_executor(
-            self._executor,
-            lambda: self.store.get_response(previous_response_id, owner=owner),
-        )
+        """The response to continue, checked (existence, ownership, status, window) before any
+        model time is spent."""
+        r = self.store.get_response(previous_response_id, owner=owner)
         if r.status == "failed":
             raise StateConflict(
                 f"response {previous_response_id} has status failed and cannot be continued"

@@ -76,17 +76,22 @@ def error_formatter(request: web.Request) -> ErrorFormatter | None:
     return formats.get(resource.canonical if resource is not None else request.path)
 
 
+def error_body(error: ApiError) -> ErrorBody:
+    """The OpenAI-shaped error body, the default for every route."""
+    return ErrorBody(
+        error=ErrorDetail(
+            message=error.message, type=error.type, param=error.param, code=error.code
+        )
+    )
+
+
 def error_response(error: ApiError, request: web.Request | None = None) -> web.Response:
     formatter = error_formatter(request) if request is not None else None
     body: object
     if formatter is not None and request is not None:
         body = formatter(request, error)
     else:
-        body = ErrorBody(
-            error=ErrorDetail(
-                message=error.message, type=error.type, param=error.param, code=error.code
-            )
-        )
+        body = error_body(error)
     return web.Response(
         body=_encoder.encode(body),
         status=error.status,

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import msgspec
 from aiohttp import web
+
+from threadloom.server.errors import ApiError
+from threadloom.server.middleware import to_api_error
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -19,6 +24,7 @@ SSE_HEADERS = {
 
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
+log = logging.getLogger("threadloom.server")
 
 
 async def open_stream(request: web.Request) -> web.StreamResponse:
@@ -26,6 +32,26 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
     response.enable_chunked_encoding()
     await response.prepare(request)
     return response
+
+
+async def end_with_error(
+    request: web.Request,
+    response: web.StreamResponse | None,
+    error: Exception,
+    write: Callable[[web.StreamResponse, ApiError], Awaitable[object]],
+) -> None:
+    """Ends a stream that failed: once the response has started, the error goes out as the
+    dialect's own error frame (`write(response, error)`) and the stream ends; before that it
+    is re-raised, so the error middleware answers with a plain JSON error and the status."""
+    if response is None or not response.prepared:
+        raise error
+    api = to_api_error(error)
+    if api.status >= 500:
+        # The middleware logs what reaches it; this never does, the stream is already open.
+        log.error("error in the %s stream", request.path, exc_info=error)
+    with contextlib.suppress(ConnectionResetError):
+        await write(response, api)
+        await response.write_eof()
 
 
 def frame(data: object, event: str | None = None) -> bytes:

@@ -3,7 +3,6 @@ conversation; nothing is stored."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Literal, cast
 
@@ -15,7 +14,7 @@ from threadloom.engine import Engine, Finished, Result, Started, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT, to_api_error
+from threadloom.server.middleware import TENANT, error_body
 from threadloom.server.routes.common import (
     Events,
     decode_body,
@@ -25,7 +24,6 @@ from threadloom.server.routes.common import (
 )
 from threadloom.server.routes.responses import check_model, mint_id
 from threadloom.server.schemas import chat as c
-from threadloom.server.schemas.common import ErrorBody, ErrorDetail
 
 _decoder = msgspec.json.Decoder(c.ChatRequest)
 
@@ -153,17 +151,12 @@ async def _stream(
     except ConnectionResetError:
         pass
     except Exception as e:
-        if response is None or not response.prepared:
-            raise
-        error = to_api_error(e)
-        body = ErrorBody(
-            error=ErrorDetail(
-                message=error.message, type=error.type, param=error.param, code=error.code
-            )
+        await sse.end_with_error(
+            request,
+            response,
+            e,
+            lambda r, error: r.write(sse.frame(error_body(error))),
         )
-        with contextlib.suppress(ConnectionResetError):
-            await response.write(sse.frame(body))
-            await response.write_eof()
     finally:
         await sse.finish_pull(pending, events)
     assert response is not None

@@ -7,7 +7,6 @@ The ids are the Responses API's, so `/v1/responses` can continue these conversat
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Literal, cast
 
@@ -20,7 +19,7 @@ from threadloom.errors import NotFound, StateConflict
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT, to_api_error
+from threadloom.server.middleware import TENANT
 from threadloom.server.routes.common import (
     Events,
     decode_body,
@@ -274,15 +273,12 @@ async def _stream(request: web.Request, events: Events, engine: Engine) -> web.S
     except ConnectionResetError:
         pass  # the client went away; the finally below stores what was generated
     except Exception as e:
-        if response is None or not response.prepared:
-            raise
-        error = to_api_error(e)
-        if error.status >= 500:
-            # The middleware logs what reaches it; this never does, the stream is already open.
-            log.exception("error in the %s stream", request.path)
-        with contextlib.suppress(ConnectionResetError):
-            await response.write(sse.frame(_stream_error(error), "error"))
-            await response.write_eof()
+        await sse.end_with_error(
+            request,
+            response,
+            e,
+            lambda r, error: r.write(sse.frame(_stream_error(error), "error")),
+        )
     finally:
         await sse.finish_pull(pending, events)
     assert response is not None

@@ -4,7 +4,6 @@ one per token, closed by a `Done` frame or an `Error` frame. Nothing is stored."
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import string
 from typing import Literal, cast
@@ -17,7 +16,7 @@ from threadloom.engine import Finished, Started, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT, register_error_format, to_api_error
+from threadloom.server.middleware import TENANT, register_error_format
 from threadloom.server.routes.common import Events, decode_body
 from threadloom.server.schemas import paddler as p
 
@@ -118,11 +117,12 @@ async def _stream(
     except ConnectionResetError:
         pass  # the client went away; the finally below stops the generation
     except Exception as e:
-        if not response.prepared:
-            raise
-        with contextlib.suppress(ConnectionResetError):
-            await response.write(_line(error_frame(request_id, to_api_error(e))))
-            await response.write_eof()
+        await sse.end_with_error(
+            request,
+            response,
+            e,
+            lambda r, error: r.write(_line(error_frame(request_id, error))),
+        )
     finally:
         await sse.finish_pull(pending, events)
     return response

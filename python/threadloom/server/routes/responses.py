@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 import time
@@ -19,7 +18,7 @@ from threadloom.errors import NotFound
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT, to_api_error
+from threadloom.server.middleware import TENANT
 from threadloom.server.routes.common import (
     Events,
     decode_body,
@@ -271,12 +270,14 @@ async def _stream(request: web.Request, events: Events, draft: _Draft) -> web.St
     except ConnectionResetError:
         pass  # the client went away; the finally below stores what was generated
     except Exception as e:
-        if response is None or not response.prepared:
-            raise
-        error = to_api_error(e)
-        with contextlib.suppress(ConnectionResetError):
-            await send(s.StreamError(sequence_number=0, code=error.code, message=error.message))
-            await response.write_eof()
+        await sse.end_with_error(
+            request,
+            response,
+            e,
+            lambda _, error: send(
+                s.StreamError(sequence_number=0, code=error.code, message=error.message)
+            ),
+        )
     finally:
         await sse.finish_pull(pending, events)
     assert response is not None

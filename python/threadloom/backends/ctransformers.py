@@ -22,7 +22,7 @@ class BackendError(ThreadloomError):
 def _cpu_library() -> str:
     """ctransformers ships avx2/avx/basic builds; pick the fastest this CPU runs."""
     try:
-        import cpuinfo
+        import cpuinfo  # type: ignore[import-untyped]  # no stubs; comes with ctransformers
 
         flags = set(cpuinfo.get_cpu_info().get("flags", []))
     except Exception:
@@ -47,7 +47,7 @@ class CTransformersBackend:
         threads: int | None = None,
         batch_size: int = 64,
     ) -> None:
-        from ctransformers import AutoModelForCausalLM
+        from ctransformers import AutoModelForCausalLM  # type: ignore[import-untyped]
 
         self._threads = threads or max(1, os.cpu_count() or 1)
         self._batch_size = batch_size

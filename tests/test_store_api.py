@@ -360,6 +360,7 @@ def test_list_cursor_is_stable_while_threads_move(store: Store) -> None:
     # s1 (not yet listed) becomes the most recently active, s4 (listed) too.
     time.sleep(0.002)
     store.append([msg("bump")], thread="s1")
+    time.sleep(0.002)  # activity is in ms: the same ms would order the two by id instead
     store.append([msg("bump")], thread="s4")
     rest = store.list_threads(limit=3, after=first.next_cursor)
     # The next page continues after the boundary: no thread twice, s1 moved behind the cursor.

@@ -218,45 +218,24 @@ class Engine:
         loop = asyncio.get_running_loop()
         stateless = history is not None
 
-        def prepare() -> tuple[str | None, str | None, Assembly]:
-            # One worker hop for every store read and the assembly before generation.
-            head: str | None = None
-            if thread is not None:
-                t = self.store.create_thread(
-                    thread,
-                    owner=owner,
-                    exist_ok=True,
-                    visible=not hidden,
-                    metadata=dict(thread_metadata) if thread_metadata else None,
-                )
-                head = t.head
-                if t.state != "open":
-                    raise StateConflict(
-                        f"thread {thread!r} is {t.state} and accepts no new messages"
-                    )
-            # The thread the reply is stored in: `thread`, or the one `previous_response_id`
-            # heads.
-            save_thread = thread
-            if previous_response_id is not None:
-                previous = self._previous(previous_response_id, owner, anchor_window)
-                save_thread = self._headed_thread(previous, owner)
-                if save_thread is not None:
-                    head = previous.last_turn
-            assembly = self._assemble(
+        head, save_thread, assembly = await loop.run_in_executor(
+            self._executor,
+            lambda: self._prepare(
                 new,
+                params,
                 thread=thread,
                 previous_response_id=previous_response_id,
                 history=history,
                 owner=owner,
-                max_tokens=params.max_tokens,
+                anchor_window=anchor_window,
+                hidden=hidden,
+                thread_metadata=thread_metadata,
                 strategy=strategy,
                 window=window,
                 enable_thinking=enable_thinking,
                 add_generation_prompt=add_generation_prompt,
-            )
-            return head, save_thread, assembly
-
-        head, save_thread, assembly = await loop.run_in_executor(self._executor, prepare)
+            ),
+        )
         response_id = new_response_id() if store and not stateless else None
         ids = assembly.ids
         cancel = threading.Event()
@@ -535,24 +514,77 @@ class Engine:
         assembly and trimming), without generating or storing anything: for token counting.
         Threads are left out because `stream` creates a missing thread, which a count must not."""
         params, new = self._check_request(inputs, None, previous_response_id, history, sampling)
-
-        def prepare() -> Assembly:
-            if previous_response_id is not None:
-                self._previous(previous_response_id, owner)
-            return self._assemble(
+        _, _, assembly = await asyncio.get_running_loop().run_in_executor(
+            self._executor,
+            lambda: self._prepare(
                 new,
+                params,
                 thread=None,
                 previous_response_id=previous_response_id,
                 history=history,
                 owner=owner,
-                max_tokens=params.max_tokens,
+                anchor_window=False,
+                hidden=False,
+                thread_metadata=None,
                 strategy=strategy,
                 window=window,
                 enable_thinking=enable_thinking,
                 add_generation_prompt=add_generation_prompt,
-            )
+            ),
+        )
+        return assembly
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, prepare)
+    def _prepare(
+        self,
+        new: list[dict[str, str]],
+        params: SamplingParams,
+        *,
+        thread: str | None,
+        previous_response_id: str | None,
+        history: Iterable[Message] | None,
+        owner: str,
+        anchor_window: bool,
+        hidden: bool,
+        thread_metadata: Mapping[str, Any] | None,
+        strategy: str,
+        window: int | None,
+        enable_thinking: bool | None,
+        add_generation_prompt: bool,
+    ) -> tuple[str | None, str | None, Assembly]:
+        """Every store read and the assembly before a generation, in one worker hop. Returns the
+        head the reply's turns go after, the thread they are stored in (`thread`, or the open
+        thread that `previous_response_id` heads) and the prompt."""
+        head: str | None = None
+        if thread is not None:
+            t = self.store.create_thread(
+                thread,
+                owner=owner,
+                exist_ok=True,
+                visible=not hidden,
+                metadata=dict(thread_metadata) if thread_metadata else None,
+            )
+            head = t.head
+            if t.state != "open":
+                raise StateConflict(f"thread {thread!r} is {t.state} and accepts no new messages")
+        save_thread = thread
+        if previous_response_id is not None:
+            previous = self._previous(previous_response_id, owner, anchor_window)
+            save_thread = self._headed_thread(previous, owner)
+            if save_thread is not None:
+                head = previous.last_turn
+        assembly = self._assemble(
+            new,
+            thread=thread,
+            previous_response_id=previous_response_id,
+            history=history,
+            owner=owner,
+            max_tokens=params.max_tokens,
+            strategy=strategy,
+            window=window,
+            enable_thinking=enable_thinking,
+            add_generation_prompt=add_generation_prompt,
+        )
+        return head, save_thread, assembly
 
     def _check_request(
         self,
@@ -635,9 +667,7 @@ class Engine:
         past: list[Mapping[str, str | None]] = []
         if history is not None:
             past = list(_normalize(history))
-            trimmed = self.prompt.assemble_messages(
-                [*past, *new], protected=len(new), **kwargs
-            )
+            trimmed = self.prompt.assemble_messages([*past, *new], protected=len(new), **kwargs)
         else:
             trimmed = assemble(
                 self.prompt,

@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -206,7 +206,7 @@ class Engine:
         hidden: bool = False,
         add_generation_prompt: bool = True,
         split_reasoning: bool = True,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Generates a reply and yields `Started`, `TokenEvent`s and one `Finished`. Closing the
         iterator early cancels the generation; what was produced is stored as incomplete.
 

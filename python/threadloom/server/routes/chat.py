@@ -4,7 +4,7 @@ conversation; nothing is stored."""
 from __future__ import annotations
 
 import time
-from typing import Literal, cast
+from typing import Literal
 
 import msgspec
 from aiohttp import web
@@ -68,15 +68,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     check_model(req.model, engine)
     sampling = _sampling(req, engine)
     messages = _messages(req)
-    events = cast(
-        Events,
-        engine.stream(
-            messages[-1:],
-            history=messages[:-1],
-            store=False,
-            owner=request[TENANT],
-            sampling=sampling,
-        ),
+    events = engine.stream(
+        messages[-1:],
+        history=messages[:-1],
+        store=False,
+        owner=request[TENANT],
+        sampling=sampling,
     )
     try:
         first = await anext(events)

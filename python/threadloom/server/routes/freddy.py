@@ -249,17 +249,14 @@ async def create_model_response(request: web.Request) -> web.Response:
     target = None
     if req.previous_response_id is None:
         target = await _open_thread(engine.store, tenant, req)
-    events = cast(
-        Events,
-        engine.stream(
-            inputs,
-            thread=target.id if target is not None else None,
-            previous_response_id=req.previous_response_id,
-            owner=tenant,
-            sampling=sampling,
-            anchor_window=True,  # Freddy continues responses up to 24 h old
-            hidden=not req.store,
-        ),
+    events = engine.stream(
+        inputs,
+        thread=target.id if target is not None else None,
+        previous_response_id=req.previous_response_id,
+        owner=tenant,
+        sampling=sampling,
+        anchor_window=True,  # Freddy continues responses up to 24 h old
+        hidden=not req.store,
     )
     result = await _generate(engine, tenant, events, req, target)
     await _apply_state(engine.store, tenant, req, result)

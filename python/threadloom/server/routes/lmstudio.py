@@ -177,16 +177,13 @@ async def chat(request: web.Request) -> web.StreamResponse:
     inputs = _inputs(req)
     sampling = _sampling(req, engine)
     anchor, anchor_param = _anchor(req)
-    events = cast(
-        Events,
-        engine.stream(
-            inputs,
-            previous_response_id=anchor,
-            store=req.store,
-            owner=request[TENANT],
-            sampling=sampling,
-            enable_thinking=_thinking(req),
-        ),
+    events = engine.stream(
+        inputs,
+        previous_response_id=anchor,
+        store=req.store,
+        owner=request[TENANT],
+        sampling=sampling,
+        enable_thinking=_thinking(req),
     )
     await _start(events, anchor_param)
     if req.stream:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 import string
-from typing import Literal, cast
+from typing import Literal
 
 import msgspec
 from aiohttp import web
@@ -72,19 +72,16 @@ async def continue_from_conversation_history(request: web.Request) -> web.Stream
     engine = request.app[ENGINE]
     req = decode_body(_decoder, await request.read())
     messages = [{"role": m.role, "content": m.content} for m in req.conversation_history]
-    events = cast(
-        Events,
-        engine.stream(
-            messages[-1:],
-            history=messages[:-1],
-            store=False,
-            owner=request[TENANT],
-            sampling=SamplingParams(max_tokens=req.max_tokens),
-            enable_thinking=req.enable_thinking,
-            add_generation_prompt=req.add_generation_prompt,
-            # Paddler streams the model's raw tokens, thinking block and all.
-            split_reasoning=False,
-        ),
+    events = engine.stream(
+        messages[-1:],
+        history=messages[:-1],
+        store=False,
+        owner=request[TENANT],
+        sampling=SamplingParams(max_tokens=req.max_tokens),
+        enable_thinking=req.enable_thinking,
+        add_generation_prompt=req.add_generation_prompt,
+        # Paddler streams the model's raw tokens, thinking block and all.
+        split_reasoning=False,
     )
     try:
         first = await anext(events)  # errors before generation starts keep their HTTP status

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -180,7 +180,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     inputs = _inputs(req)
     sampling = _sampling(req, engine)
     draft = _Draft(req, engine, sampling)
-    events = cast(Events, engine.stream(inputs, **_stream_kwargs(req, tenant, sampling)))
+    events = engine.stream(inputs, **_stream_kwargs(req, tenant, sampling))
     try:
         first = await anext(events)  # errors before generation starts are plain JSON errors
     except NotFound as e:

@@ -30,7 +30,7 @@ TOPICS = {"A": "the ocean", "B": "volcanoes", "C": "honey bees", "D": "the moon"
 
 def conversation_run(engine: Engine, turns: int, affinity: bool) -> list[list[float]]:
     """Returns time to first token per turn index, one list entry per conversation."""
-    engine.pool.affinity = affinity
+    engine.scheduler.affinity = affinity
     params = SamplingParams(max_tokens=24)
     ttft: list[list[float]] = [[] for _ in range(turns)]
     tag = "aff" if affinity else "cold"
@@ -44,7 +44,7 @@ def conversation_run(engine: Engine, turns: int, affinity: bool) -> list[list[fl
             f"  [{tag}] turn {turn + 1}: ttft median {statistics.median(ttft[turn]) * 1e3:.0f} ms",
             flush=True,
         )
-    engine.pool.affinity = True
+    engine.scheduler.affinity = True
     return ttft
 
 
@@ -56,7 +56,7 @@ def decode_speed(engine: Engine, n_tokens: int) -> tuple[float, float]:
     eog = set(engine.tokenizer.eog_ids)
 
     def direct() -> float:
-        backend = engine.pool.slots[0].backend
+        backend = engine.scheduler.slots[0].backend
         backend.reset()
         llm = backend._llm  # type: ignore[attr-defined]  # the bare library, for the baseline
         llm.eval(ids)
@@ -72,7 +72,7 @@ def decode_speed(engine: Engine, n_tokens: int) -> tuple[float, float]:
         return n / (time.perf_counter() - t0)
 
     def through_engine() -> float:
-        for slot in engine.pool.slots:
+        for slot in engine.scheduler.slots:
             slot.backend.reset()
         r = engine.respond_sync(prompt, history=[], store=False, sampling=params)
         assert r.time_to_first_token_s is not None

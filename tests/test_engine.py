@@ -218,7 +218,7 @@ def test_closing_right_after_start_frees_the_slot(tmp_path: Path) -> None:
         assert r.status == "completed"
 
     asyncio.run(run())
-    assert engine.pool.busy == 0
+    assert engine.scheduler.busy == 0
     assert engine.store.history(thread="t")[-1].role == "assistant"
     engine.close()
 
@@ -238,5 +238,5 @@ def test_cancel_while_waiting_for_a_slot_leaks_nothing(tmp_path: Path) -> None:
         assert (await engine.respond("after", thread="c")).status == "completed"
 
     asyncio.run(run())
-    assert engine.pool.busy == 0 and engine.pool.waiting == 0
+    assert engine.scheduler.busy == 0 and engine.scheduler.waiting == 0
     engine.close()

@@ -104,3 +104,41 @@ def test_converted_model_is_cached(engine: Engine, tmp_path: Path) -> None:
     mtime = first.stat().st_mtime_ns
     second = prepared_model(cache, tmp_path / "c", progress=False)
     assert first == second and second.stat().st_mtime_ns == mtime
+
+
+def test_four_concurrent_conversations_each_keep_their_own_history(engine: Engine) -> None:
+    """Four 3-turn conversations at once on two slots (so they also queue and take each
+    other's slots) give exactly the answers each gives when it runs alone: no state leaks
+    between sequences, and every turn's prompt holds its own conversation's turns. Every
+    prompt is evaluated whole (no prefix reuse), so both runs compute the same thing."""
+    openers = [
+        "My name is Ada and I keep bees.",
+        "My name is Bram and I build boats.",
+        "My name is Chloe and I grow roses.",
+        "My name is Dmitri and I fix clocks.",
+    ]
+    follow_ups = ["What do I do?", "What is my name?"]
+    engine.scheduler.affinity = False
+
+    async def conversation(tag: str, opener: str) -> list[str]:
+        answers = []
+        for text in [opener, *follow_ups]:
+            r = await engine.respond(text, thread=tag, sampling=GREEDY)
+            assert r.status in ("completed", "incomplete")
+            answers.append(r.text)
+        return answers
+
+    async def together() -> list[list[str]]:
+        return await asyncio.gather(*(conversation(f"c{i}", o) for i, o in enumerate(openers)))
+
+    try:
+        concurrent = asyncio.run(together())
+        alone = [asyncio.run(conversation(f"a{i}", o)) for i, o in enumerate(openers)]
+    finally:
+        engine.scheduler.affinity = True
+    assert concurrent == alone
+    for i, opener in enumerate(openers):
+        history = engine.store.history(thread=f"c{i}")
+        users = [t.content for t in history if t.role == "user"]
+        assert users == [opener, *follow_ups]
+        assert [t.content for t in history if t.role == "assistant"] == concurrent[i]

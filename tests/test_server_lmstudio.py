@@ -419,12 +419,12 @@ async def test_disconnect_mid_stream_keeps_the_server_healthy(make_client: MakeC
                 break
     r.close()  # drops the connection
     for _ in range(300):
-        if engine.store.stats()["responses"] == before + 1 and engine.pool.busy == 0:
+        if engine.store.stats()["responses"] == before + 1 and engine.scheduler.busy == 0:
             break
         await asyncio.sleep(0.02)
     # What was generated is stored (incomplete) and the only slot is free again.
     assert engine.store.stats()["responses"] == before + 1
-    assert engine.pool.busy == 0
+    assert engine.scheduler.busy == 0
     assert message(await chat(client, input="next")) == "[next]"
     assert (await client.get("/health")).status == 200
 

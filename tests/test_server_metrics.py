@@ -109,6 +109,11 @@ async def test_exposition_format_and_types(make_client: MakeClient) -> None:
         "threadloom_store_turns": "gauge",
         "threadloom_store_file_bytes": "gauge",
         "threadloom_store_map_bytes": "gauge",
+        "threadloom_threads": "gauge",
+        "threadloom_queue_wait_seconds": "histogram",
+        "threadloom_prompt_eval_seconds": "histogram",
+        "threadloom_time_to_first_token_seconds": "histogram",
+        "threadloom_decode_tokens_per_second": "histogram",
     }
     # Unlabelled counters exist before anything happened.
     assert value(samples, "threadloom_generated_tokens_total") == 0
@@ -246,11 +251,21 @@ async def test_token_counters_equal_reported_usage(make_client: MakeClient) -> N
 
 
 async def test_pool_and_store_gauges(make_client: MakeClient) -> None:
-    client = await make_client(delay_s=0.02)
+    client = await make_client(delay_s=0.02, slots=2, threads=3)
     engine = client.app[ENGINE]
     await client.post("/v1/responses", json={"input": "Hello"})
     samples = await scrape(client)
     assert value(samples, "threadloom_slots") == 2
+    assert value(samples, "threadloom_threads") == 3
+    # The one generation's scheduler timings, one observation each.
+    for name in (
+        "threadloom_queue_wait_seconds",
+        "threadloom_prompt_eval_seconds",
+        "threadloom_time_to_first_token_seconds",
+        "threadloom_decode_tokens_per_second",
+    ):
+        assert value(samples, f"{name}_count") == 1, name
+    assert value(samples, "threadloom_time_to_first_token_seconds_sum") > 0
     assert value(samples, "threadloom_slots_busy") == 0
     assert value(samples, "threadloom_queue_depth") == 0
     stats = engine.store.stats()
@@ -265,7 +280,7 @@ async def test_pool_and_store_gauges(make_client: MakeClient) -> None:
         await r.content.readuntil(b"\n\n")  # the stream is open: its slot is taken
     waiting = asyncio.ensure_future(client.post("/v1/responses", json=body))
     for _ in range(200):
-        if engine.pool.waiting:
+        if engine.scheduler.waiting:
             break
         await asyncio.sleep(0.01)
     busy = await scrape(client)
@@ -290,7 +305,7 @@ async def test_queue_depth_under_more_requests_than_worker_threads(
     """Twelve generations on two slots: ten wait. More waiters than the engine has worker
     threads once deadlocked the server (every thread waited for a slot, and the generations
     that free slots queued behind them)."""
-    client = await make_client(delay_s=0.005)
+    client = await make_client(delay_s=0.005, slots=2)
     engine = client.app[ENGINE]
     body = {"input": "long:20"}
     posts = [asyncio.ensure_future(client.post("/v1/responses", json=body)) for _ in range(12)]
@@ -302,7 +317,7 @@ async def test_queue_depth_under_more_requests_than_worker_threads(
         deepest = max(deepest, value(samples, "threadloom_queue_depth"))
         assert value(samples, "threadloom_slots_busy") <= 2
         await asyncio.sleep(0.01)
-    assert deepest >= 4 and engine.pool.waiting == 0
+    assert deepest >= 4 and engine.scheduler.waiting == 0
     statuses = [p.result().status for p in posts]
     assert statuses == [200] * 12
     samples = await scrape(client)

@@ -304,10 +304,10 @@ async def test_disconnect_mid_stream_frees_the_slot(make_client: MakeClient) -> 
         assert (await r.content.readline()).startswith(b'{"Response"')
     r.close()
     for _ in range(300):
-        if engine.pool.busy == 0:
+        if engine.scheduler.busy == 0:
             break
         await asyncio.sleep(0.02)
-    assert engine.pool.busy == 0
+    assert engine.scheduler.busy == 0
     _, texts, _ = tokens_of(await run(client, body([user("next")])))
     assert "".join(texts) == "[next]"
 

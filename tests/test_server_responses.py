@@ -93,7 +93,8 @@ async def test_health_and_models(client: TestClient) -> None:
     r = await client.get("/health")
     assert r.status == 200
     health = await r.json()
-    assert health["status"] == "ok" and health["backend"] == "scripted" and health["slots"] == 2
+    assert health["status"] == "ok" and health["backend"] == "scripted" and health["slots"] == 4
+    assert health["threads"] >= 1
     r = await client.get("/v1/models")
     models = await r.json()
     assert models["object"] == "list"
@@ -327,11 +328,11 @@ async def test_disconnect_mid_stream_stores_incomplete_and_frees_the_slot(
                 break
     r.close()  # drops the connection
     for _ in range(300):
-        if engine.store.stats()["responses"] == before + 1 and engine.pool.busy == 0:
+        if engine.store.stats()["responses"] == before + 1 and engine.scheduler.busy == 0:
             break
         await asyncio.sleep(0.02)
     assert engine.store.stats()["responses"] == before + 1
-    assert engine.pool.busy == 0
+    assert engine.scheduler.busy == 0
     # The slot is usable again at once.
     after = await create(client, input="next")
     assert text(after) == "[next]"

@@ -5,6 +5,7 @@ caller, and stores the inputs and output as a response."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -24,9 +25,18 @@ from threadloom._core import (
     ResponseInfo,
     new_response_id,
 )
-from threadloom.backends.base import BackendFactory, SamplingParams
-from threadloom.errors import InvalidInput, NotFound, StateConflict, ThreadloomError
-from threadloom.slots import Overloaded, SlotPool
+from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
+from threadloom.bridge import LoopBridge
+from threadloom.errors import (
+    BackendError,
+    InvalidInput,
+    NotFound,
+    StateConflict,
+    ThreadloomError,
+)
+from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
+from threadloom.generation import ENDED, Signal, TextJob
+from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, Scheduler
 from threadloom.storage import (
     ConversationStore,
     assemble,
@@ -35,56 +45,12 @@ from threadloom.storage import (
     turn_messages,
 )
 from threadloom.summarize import Summarizer
-from threadloom.textstream import StopMatcher, ThinkSplitter, Utf8Stream
+
+__all__ = ["Engine", "Event", "Finished", "Request", "Result", "Started", "TokenEvent", "Usage"]
 
 Message = Mapping[str, str | None]
 DEFAULT_CONTEXT = 4096
 log = logging.getLogger("threadloom.engine")
-
-
-class Usage(msgspec.Struct, frozen=True):
-    prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int
-
-
-class Result(msgspec.Struct, frozen=True, kw_only=True):
-    """One finished generation."""
-
-    status: Literal["completed", "incomplete", "failed"]
-    text: str
-    reasoning: str | None
-    finish_reason: Literal["stop", "length", "cancelled", "error"]
-    usage: Usage
-    model: str
-    response_id: str | None = None
-    thread_id: str | None = None
-    turn_id: str | None = None
-    error: str | None = None
-    time_to_first_token_s: float | None = None
-    total_s: float = 0.0
-    messages_dropped: int = 0
-
-
-class Started(msgspec.Struct, frozen=True, tag="started"):
-    prompt_tokens: int
-    cached_tokens: int
-    slot: int
-    # The id the response will be stored under (None when nothing is stored), known before the
-    # first token so a stream can name it up front.
-    response_id: str | None = None
-
-
-class TokenEvent(msgspec.Struct, frozen=True, tag="token"):
-    text: str
-    reasoning: bool = False
-
-
-class Finished(msgspec.Struct, frozen=True, tag="finished"):
-    result: Result
-
-
-Event = Started | TokenEvent | Finished
 
 
 class Request(msgspec.Struct, kw_only=True):
@@ -123,23 +89,30 @@ class Engine:
         store: ConversationStore | str | os.PathLike[str],
         model: str | os.PathLike[str] | None = None,
         *,
-        slots: int = 2,
+        slots: int = 4,
         backend: BackendFactory | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         context_length: int | None = None,
         gpu_layers: int = 0,
         threads: int | None = None,
         max_queue: int = 64,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         model_name: str | None = None,
         progress: bool | None = None,
     ) -> None:
         from threadloom.models import default_model_path
 
+        if slots < 1:
+            raise InvalidInput("slots must be at least 1")
+        if threads is not None and threads < 1:
+            raise InvalidInput("threads must be at least 1")
         # An LMDB directory or a postgresql:// URL; a store passed in stays the caller's.
         self._owns_store = isinstance(store, (str, os.PathLike))
         self.store = open_store(store)
         self.model_path = Path(model) if model is not None else default_model_path()
         self.model_name = model_name or self.model_path.stem
+        # One budget for the whole process: the scheduler's thread is the only one computing.
+        self.threads = threads or physical_cores()
         if backend is None:
             from threadloom.backends.ctransformers import CTransformersFactory
             from threadloom.convert import prepared_model
@@ -151,7 +124,7 @@ class Engine:
             )
             context = context_length or DEFAULT_CONTEXT
             backend = CTransformersFactory(
-                converted, context_length=context, gpu_layers=gpu_layers, threads=threads
+                converted, context_length=context, gpu_layers=gpu_layers, threads=self.threads
             )
         self.backend_name = backend.name
         self.prompt = PromptEngine.from_gguf(
@@ -161,27 +134,19 @@ class Engine:
         self.context_length = self.prompt.context_length
         self.tokenizer = self.prompt.tokenizer
         self._eog = frozenset(self.tokenizer.eog_ids)
-        self.pool = SlotPool(backend, slots, max_queue=max_queue)
+        self.scheduler = Scheduler(backend(slots), max_queue=max_queue, prefill_chunk=prefill_chunk)
         # Assembly and store reads and writes.
         self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
-        # A generation waits for its slot and then generates in one thread of its own: one per
-        # slot and queue place (started on demand). Requests beyond that are refused before
-        # they take a thread (`_admitted`), so none waits invisibly behind the pool, and slot
-        # waits never starve the store work that the running generations need to finish.
-        self._capacity = slots + max_queue
-        self._admitted = 0
-        self._waiters = ThreadPoolExecutor(
-            max_workers=self._capacity, thread_name_prefix="threadloom-gen"
-        )
+        # Saves in flight: each runs to the end even when its caller went away.
+        self._completions: set[asyncio.Future[Result]] = set()
         # Called on the event loop with every finished generation (cancelled and failed ones
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
         self._summarizer = Summarizer(self)
 
     def close(self) -> None:
-        self._waiters.shutdown(wait=True, cancel_futures=True)
+        self.scheduler.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
-        self.pool.close()
         if self._owns_store:
             close_store(self.store)
 
@@ -237,122 +202,38 @@ class Engine:
             ),
         )
         response_id = new_response_id() if store and not stateless else None
-        ids = assembly.ids
-        cancel = threading.Event()
-        # The worker thread hands events over in batches: it wakes the loop only when the
-        # loop has drained the previous batch, so a fast generator costs one wake-up per
-        # batch, not per token.
-        batch: list[tuple[str, Any]] = []
-        lock = threading.Lock()
-        ready = asyncio.Event()
+        bridge: LoopBridge[Signal] = LoopBridge(loop)
+        ended: asyncio.Future[None] = loop.create_future()
 
-        def put(item: tuple[str, Any]) -> None:
-            with lock:
-                batch.append(item)
-                wake = len(batch) == 1
-            if wake:
-                loop.call_soon_threadsafe(ready.set)
+        def sink(signal: Signal) -> None:
+            bridge.put(signal)
+            if signal == ENDED:
+                with contextlib.suppress(RuntimeError):  # the loop is gone
+                    loop.call_soon_threadsafe(_resolve, ended)
 
-        def take_batch() -> list[tuple[str, Any]]:
-            with lock:
-                items = batch[:]
-                batch.clear()
-                ready.clear()
-            return items
-
-        started = time.perf_counter()
-
-        def work() -> None:
-            # Waiting for the slot and generating are one task, so a slot is never held while
-            # its request waits for the event loop to start the generation.
-            try:
-                slot, cached = self.pool.acquire(ids, cancel)
-            except Exception as e:
-                put(("refused", e))
-                return
-            put(("started", (slot.index, cached)))
-            out_ids: list[int] = []
-            finish = "length"
-            error: str | None = None
-            utf8, stops = Utf8Stream(), StopMatcher(params.stop)
-            think = ThinkSplitter(bool(enable_thinking) and split_reasoning)
-            first: float | None = None
-
-            def emit(text: str) -> None:
-                for reasoning, piece in think.feed(stops.feed(text)):
-                    put(("token", TokenEvent(piece, reasoning)))
-
-            try:
-                for token in slot.backend.generate(ids, params, cancel):
-                    if first is None:
-                        first = time.perf_counter() - started
-                    if token in self._eog:
-                        finish = "stop"
-                        break
-                    out_ids.append(token)
-                    emit(utf8.feed(self.tokenizer.piece(token) or b""))
-                    if stops.stopped:
-                        finish = "stop"
-                        break
-                else:
-                    if cancel.is_set():
-                        finish = "cancelled"
-            except Exception as e:  # the engine failed: stored as a failed response
-                finish, error = "error", f"{type(e).__name__}: {e}"
-            finally:
-                self.pool.release(slot)
-            emit(utf8.flush())
-            for reasoning, piece in think.feed(stops.flush()) + think.flush():
-                put(("token", TokenEvent(piece, reasoning)))
-            put(("done", (out_ids, finish, error, first)))
-
-        if self._admitted >= self._capacity:
-            raise Overloaded(
-                f"all {len(self.pool.slots)} slots are busy and {self.pool.waiting} requests wait"
-            )
-        self._admitted += 1
-        future = loop.run_in_executor(self._waiters, work)
-        future.add_done_callback(self._release_admission)
-        pending: list[tuple[str, Any]] = []
+        job = TextJob(
+            assembly.ids,
+            params,
+            owner,
+            tokenizer=self.tokenizer,
+            eog=self._eog,
+            split_thinking=bool(enable_thinking) and split_reasoning,
+            sink=sink,
+        )
+        self.scheduler.submit(job)
         try:
-            while not pending:
-                await ready.wait()
-                pending = take_batch()
+            pending = await bridge.take()
         except asyncio.CancelledError:
-            # Gone while waiting for a slot: stop waiting (or stop the generation it just got).
-            cancel.set()
+            # Gone while waiting for a slot: drop the request (or stop what it just started).
+            self.scheduler.cancel(job)
             raise
-        kind, payload = pending.pop(0)
-        if kind == "refused":
-            raise payload
-        slot_index, cached = payload
-        text: list[str] = []
-        reasoning: list[str] = []
+        first = pending.pop(0)
+        if isinstance(first, Exception):
+            raise first
 
-        def take(payload: TokenEvent) -> None:
-            (reasoning if payload.reasoning else text).append(payload.text)
-
-        async def finish(done: tuple[list[int], str, str | None, float | None]) -> Result:
-            out_ids, finish_reason, error, first = done
-            status: Literal["completed", "incomplete", "failed"] = (
-                "failed"
-                if finish_reason == "error"
-                else "completed"
-                if finish_reason == "stop"
-                else "incomplete"
-            )
-            result = Result(
-                status=status,
-                text="".join(text),
-                reasoning="".join(reasoning) or None,
-                finish_reason=finish_reason,  # type: ignore[arg-type]
-                usage=Usage(assembly.prompt_tokens, len(out_ids), cached),
-                model=self.model_name,
-                error=error,
-                time_to_first_token_s=first,
-                total_s=time.perf_counter() - started,
-                messages_dropped=assembly.messages_dropped,
-            )
+        async def complete() -> Result:
+            await ended
+            result = self._result(job, assembly)
             self._notify(result)
             if not store or stateless:
                 return result
@@ -371,35 +252,50 @@ class Engine:
                 ),
             )
 
-        done: Any = None
+        # Announced from here on: the reply is stored whatever becomes of the caller.
+        completion = asyncio.ensure_future(complete())
+        self._completions.add(completion)
+        completion.add_done_callback(self._completions.discard)
         try:
-            yield Started(assembly.prompt_tokens, cached, slot_index, response_id)
-            while done is None:
-                if not pending:
-                    await ready.wait()
-                    pending = take_batch()
-                    continue
-                kind, payload = pending.pop(0)
-                if kind == "done":
-                    done = payload
+            yield Started(assembly.prompt_tokens, job.cached, job.seq, response_id)
+            while True:
+                for signal in pending:
+                    if isinstance(signal, TokenEvent):
+                        yield signal
+                if ENDED in pending:
                     break
-                take(payload)
-                yield payload
+                pending = await bridge.take()
         except (GeneratorExit, asyncio.CancelledError):
-            # The caller went away: stop generating, then store what exists as incomplete.
-            cancel.set()
-            await asyncio.shield(future)
-            for kind, payload in [*pending, *take_batch()]:
-                if kind == "done":
-                    done = payload
-                else:
-                    take(payload)
-            await asyncio.shield(finish((done[0], "cancelled", done[2], done[3])))
+            # The caller went away: stop generating; what exists is stored as incomplete.
+            self.scheduler.cancel(job)
+            try:
+                await asyncio.shield(completion)
+            except Exception:
+                log.exception("storing a cancelled generation failed")
             raise
-        yield Finished(await finish(done))
+        yield Finished(await asyncio.shield(completion))
 
-    def _release_admission(self, _: asyncio.Future[None]) -> None:
-        self._admitted -= 1
+    def _result(self, job: TextJob, assembly: Assembly) -> Result:
+        finish = job.finish or "error"
+        status: Literal["completed", "incomplete", "failed"] = (
+            "failed" if finish == "error" else "completed" if finish == "stop" else "incomplete"
+        )
+        t = job.timings
+        return Result(
+            status=status,
+            text="".join(job.text),
+            reasoning="".join(job.reasoning) or None,
+            finish_reason=finish,
+            usage=Usage(assembly.prompt_tokens, len(job.output_ids), job.cached),
+            model=self.model_name,
+            error=job.error,
+            time_to_first_token_s=t.time_to_first_token_s,
+            total_s=(t.ended or time.perf_counter()) - t.submitted,
+            messages_dropped=assembly.messages_dropped,
+            queue_s=t.queue_s,
+            prompt_eval_s=t.prompt_eval_s,
+            decode_tokens_per_s=t.decode_tokens_per_s(job.produced),
+        )
 
     def _notify(self, result: Result) -> None:
         for observer in self.on_finished:
@@ -480,20 +376,34 @@ class Engine:
         """`respond` for code without an event loop."""
         return asyncio.run(self.respond(inputs, **kwargs))
 
-    def generate_text(self, ids: Sequence[int], params: SamplingParams) -> str:
+    def generate_text(self, ids: Sequence[int], params: SamplingParams, owner: str) -> str:
         """Blocking generation for the engine's own use (summaries): prompt ids in, text out,
-        nothing stored. Runs in a worker thread, never on the event loop."""
-        slot, _ = self.pool.acquire(ids)
-        utf8, out = Utf8Stream(), []
-        try:
-            for token in slot.backend.generate(ids, params, threading.Event()):
-                if token in self._eog:
-                    break
-                out.append(utf8.feed(self.tokenizer.piece(token) or b""))
-        finally:
-            self.pool.release(slot)
-        out.append(utf8.flush())
-        return "".join(out)
+        nothing stored. Runs in a worker thread, never on the event loop or the scheduler's."""
+        done = threading.Event()
+        refused: list[Exception] = []
+
+        def sink(signal: Signal) -> None:
+            if isinstance(signal, Exception):
+                refused.append(signal)
+            if signal == ENDED or refused:
+                done.set()
+
+        job = TextJob(
+            ids,
+            params,
+            owner,
+            tokenizer=self.tokenizer,
+            eog=self._eog,
+            split_thinking=False,
+            sink=sink,
+        )
+        self.scheduler.submit(job, bounded=False)
+        done.wait()
+        if refused:
+            raise refused[0]
+        if job.finish == "error":
+            raise BackendError(job.error or "generation failed")
+        return "".join(job.text)
 
     # ---- prompt assembly -----------------------------------------------------------------
 
@@ -685,7 +595,7 @@ class Engine:
         if history is None:
             turns = self.store.history(owner=owner, thread=thread, response=previous_response_id)
             past, turn_ids = turn_messages(turns), [t.id for t in turns]
-        return self._summarizer.assemble(trimmed, past, new, kwargs, turn_ids)
+        return self._summarizer.assemble(trimmed, past, new, kwargs, owner, turn_ids)
 
     # ---- batch ----------------------------------------------------------------------------
 
@@ -701,7 +611,7 @@ class Engine:
         exception that sinks the batch."""
         items = [r if isinstance(r, Request) else msgspec.convert(r, Request) for r in requests]
         show = sys.stderr.isatty() if progress is None else progress
-        return asyncio.run(self._batch(items, concurrency or len(self.pool.slots), show))
+        return asyncio.run(self._batch(items, concurrency or len(self.scheduler.slots), show))
 
     async def _batch(self, items: list[Request], concurrency: int, show: bool) -> list[Result]:
         gate = asyncio.Semaphore(concurrency)
@@ -740,3 +650,8 @@ class Engine:
         if show:
             print(file=sys.stderr)
         return list(results)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 __all__ = [
+    "BackendError",
     "ContextLengthExceeded",
     "InvalidInput",
     "LimitExceeded",
     "ModelNotInstalled",
     "NotFound",
+    "Overloaded",
     "StateConflict",
     "StoreError",
     "StoreFormatError",
@@ -68,3 +70,11 @@ class StoreFormatError(StoreError):
 
 class ModelNotInstalled(ThreadloomError):
     """The model file is missing; the message says how to install it."""
+
+
+class Overloaded(ThreadloomError):
+    """Every slot is busy and the waiting queue is full (or the engine is shutting down)."""
+
+
+class BackendError(ThreadloomError):
+    """The generation engine failed to load the model or to evaluate tokens."""

@@ -48,6 +48,7 @@ class Summarizer:
         history: Sequence[Mapping[str, str | None]],
         new: Sequence[Mapping[str, str | None]],
         kwargs: Mapping[str, Any],
+        owner: str,
         turn_ids: Sequence[str] | None = None,
     ) -> Assembly:
         """The prompt with the turns that `trimmed` (the `tokens` assembly of the same request)
@@ -65,7 +66,7 @@ class Summarizer:
             ).hexdigest()
         dropped, kept = history[:cut], history[cut:]
         systems = [str(m["content"]) for m in dropped if m["role"] == "system"]
-        summary = self.summary(key, [m for m in dropped if m["role"] != "system"])
+        summary = self.summary(key, [m for m in dropped if m["role"] != "system"], owner)
         system = "\n\n".join([*systems, f"{SUMMARY_HEADER}\n{summary}"])
         messages = [{"role": "system", "content": system}, *kept, *new]
         # Still too long (a huge new input): the token budget trims the kept turns further.
@@ -73,19 +74,22 @@ class Summarizer:
             messages, protected=len(new), **{**kwargs, "strategy": "tokens"}
         )
 
-    def summary(self, key: str, turns: Sequence[Mapping[str, str | None]]) -> str:
+    def summary(self, key: str, turns: Sequence[Mapping[str, str | None]], owner: str) -> str:
+        """The summary of `turns`, cached per owner: a tenant never gets another tenant's
+        summary, nor learns from a fast answer that another tenant had the same turns."""
+        key = f"{owner}\0{key}"
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        text = self._write(turns)
+        text = self._write(turns, owner)
         with self._lock:
             self._cache[key] = text
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return text
 
-    def _write(self, turns: Sequence[Mapping[str, str | None]]) -> str:
+    def _write(self, turns: Sequence[Mapping[str, str | None]], owner: str) -> str:
         engine = self._engine
         transcript = "\n".join(f"{t['role']}: {t['content']}" for t in turns)
         limit = int(engine.context_length * TRANSCRIPT_SHARE) - SUMMARY_TOKENS
@@ -100,7 +104,8 @@ class Summarizer:
             strategy="none",
             max_tokens=SUMMARY_TOKENS,
         )
-        return engine.generate_text(prompt.ids, SamplingParams(max_tokens=SUMMARY_TOKENS)).strip()
+        params = SamplingParams(max_tokens=SUMMARY_TOKENS)
+        return engine.generate_text(prompt.ids, params, owner).strip()
 
 
 def _nth_non_system(history: Sequence[Mapping[str, str | None]], n: int) -> int:

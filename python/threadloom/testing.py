@@ -1,22 +1,24 @@
-"""A deterministic backend for tests: same interface as the real ones, scripted output. Never a
-default; tests pass it to `Engine(..., backend=ScriptedFactory(...))`."""
+"""A deterministic backend for tests: same step interface as the real ones, scripted output.
+Never a default; tests pass it to `Engine(..., backend=ScriptedFactory(...))`."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 from threadloom.backends.base import SamplingParams
 
 
 class ScriptedBackend:
-    """Yields the ids `script(prompt_ids)` returns, one at a time; tracks the evaluated prefix
-    the way a real engine does, and counts how many prompt tokens it had to evaluate."""
+    """Each sequence replies with the ids `script(prompt_ids)` returns, one per `decode` step,
+    and tracks its evaluated tokens the way a real engine does. It counts the prompt tokens it
+    evaluated and logs every call in order (`("prefill", seq, tokens)`, `("decode", seq, 1)`),
+    so tests can check the scheduler's interleaving."""
 
     def __init__(
         self,
         script: Callable[[Sequence[int]], Sequence[int]],
+        sequences: int,
         context_length: int,
         delay_s: float = 0.0,
         fail_after: int | None = None,
@@ -25,41 +27,59 @@ class ScriptedBackend:
         self._context_length = context_length
         self._delay_s = delay_s
         self._fail_after = fail_after
-        self._evaluated: list[int] = []
+        self._held: list[list[int]] = [[] for _ in range(sequences)]
+        self._pending: list[int | None] = [None] * sequences
+        self._replies: list[Sequence[int] | None] = [None] * sequences
+        self._sampled = [0] * sequences
         self.prompt_tokens_evaluated = 0
+        self.log: list[tuple[str, int, int]] = []
 
     @property
     def context_length(self) -> int:
         return self._context_length
 
     @property
-    def evaluated(self) -> Sequence[int]:
-        return self._evaluated
+    def sequences(self) -> int:
+        return len(self._held)
 
-    def generate(
-        self, ids: Sequence[int], params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[int]:
-        keep = 0
-        limit = min(len(self._evaluated), len(ids) - 1)
-        while keep < limit and self._evaluated[keep] == ids[keep]:
-            keep += 1
-        self.prompt_tokens_evaluated += len(ids) - keep
-        self._evaluated = list(ids)
-        for n, token in enumerate(self._script(ids)):
-            if n >= params.max_tokens or cancel.is_set():
-                return
-            if self._fail_after is not None and n >= self._fail_after:
-                raise RuntimeError("scripted failure")
-            if self._delay_s:
-                time.sleep(self._delay_s)
-            yield token
-            self._evaluated.append(token)
+    def held(self, seq: int) -> Sequence[int]:
+        return self._held[seq]
 
-    def reset(self) -> None:
-        self._evaluated = []
+    def prefill(self, seq: int, keep: int, ids: Sequence[int]) -> None:
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        self._held[seq] = [*self._held[seq][:keep], *ids]
+        self._pending[seq] = None
+        self._replies[seq] = None
+        self.prompt_tokens_evaluated += len(ids)
+        self.log.append(("prefill", seq, len(ids)))
+
+    def decode(self, batch: Sequence[tuple[int, SamplingParams]]) -> list[int | None]:
+        return [self._step(seq) for seq, _ in batch]
+
+    def _step(self, seq: int) -> int | None:
+        self.log.append(("decode", seq, 1))
+        pending = self._pending[seq]
+        if pending is not None:
+            self._held[seq].append(pending)
+            self._pending[seq] = None
+        reply = self._replies[seq]
+        if reply is None:
+            reply = self._replies[seq] = list(self._script(self._held[seq]))
+            self._sampled[seq] = 0
+        n = self._sampled[seq]
+        if n >= len(reply) or len(self._held[seq]) >= self._context_length:
+            return None
+        if self._fail_after is not None and n >= self._fail_after:
+            raise RuntimeError("scripted failure")
+        if self._delay_s:
+            time.sleep(self._delay_s)
+        self._sampled[seq] = n + 1
+        self._pending[seq] = reply[n]
+        return reply[n]
 
     def close(self) -> None:
-        self._evaluated = []
+        self._held = [[] for _ in self._held]
 
 
 class ScriptedFactory:
@@ -79,7 +99,9 @@ class ScriptedFactory:
         self.fail_after = fail_after
         self.instances: list[ScriptedBackend] = []
 
-    def __call__(self) -> ScriptedBackend:
-        backend = ScriptedBackend(self.script, self.context_length, self.delay_s, self.fail_after)
+    def __call__(self, sequences: int) -> ScriptedBackend:
+        backend = ScriptedBackend(
+            self.script, sequences, self.context_length, self.delay_s, self.fail_after
+        )
         self.instances.append(backend)
         return backend

@@ -1,10 +1,15 @@
-"""The backend interface. A backend instance is one slot: it holds one conversation's evaluated
-tokens (its KV cache), so continuing that conversation only evaluates the new suffix."""
+"""The backend interface, built around steps. A backend holds one model and `sequences`
+independent states (the slots); the scheduler's one thread drives it: `prefill` evaluates a
+chunk of one sequence's prompt, `decode` produces the next token of several sequences at once.
+A backend that batches (llama.cpp) evaluates a whole `decode` call in one pass; one that cannot
+(ctransformers) steps the sequences one after another. Either way only one thread computes, so
+the process's thread budget is never oversubscribed."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
@@ -38,33 +43,53 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Backend(Protocol):
-    """One loaded model instance (a slot)."""
+    """One loaded model with `sequences` states. Every method is called from the scheduler's
+    thread only, so implementations need no locks."""
 
     @property
-    def context_length(self) -> int: ...
+    def context_length(self) -> int:
+        """Tokens one sequence can hold."""
+        ...
 
     @property
-    def evaluated(self) -> Sequence[int]:
-        """The token ids whose state the instance holds, oldest first."""
+    def sequences(self) -> int: ...
+
+    def held(self, seq: int) -> Sequence[int]:
+        """The token ids whose state sequence `seq` holds, oldest first. A token sampled by
+        `decode` is held only once the next `decode` of that sequence evaluated it."""
         ...
 
-    def generate(
-        self, ids: Sequence[int], params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[int]:
-        """Evaluates `ids` (reusing the held prefix) and yields sampled token ids until the
-        caller stops iterating or `cancel` is set. Runs in a worker thread."""
+    def prefill(self, seq: int, keep: int, ids: Sequence[int]) -> None:
+        """Keeps the first `keep` held tokens of `seq`, forgets the rest (and any sampled,
+        unevaluated token), then evaluates `ids` (never empty) after them."""
         ...
 
-    def reset(self) -> None:
-        """Forgets the held tokens, so the next prompt is evaluated from the start."""
+    def decode(self, batch: Sequence[tuple[int, SamplingParams]]) -> list[int | None]:
+        """One step for each `(seq, params)`: evaluates the token the previous step sampled
+        for that sequence (if any), then samples the next one from its logits. None: the
+        sequence's context is full and it cannot continue."""
         ...
 
     def close(self) -> None: ...
 
 
 class BackendFactory(Protocol):
-    """Loads instances of one model; the engine calls it once per slot."""
+    """Loads one model with room for `sequences` conversations; the engine calls it once."""
 
     name: str
 
-    def __call__(self) -> Backend: ...
+    def __call__(self, sequences: int) -> Backend: ...
+
+
+def physical_cores() -> int:
+    """Cores this process may run on, counting each core once however many hardware threads
+    it has: ggml's worker threads spin, so two on one core's hyperthreads only slow it down."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cores: set[str] = set()
+    for cpu in allowed:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores) or os.cpu_count() or 1)

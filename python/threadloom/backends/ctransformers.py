@@ -4,19 +4,16 @@ tokenizer does not know special tokens."""
 
 from __future__ import annotations
 
-import os
-import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from threadloom.backends.base import SamplingParams
-from threadloom.errors import ThreadloomError
+from threadloom.backends.base import SamplingParams, physical_cores
+from threadloom.errors import BackendError
 
-
-class BackendError(ThreadloomError):
-    """The generation engine failed."""
+# Never a token id: a prompt ending in it shares exactly the kept prefix with any state.
+_NO_TOKEN = -1
 
 
 def _cpu_library() -> str:
@@ -35,13 +32,16 @@ def _cpu_library() -> str:
 
 
 class CTransformersBackend:
-    """One ctransformers model instance. Its weights are memory-mapped, so several instances of
-    one file share them and each extra slot costs only its context memory."""
+    """`sequences` ctransformers instances of one model file, one per slot, driven by one
+    thread. The weights are memory-mapped, so the instances share them and each costs only
+    its context memory; every evaluation uses the whole thread budget, and since only the
+    scheduler's thread calls in, the budget is never oversubscribed."""
 
     def __init__(
         self,
         model_path: Path,
         *,
+        sequences: int,
         context_length: int,
         gpu_layers: int = 0,
         threads: int | None = None,
@@ -49,83 +49,94 @@ class CTransformersBackend:
     ) -> None:
         from ctransformers import AutoModelForCausalLM  # type: ignore[import-untyped]
 
-        self._threads = threads or max(1, os.cpu_count() or 1)
+        self.threads = threads or physical_cores()
         self._batch_size = batch_size
         lib = None if gpu_layers > 0 else _cpu_library()
         try:
-            self._llm: Any = AutoModelForCausalLM.from_pretrained(
-                str(model_path),
-                model_type="llama",
-                context_length=context_length,
-                gpu_layers=gpu_layers,
-                threads=self._threads,
-                batch_size=batch_size,
-                lib=lib,
-            )
+            self._llms: list[Any] = [
+                AutoModelForCausalLM.from_pretrained(
+                    str(model_path),
+                    model_type="llama",
+                    context_length=context_length,
+                    gpu_layers=gpu_layers,
+                    threads=self.threads,
+                    batch_size=batch_size,
+                    lib=lib,
+                )
+                for _ in range(sequences)
+            ]
         except (OSError, RuntimeError, ValueError) as e:
             raise BackendError(f"ctransformers could not load {model_path}: {e}") from e
         self._context_length = context_length
-        self._evaluated: list[int] = []
+        self._held: list[list[int]] = [[] for _ in range(sequences)]
+        # The token each sequence sampled last and has not evaluated yet.
+        self._pending: list[int | None] = [None] * sequences
 
     @property
     def context_length(self) -> int:
         return self._context_length
 
     @property
-    def evaluated(self) -> Sequence[int]:
-        return self._evaluated
+    def sequences(self) -> int:
+        return len(self._llms)
 
-    def generate(
-        self, ids: Sequence[int], params: SamplingParams, cancel: threading.Event
-    ) -> Iterator[int]:
-        llm = self._llm
-        # Drops the part of the held state that differs from `ids`; returns what is left to
-        # evaluate (at least one token, so there are fresh logits to sample from).
-        suffix = llm.prepare_inputs_for_generation(list(ids), reset=True)
-        self._evaluated = list(ids[: len(ids) - len(suffix)])
-        try:
-            llm.eval(suffix, batch_size=self._batch_size, threads=self._threads)
-        except RuntimeError as e:
-            self._evaluated = []
-            raise BackendError(f"evaluating the prompt failed: {e}") from e
-        self._evaluated.extend(suffix)
+    def held(self, seq: int) -> Sequence[int]:
+        return self._held[seq]
+
+    def prefill(self, seq: int, keep: int, ids: Sequence[int]) -> None:
+        # Cuts the instance's state back to exactly `keep` tokens, even where `ids` would match
+        # what it held beyond them: the scheduler decides what may be reused (never another
+        # tenant's prompt), and evaluating exactly `ids` keeps that decision.
+        kept = self._held[seq][:keep]
+        self._llms[seq].prepare_inputs_for_generation([*kept, _NO_TOKEN], reset=True)
+        self._held[seq] = kept
+        self._pending[seq] = None
+        self._eval(seq, ids)
+
+    def decode(self, batch: Sequence[tuple[int, SamplingParams]]) -> list[int | None]:
+        return [self._step(seq, params) for seq, params in batch]
+
+    def _step(self, seq: int, params: SamplingParams) -> int | None:
+        pending = self._pending[seq]
+        if pending is not None:
+            if len(self._held[seq]) >= self._context_length:
+                return None
+            self._eval(seq, [pending])
+            self._pending[seq] = None
         greedy = params.temperature <= 0.0
-        for _ in range(params.max_tokens):
-            if cancel.is_set():
-                return
-            token = int(
-                llm.sample(
-                    top_k=1 if greedy else params.top_k,
-                    top_p=1.0 if greedy else params.top_p,
-                    temperature=1.0 if greedy else params.temperature,
-                    repetition_penalty=params.repetition_penalty,
-                    last_n_tokens=64,
-                    seed=params.seed,
-                )
+        token = int(
+            self._llms[seq].sample(
+                top_k=1 if greedy else params.top_k,
+                top_p=1.0 if greedy else params.top_p,
+                temperature=1.0 if greedy else params.temperature,
+                repetition_penalty=params.repetition_penalty,
+                last_n_tokens=64,
+                seed=params.seed,
             )
-            yield token
-            if cancel.is_set():
-                return
-            # Evaluated only once the caller wants the next token, so a stop leaves the
-            # instance holding exactly prompt + output (minus the unevaluated last token).
-            llm.eval([token], batch_size=self._batch_size, threads=self._threads)
-            self._evaluated.append(token)
+        )
+        self._pending[seq] = token
+        return token
 
-    def reset(self) -> None:
-        with warnings.catch_warnings():
-            # Deprecated in favour of generate(reset=True), which keeps the common prefix;
-            # forgetting everything is exactly what a reset is for here.
-            warnings.simplefilter("ignore")
-            self._llm.reset()
-        self._evaluated = []
+    def _eval(self, seq: int, ids: Sequence[int]) -> None:
+        try:
+            self._llms[seq].eval(list(ids), batch_size=self._batch_size, threads=self.threads)
+        except RuntimeError as e:
+            self._held[seq] = []
+            with warnings.catch_warnings():
+                # Deprecated in favour of generate(reset=True); forgetting a state that failed
+                # half way is exactly what it is for.
+                warnings.simplefilter("ignore")
+                self._llms[seq].reset()
+            raise BackendError(f"evaluating tokens failed: {e}") from e
+        self._held[seq].extend(ids)
 
     def close(self) -> None:
-        self._llm = None
-        self._evaluated = []
+        self._llms = []
+        self._held = []
 
 
 class CTransformersFactory:
-    """Loads `CTransformersBackend` instances of one converted model file."""
+    """Loads a `CTransformersBackend` of one converted model file."""
 
     name = "ctransformers"
 
@@ -142,9 +153,10 @@ class CTransformersFactory:
         self.gpu_layers = gpu_layers
         self.threads = threads
 
-    def __call__(self) -> CTransformersBackend:
+    def __call__(self, sequences: int) -> CTransformersBackend:
         return CTransformersBackend(
             self.model_path,
+            sequences=sequences,
             context_length=self.context_length,
             gpu_layers=self.gpu_layers,
             threads=self.threads,

@@ -65,6 +65,8 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             max_queue=config.max_queue,
             context_length=config.context_length,
             gpu_layers=config.gpu_layers,
+            threads=config.threads,
+            prefill_chunk=config.prefill_chunk,
         )
 
     engine = await loop.run_in_executor(None, open_engine)

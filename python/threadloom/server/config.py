@@ -32,7 +32,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     max_body_bytes: int = 1 << 20
     max_queue: int = 64
     log_level: str = "info"
-    slots: int = 2
+    slots: int = 4
+    # None: the machine's physical cores.
+    threads: int | None = None
+    prefill_chunk: int = 64
     cache_dir: str | None = None
     # None: the engine's default (4,096 tokens, at most the model's own context).
     context_length: int | None = None
@@ -47,6 +50,10 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError("max_queue must not be negative")
         if self.slots < 1:
             raise ConfigError("slots must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("threads must be at least 1")
+        if self.prefill_chunk < 1:
+            raise ConfigError("prefill_chunk must be at least 1")
         if self.context_length is not None and self.context_length < 256:
             raise ConfigError("context_length must be at least 256")
         if self.gpu_layers < 0:
@@ -115,7 +122,17 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     "max_body_bytes": ("THREADLOOM_MAX_BODY_BYTES", int, "largest request body (1 MiB)"),
     "max_queue": ("THREADLOOM_MAX_QUEUE", int, "requests that may wait for a slot (64)"),
     "log_level": ("THREADLOOM_LOG_LEVEL", str, "debug, info, warning or error (info)"),
-    "slots": ("THREADLOOM_SLOTS", int, "model instances generating in parallel (2)"),
+    "slots": ("THREADLOOM_SLOTS", int, "conversations generating at the same time (4)"),
+    "threads": (
+        "THREADLOOM_THREADS",
+        int,
+        "compute threads for the whole process (default: the physical cores)",
+    ),
+    "prefill_chunk": (
+        "THREADLOOM_PREFILL_CHUNK",
+        int,
+        "prompt tokens evaluated between two decode steps of the other streams (64)",
+    ),
     "cache_dir": ("THREADLOOM_CACHE_DIR", str, "where converted model files are kept"),
     "context_length": (
         "THREADLOOM_CONTEXT_LENGTH",

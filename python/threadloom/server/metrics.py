@@ -9,7 +9,10 @@ What is exported:
 - `threadloom_prompt_tokens_total`, `threadloom_cached_prompt_tokens_total`,
   `threadloom_generated_tokens_total` and `threadloom_generations_total{status}`: from the
   engine's `on_finished` hook, so every dialect is counted without code of its own.
-- `threadloom_slots`, `threadloom_slots_busy`, `threadloom_queue_depth` and
+- `threadloom_queue_wait_seconds`, `threadloom_prompt_eval_seconds`,
+  `threadloom_time_to_first_token_seconds` and `threadloom_decode_tokens_per_second`:
+  histograms of each generation's scheduler timings, from the same hook.
+- `threadloom_slots`, `threadloom_slots_busy`, `threadloom_queue_depth`, `threadloom_threads` and
   `threadloom_store_*` gauges, read when scraped.
 
 Labels stay bounded whatever clients send: `route` is the matched route's template
@@ -55,6 +58,8 @@ LATENCY_BUCKETS = (
     120.0,
     300.0,
 )
+# Decode speed per request, tokens per second: from a starved stream to a GPU's.
+SPEED_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
 # Not a real HTTP status: the client went away before the handler answered (nginx's code).
@@ -171,6 +176,31 @@ class Metrics:
         self.generations = Counter(
             "threadloom_generations_total", "Finished generations, by status.", ("status",)
         )
+        self.queue_wait = Histogram(
+            "threadloom_queue_wait_seconds",
+            "Time a generation waited for a free slot.",
+            (),
+            LATENCY_BUCKETS,
+        )
+        self.prompt_eval = Histogram(
+            "threadloom_prompt_eval_seconds",
+            "Time from getting a slot to the end of prompt evaluation (chunks interleaved with "
+            "other streams' decoding).",
+            (),
+            LATENCY_BUCKETS,
+        )
+        self.first_token = Histogram(
+            "threadloom_time_to_first_token_seconds",
+            "Time from the assembled prompt joining the queue to the first generated token.",
+            (),
+            LATENCY_BUCKETS,
+        )
+        self.decode_speed = Histogram(
+            "threadloom_decode_tokens_per_second",
+            "Per generation: output tokens after the first, per second.",
+            (),
+            SPEED_BUCKETS,
+        )
 
     def record_request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in KNOWN_METHODS else "other"
@@ -183,6 +213,14 @@ class Metrics:
         self.cached_tokens.inc(amount=usage.cached_tokens)
         self.generated_tokens.inc(amount=usage.completion_tokens)
         self.generations.inc((result.status,))
+        if result.finish_reason == "cancelled" and result.time_to_first_token_s is None:
+            return  # never got a slot's first step: it has no timings to speak of
+        self.queue_wait.observe((), result.queue_s)
+        self.prompt_eval.observe((), result.prompt_eval_s)
+        if result.time_to_first_token_s is not None:
+            self.first_token.observe((), result.time_to_first_token_s)
+        if result.decode_tokens_per_s is not None:
+            self.decode_speed.observe((), result.decode_tokens_per_s)
 
     def render(self, engine: Engine | None) -> str:
         lines: list[str] = []
@@ -193,15 +231,24 @@ class Metrics:
             self.cached_tokens,
             self.generated_tokens,
             self.generations,
+            self.queue_wait,
+            self.prompt_eval,
+            self.first_token,
+            self.decode_speed,
         ):
             lines.extend(metric.render())
         if engine is not None:
-            pool = engine.pool
-            lines.extend(_gauge("threadloom_slots", "Generation slots.", len(pool.slots)))
-            lines.extend(_gauge("threadloom_slots_busy", "Slots generating now.", pool.busy))
+            scheduler = engine.scheduler
+            lines.extend(_gauge("threadloom_slots", "Generation slots.", len(scheduler.slots)))
+            lines.extend(_gauge("threadloom_slots_busy", "Slots generating now.", scheduler.busy))
             lines.extend(
-                _gauge("threadloom_queue_depth", "Requests waiting for a free slot.", pool.waiting)
+                _gauge(
+                    "threadloom_queue_depth",
+                    "Requests waiting for a free slot.",
+                    scheduler.waiting,
+                )
             )
+            lines.extend(_gauge("threadloom_threads", "Compute thread budget.", engine.threads))
             for key, value in sorted(engine.store.stats().items()):
                 help = STORE_HELP.get(key, f"Store statistic {key}.")
                 lines.extend(_gauge(f"threadloom_store_{key}", help, value))

@@ -20,13 +20,13 @@ from threadloom.errors import (
     InvalidInput,
     LimitExceeded,
     NotFound,
+    Overloaded,
     StateConflict,
     StoreUnavailable,
     ThreadloomError,
 )
 from threadloom.server.errors import ApiError
 from threadloom.server.schemas.common import ErrorBody, ErrorDetail
-from threadloom.slots import Overloaded
 
 log = logging.getLogger("threadloom.server")
 

@@ -68,14 +68,15 @@ def sampling_params(
 
 async def health(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    pool = engine.pool
+    scheduler = engine.scheduler
     return json_response(
         Health(
             model=engine.model_name,
             backend=engine.backend_name,
-            slots=len(pool.slots),
-            slots_busy=pool.busy,
-            queue_depth=pool.waiting,
+            slots=len(scheduler.slots),
+            slots_busy=scheduler.busy,
+            queue_depth=scheduler.waiting,
+            threads=engine.threads,
         )
     )
 

@@ -25,6 +25,8 @@ class Health(msgspec.Struct, kw_only=True):
     slots: int
     slots_busy: int
     queue_depth: int
+    # The compute thread budget the scheduler's one decode loop uses.
+    threads: int
 
 
 class Model(msgspec.Struct, kw_only=True):

@@ -1,0 +1,243 @@
+"""Concurrent conversations against a real `threadloom serve` with the real default model.
+
+N clients each hold a 3-turn conversation through streamed `POST /v1/responses`
+(`previous_response_id`, `max_output_tokens` 64, temperature 0), all at the same time, for N in
+1, 2, 4 and 8, against one server at its default slot count. Per level: aggregate output tok/s
+(all output tokens over the level's wall time), TTFT p50/p99 measured by the client (request
+sent to first text delta), per-stream decode tok/s (tokens after the first over the time they
+took) min and max, and mean request latency. Ratios are against the single-conversation level of
+the same run.
+
+Goals (issue 13): aggregate tok/s at every level >= 0.9x the single-conversation figure; TTFT
+p99 at 4 conversations <= 4x the single-conversation TTFT; the slowest stream >= 1/2 of the
+fastest.
+
+Usage: python benches/bench_concurrency.py [--levels 1,2,4,8] [--turns 3] [--rounds 1]
+       [--serve-arg=--slots=2 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import ClientSession, ClientTimeout
+
+NAMES = ["Ada", "Bram", "Chloe", "Dmitri", "Elif", "Farid", "Greta", "Hiro", "Ines", "Jonas"]
+CITIES = ["Lisbon", "Oslo", "Kyoto", "Quito", "Cairo", "Perth", "Lima", "Turin", "Riga", "Hanoi"]
+
+
+def turn_texts(n: int) -> list[str]:
+    name, city = NAMES[n % len(NAMES)], CITIES[n % len(CITIES)]
+    return [
+        f"Hello! My name is {name} and I live in {city}.",
+        f"Tell me one short fact about {city}.",
+        "What is my name?",
+    ]
+
+
+@dataclass
+class Request:
+    sent: float
+    first: float | None = None
+    done: float = 0.0
+    tokens: int = 0
+
+    @property
+    def ttft(self) -> float:
+        return (self.first or self.done) - self.sent
+
+    @property
+    def stream_rate(self) -> float | None:
+        if self.first is None or self.tokens < 2 or self.done <= self.first:
+            return None
+        return (self.tokens - 1) / (self.done - self.first)
+
+
+@dataclass
+class Level:
+    conversations: int
+    wall: float = 0.0
+    requests: list[Request] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return sum(r.tokens for r in self.requests)
+
+    @property
+    def throughput(self) -> float:
+        return self.tokens / self.wall
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def one_turn(
+    session: ClientSession, url: str, text: str, previous: str | None
+) -> tuple[Request, str, str]:
+    body: dict[str, object] = {
+        "model": "default",
+        "input": text,
+        "max_output_tokens": 64,
+        "temperature": 0,
+        "stream": True,
+    }
+    if previous is not None:
+        body["previous_response_id"] = previous
+    req = Request(sent=time.perf_counter())
+    response_id, answer = "", []
+    async with session.post(f"{url}/v1/responses", json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            kind = event["type"]
+            if kind == "response.created":
+                response_id = event["response"]["id"]
+            elif kind == "response.output_text.delta":
+                if req.first is None:
+                    req.first = time.perf_counter()
+                answer.append(event["delta"])
+            elif kind in ("response.completed", "response.incomplete"):
+                req.tokens = event["response"]["usage"]["output_tokens"]
+            elif kind in ("response.failed", "error"):
+                raise RuntimeError(f"generation failed: {event}")
+    req.done = time.perf_counter()
+    return req, response_id, "".join(answer)
+
+
+async def run_level(url: str, conversations: int, turns: int, offset: int) -> Level:
+    level = Level(conversations)
+    timeout = ClientTimeout(total=None, sock_read=600)
+    async with ClientSession(timeout=timeout) as session:
+
+        async def conversation(n: int) -> None:
+            previous: str | None = None
+            for text in turn_texts(offset + n)[:turns]:
+                req, previous, answer = await one_turn(session, url, text, previous)
+                level.requests.append(req)
+            level.answers.append(f"{NAMES[(offset + n) % len(NAMES)]}: {answer.strip()}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(conversation(n) for n in range(conversations)))
+        level.wall = time.perf_counter() - started
+    return level
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> dict[str, object]:
+    async with ClientSession() as session:
+        for _ in range(600):
+            if proc.poll() is not None:
+                raise RuntimeError("threadloom serve exited during start")
+            try:
+                async with session.get(f"{url}/health") as r:
+                    if r.status == 200:
+                        return dict(await r.json())
+            except OSError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError("threadloom serve did not start")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levels", default="1,2,4,8")
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every level")
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [
+            sys.executable,
+            "-m",
+            "threadloom",
+            "serve",
+            "--port",
+            str(port),
+            "--store",
+            os.path.join(tmp, "store"),
+            "--log-level",
+            "warning",
+            *args.serve_arg,
+        ]
+        proc = subprocess.Popen(command)
+        try:
+            health = asyncio.run(wait_ready(url, proc))
+            print(
+                f"threadloom serve: {health['model']} on {health['backend']}, "
+                f"{health['slots']} slots, {health['threads']} threads"
+            )
+            asyncio.run(run_level(url, 1, 1, 1000))  # warm-up: page the weights in
+            results: dict[int, list[Level]] = {n: [] for n in levels}
+            offset = 0
+            for _ in range(args.rounds):
+                for n in levels:
+                    results[n].append(asyncio.run(run_level(url, n, args.turns, offset)))
+                    offset += n
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+    report(results)
+
+
+def report(results: dict[int, list[Level]]) -> None:
+    def merged(n: int) -> tuple[float, list[Request], float]:
+        runs = results[n]
+        tokens = sum(lv.tokens for lv in runs)
+        wall = sum(lv.wall for lv in runs)
+        return tokens / wall, [r for lv in runs for r in lv.requests], wall
+
+    base_tps, base_reqs, _ = merged(min(results))
+    base_ttft = percentile([r.ttft for r in base_reqs], 99)
+    print()
+    print(
+        "| conversations | aggregate tok/s | vs 1 | TTFT p50 | TTFT p99 | p99 vs 1 "
+        "| stream tok/s min / max | min/max | mean latency |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for n in sorted(results):
+        tps, reqs, _ = merged(n)
+        ttfts = [r.ttft for r in reqs]
+        rates = [x for r in reqs if (x := r.stream_rate) is not None]
+        lo, hi = (min(rates), max(rates)) if rates else (0.0, 0.0)
+        latency = statistics.mean(r.done - r.sent for r in reqs)
+        print(
+            f"| {n} | {tps:.1f} | {tps / base_tps:.2f}x | {percentile(ttfts, 50) * 1000:.0f} ms "
+            f"| {percentile(ttfts, 99) * 1000:.0f} ms | {percentile(ttfts, 99) / base_ttft:.2f}x "
+            f"| {lo:.1f} / {hi:.1f} | {lo / hi if hi else 0:.2f} | {latency:.2f} s |"
+        )
+    print()
+    print("last answers (each conversation's third turn asks for its own name):")
+    for n in sorted(results):
+        for i, answer in enumerate(results[n][-1].answers):
+            print(f"  c={n} #{i} {answer[:90]!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,307 @@
+"""The generation scheduler: one thread owns the model and steps every active sequence.
+
+Each iteration of its loop evaluates at most one chunk of one prompt (the oldest admitted
+request still in prefill), then asks the backend for one token of every sequence that is
+decoding. So a long prompt delays the others' streams by one chunk per token at most, every
+decoding stream gets one token per iteration (token-level round robin), and requests are
+admitted first come, first served. A sequence is a slot: it keeps the evaluated tokens of the
+conversation it ran last, and a request goes to the free slot that holds the longest prefix of
+its prompt *for the same owner*, so a returning conversation evaluates only its new turn while
+no tenant ever profits (in `cached_tokens` or in time) from another tenant's prompt."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from threadloom.backends.base import Backend, SamplingParams
+from threadloom.errors import Overloaded
+
+log = logging.getLogger("threadloom.scheduler")
+
+Finish = Literal["stop", "length", "cancelled", "error"]
+
+# Tokens at the end of a slot's state that a continuation may re-tokenize differently (the
+# stored reply is re-rendered as text, and a reply cut by max_tokens may end mid-word).
+CONTINUATION_SLACK = 8
+DEFAULT_PREFILL_CHUNK = 64
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class Timings:
+    """`time.perf_counter()` readings along one request's way through the scheduler."""
+
+    submitted: float = field(default_factory=time.perf_counter)
+    admitted: float | None = None
+    prefilled: float | None = None
+    first_token: float | None = None
+    ended: float | None = None
+
+    @property
+    def queue_s(self) -> float:
+        return (self.admitted or self.submitted) - self.submitted
+
+    @property
+    def prompt_eval_s(self) -> float:
+        if self.admitted is None or self.prefilled is None:
+            return 0.0
+        return self.prefilled - self.admitted
+
+    @property
+    def time_to_first_token_s(self) -> float | None:
+        return None if self.first_token is None else self.first_token - self.submitted
+
+    def decode_tokens_per_s(self, tokens: int) -> float | None:
+        """Tokens after the first over the time they took."""
+        if self.first_token is None or self.ended is None or tokens < 2:
+            return None
+        span = self.ended - self.first_token
+        return (tokens - 1) / span if span > 0 else None
+
+
+class Job:
+    """One generation as the scheduler sees it. The callbacks run on the scheduler's thread,
+    so they must be quick; subclasses decide what becomes of the tokens."""
+
+    def __init__(self, ids: Sequence[int], params: SamplingParams, owner: str) -> None:
+        if not ids:
+            raise ValueError("a generation needs at least one prompt token")
+        self.ids = ids
+        self.params = params
+        self.owner = owner
+        self.cancel = threading.Event()
+        self.timings = Timings()
+        self.seq = -1
+        self.cached = 0
+        # Prompt tokens the sequence holds; decoding starts when it reaches len(ids).
+        self.position = 0
+        self.produced = 0
+
+    def on_start(self) -> None:
+        """Admitted: `seq` and `cached` are set."""
+
+    def on_token(self, token: int) -> Finish | None:
+        """A sampled token; a finish reason ends the generation here."""
+        return None
+
+    def on_end(self, finish: Finish, error: str | None) -> None:
+        """The generation is over and its slot is free again."""
+
+    def on_refused(self, error: Exception) -> None:
+        """Never admitted (cancelled while queued, or the scheduler closed)."""
+
+
+@dataclass
+class _Slot:
+    index: int
+    owner: str | None = None
+    last_used: int = 0
+    job: Job | None = None
+
+
+class Scheduler:
+    """Owns `backend` and drives it from one thread. `max_queue` requests may wait while every
+    slot is busy; beyond that `submit` raises `Overloaded`."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        max_queue: int = 64,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+    ) -> None:
+        if backend.sequences < 1:
+            raise ValueError("a scheduler needs at least one slot")
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be at least 1")
+        self.backend = backend
+        self.slots = [_Slot(i) for i in range(backend.sequences)]
+        self.max_queue = max_queue
+        self.prefill_chunk = prefill_chunk
+        # False: every request re-evaluates its whole prompt (for benchmarks).
+        self.affinity = True
+        self._clock = itertools.count(1)
+        self._cond = threading.Condition()
+        self._queue: deque[Job] = deque()
+        self._active: list[Job] = []
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="threadloom-scheduler", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    @property
+    def busy(self) -> int:
+        return len(self._active)
+
+    def submit(self, job: Job, *, bounded: bool = True) -> None:
+        """Queues `job`. `bounded=False` is for the engine's own work (summaries), which an
+        admitted request waits on and so must not be refused."""
+        with self._cond:
+            if self._closing:
+                raise Overloaded("the engine is shutting down")
+            if bounded and len(self._queue) + len(self._active) >= len(self.slots) + self.max_queue:
+                raise Overloaded(
+                    f"all {len(self.slots)} slots are busy and {len(self._queue)} requests wait"
+                )
+            self._queue.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """Stops `job`: a queued one is dropped, a running one ends as cancelled."""
+        job.cancel.set()
+        with self._cond:
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Cancels what runs, refuses what waits, stops the thread and closes the backend."""
+        with self._cond:
+            self._closing = True
+            for job in self._active:
+                job.cancel.set()
+            self._cond.notify()
+        self._thread.join()
+        self.backend.close()
+
+    # ---- the loop (scheduler thread only) ------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._queue or self._active or self._closing):
+                    self._cond.wait()
+                refused = self._take_refused()
+                if self._closing:
+                    refused.extend(self._queue)
+                    self._queue.clear()
+                admitted = self._admit()
+                done = self._closing and not self._active
+            for job in refused:
+                _call(job.on_refused, Overloaded("cancelled before a slot was free"))
+            for job in admitted:
+                _call(job.on_start)
+            if done:
+                return
+            try:
+                self._step()
+            except Exception:  # a bug here must not kill the thread every request waits on
+                log.exception("scheduler step failed")
+                for job in list(self._active):
+                    self._end(job, "error", "internal error in the scheduler")
+
+    def _take_refused(self) -> list[Job]:
+        keep = [j for j in self._queue if not j.cancel.is_set()]
+        refused = [j for j in self._queue if j.cancel.is_set()]
+        self._queue = deque(keep)
+        return refused
+
+    def _admit(self) -> list[Job]:
+        admitted = []
+        while self._queue and not self._closing and any(s.job is None for s in self.slots):
+            job = self._queue.popleft()
+            slot, shared = self._pick(job)
+            slot.job = job
+            slot.owner = job.owner
+            slot.last_used = next(self._clock)
+            job.seq = slot.index
+            # At least one prompt token is evaluated, so there are logits to sample from.
+            job.cached = job.position = min(shared, len(job.ids) - 1)
+            job.timings.admitted = time.perf_counter()
+            self._active.append(job)
+            admitted.append(job)
+        return admitted
+
+    def _pick(self, job: Job) -> tuple[_Slot, int]:
+        free = [s for s in self.slots if s.job is None]
+        mine = [s for s in free if s.owner == job.owner] if self.affinity else []
+        best, shared = None, 0
+        for s in mine:
+            held = self.backend.held(s.index)
+            n = common_prefix(held, job.ids)
+            # A continuation: the slot holds (nearly) all of this prompt's beginning. Sharing
+            # only a system prompt is not enough; that would evict another conversation.
+            if n > shared and n >= len(held) - CONTINUATION_SLACK:
+                best, shared = s, n
+        if best is not None:
+            return best, shared
+        coldest = min(free, key=lambda s: s.last_used)
+        if coldest in mine:
+            return coldest, common_prefix(self.backend.held(coldest.index), job.ids)
+        return coldest, 0
+
+    def _step(self) -> None:
+        for job in [j for j in self._active if j.cancel.is_set()]:
+            self._end(job, "cancelled")
+        filling = next((j for j in self._active if j.position < len(j.ids)), None)
+        if filling is not None:
+            self._prefill(filling)
+        decoding = [j for j in self._active if j.position >= len(j.ids)]
+        if not decoding:
+            return
+        try:
+            tokens = self.backend.decode([(j.seq, j.params) for j in decoding])
+        except Exception as e:
+            log.exception("decode failed")
+            for job in decoding:
+                self._end(job, "error", f"{type(e).__name__}: {e}")
+            return
+        now = time.perf_counter()
+        for job, token in zip(decoding, tokens, strict=True):
+            if job.timings.first_token is None:
+                job.timings.first_token = now
+            if token is None:
+                self._end(job, "length")
+                continue
+            job.produced += 1
+            finish = _call(job.on_token, token)
+            if finish is None and job.produced >= job.params.max_tokens:
+                finish = "length"
+            if finish is not None:
+                self._end(job, finish)
+
+    def _prefill(self, job: Job) -> None:
+        start = job.position
+        chunk = job.ids[start : start + self.prefill_chunk]
+        try:
+            self.backend.prefill(job.seq, start, chunk)
+        except Exception as e:
+            log.exception("prefill failed")
+            self._end(job, "error", f"{type(e).__name__}: {e}")
+            return
+        job.position = start + len(chunk)
+        if job.position >= len(job.ids):
+            job.timings.prefilled = time.perf_counter()
+
+    def _end(self, job: Job, finish: Finish, error: str | None = None) -> None:
+        with self._cond:
+            self._active.remove(job)
+            slot = self.slots[job.seq]
+            slot.job = None
+            slot.last_used = next(self._clock)
+        job.timings.ended = time.perf_counter()
+        _call(job.on_end, finish, error)
+
+
+def _call(callback: Callable[..., Finish | None], *args: object) -> Finish | None:
+    """Runs a job's callback; its bug ends that job's stream, never the scheduler."""
+    try:
+        return callback(*args)
+    except Exception:
+        log.exception("job callback %r failed", callback)
+        return "error" if callback.__name__ == "on_token" else None

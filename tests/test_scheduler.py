@@ -1,0 +1,194 @@
+"""The scheduler with the scripted backend: token-level round robin, chunked prefill,
+cancellation, first-come-first-served admission, the queue limit and per-owner prefix reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from threadloom.backends.base import SamplingParams
+from threadloom.engine import Engine, Started
+from threadloom.errors import Overloaded
+from threadloom.scheduler import Finish, Job, Scheduler
+from threadloom.testing import ScriptedBackend, ScriptedFactory
+
+TOKEN = 7
+
+
+def forever(ids: Sequence[int]) -> list[int]:
+    return [TOKEN] * 10_000
+
+
+class Collect(Job):
+    def __init__(self, ids: Sequence[int], max_tokens: int, owner: str = "a") -> None:
+        super().__init__(ids, SamplingParams(max_tokens=max_tokens), owner)
+        self.tokens: list[int] = []
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self.finish: Finish | None = None
+        self.refused: Exception | None = None
+
+    def on_start(self) -> None:
+        self.started.set()
+
+    def on_token(self, token: int) -> Finish | None:
+        self.tokens.append(token)
+        return None
+
+    def on_end(self, finish: Finish, error: str | None) -> None:
+        self.finish = finish
+        self.done.set()
+
+    def on_refused(self, error: Exception) -> None:
+        self.refused = error
+        self.done.set()
+
+
+def scheduler(
+    sequences: int = 2, delay_s: float = 0.0, **kwargs: int
+) -> tuple[Scheduler, ScriptedBackend]:
+    backend = ScriptedBackend(forever, sequences, 100_000, delay_s=delay_s)
+    return Scheduler(backend, **kwargs), backend
+
+
+def decodes(backend: ScriptedBackend) -> list[int]:
+    return [seq for kind, seq, _ in list(backend.log) if kind == "decode"]
+
+
+def test_two_generations_alternate_tokens() -> None:
+    s, backend = scheduler(delay_s=0.001)
+    a, b = Collect([1, 2, 3], 60), Collect([4, 5, 6], 60)
+    s.submit(a)
+    s.submit(b)
+    assert a.done.wait(10) and b.done.wait(10)
+    s.close()
+    steps = decodes(backend)
+    both = steps.index(b.seq)
+    # From the first step of the second stream until the first one ends: strict alternation.
+    overlap = steps[both : both + 2 * min(60 - steps[:both].count(a.seq), 60)]
+    assert len(overlap) > 40
+    assert all(x != y for x, y in itertools.pairwise(overlap))
+    assert a.finish == b.finish == "length" and len(a.tokens) == len(b.tokens) == 60
+
+
+def test_long_prompt_is_prefilled_in_chunks_between_decode_steps() -> None:
+    s, backend = scheduler(prefill_chunk=4, delay_s=0.001)
+    decoding = Collect([1, 2, 3], 500)
+    s.submit(decoding)
+    while not decoding.tokens:
+        threading.Event().wait(0.001)
+    long_prompt = Collect(list(range(10, 40)), 5)
+    s.submit(long_prompt)
+    assert long_prompt.done.wait(10)
+    s.cancel(decoding)
+    assert decoding.done.wait(10)
+    s.close()
+    log = list(backend.log)
+    chunks = [i for i, (kind, seq, _) in enumerate(log) if kind == "prefill" and seq == 1]
+    assert [log[i][2] for i in chunks] == [4, 4, 4, 4, 4, 4, 4, 2]
+    # The running stream got a token between every two chunks of the long prompt.
+    for i, j in itertools.pairwise(chunks):
+        assert ("decode", 0, 1) in log[i:j]
+    assert long_prompt.finish == "length" and decoding.finish == "cancelled"
+
+
+def test_cancelling_one_sequence_leaves_the_others_running() -> None:
+    s, _ = scheduler(delay_s=0.001)
+    a, b = Collect([1, 2], 10_000), Collect([3, 4], 100)
+    s.submit(a)
+    s.submit(b)
+    while len(a.tokens) < 5:
+        threading.Event().wait(0.001)
+    s.cancel(a)
+    assert a.done.wait(10) and b.done.wait(10)
+    s.close()
+    assert a.finish == "cancelled" and len(a.tokens) < 10_000
+    assert b.finish == "length" and len(b.tokens) == 100
+
+
+def test_first_come_first_served_and_the_queue_limit() -> None:
+    s, _ = scheduler(sequences=1, delay_s=0.002, max_queue=3)
+    order: list[str] = []
+
+    class Named(Collect):
+        def __init__(self, name: str) -> None:
+            super().__init__([1, 2, 3], 20)
+            self.name = name
+
+        def on_start(self) -> None:
+            order.append(self.name)
+
+    jobs = [Named(n) for n in "ABCD"]
+    for job in jobs:
+        s.submit(job)
+    # One running, three waiting: the fifth is refused at once.
+    with pytest.raises(Overloaded):
+        s.submit(Named("E"))
+    for job in jobs:
+        assert job.done.wait(10)
+    s.close()
+    assert order == ["A", "B", "C", "D"]
+
+
+def test_cancelled_while_queued_is_refused_and_never_runs() -> None:
+    s, _ = scheduler(sequences=1, delay_s=0.002)
+    running, queued = Collect([1, 2], 200), Collect([3, 4], 200)
+    s.submit(running)
+    s.submit(queued)
+    s.cancel(queued)
+    assert queued.done.wait(10) and running.done.wait(10)
+    s.close()
+    assert isinstance(queued.refused, Overloaded) and not queued.tokens
+    assert running.finish == "length"
+
+
+def test_close_cancels_running_and_refuses_waiting() -> None:
+    s, _ = scheduler(sequences=1, delay_s=0.002)
+    running, queued = Collect([1, 2], 10_000), Collect([3, 4], 10)
+    s.submit(running)
+    s.submit(queued)
+    assert running.started.wait(10)
+    s.close()
+    assert running.finish == "cancelled" and queued.refused is not None
+    with pytest.raises(Overloaded):
+        s.submit(Collect([1], 1))
+
+
+def test_prefix_reuse_is_per_owner(tmp_path: Path) -> None:
+    """A slot holding one tenant's conversation gives another tenant with the very same
+    prompt nothing: no cached tokens and a full evaluation. The same tenant reuses it."""
+    factory = ScriptedFactory(lambda ids: [2])
+    engine = Engine(tmp_path / "store", backend=factory, slots=1)
+    backend = factory.instances[0]
+    history = [{"role": "user", "content": "a shared opening line " * 20}]
+
+    def run(owner: str) -> tuple[Started, int]:
+        before = backend.prompt_tokens_evaluated
+        started = asyncio.run(_started(engine, history, owner))
+        return started, backend.prompt_tokens_evaluated - before
+
+    try:
+        alice, _ = run("alice")
+        alice_again, evaluated = run("alice")
+        assert alice_again.cached_tokens == alice.prompt_tokens - 1 and evaluated == 1
+        bob, evaluated = run("bob")
+        assert bob.prompt_tokens == alice.prompt_tokens
+        assert bob.cached_tokens == 0 and evaluated == bob.prompt_tokens
+        # The slot is Bob's now: Alice gets nothing from Bob's copy of her prompt either.
+        alice_after, evaluated = run("alice")
+        assert alice_after.cached_tokens == 0 and evaluated == alice.prompt_tokens
+    finally:
+        engine.close()
+
+
+async def _started(engine: Engine, history: list[dict[str, str]], owner: str) -> Started:
+    events = engine.stream("hi", history=history, owner=owner, store=False)
+    first = await anext(events)
+    assert isinstance(first, Started)
+    async for _ in events:
+        pass
+    return first

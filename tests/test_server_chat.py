@@ -58,6 +58,12 @@ async def test_length_and_stop(client: TestClient) -> None:
     body = await r.json()
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 4
+    # llama.cpp's timings: the scheduler's figures for this request.
+    timings = body["timings"]
+    assert timings["predicted_n"] == 4
+    assert timings["prompt_n"] == body["usage"]["prompt_tokens"]  # a fresh slot: nothing reused
+    assert timings["prompt_ms"] >= 0 and timings["queue_ms"] >= 0
+    assert timings["predicted_per_second"] is None or timings["predicted_per_second"] > 0
     r = await client.post(
         "/v1/chat/completions",
         json={"messages": [{"role": "user", "content": "abc|def"}], "stop": ["|"]},

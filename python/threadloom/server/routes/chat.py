@@ -100,7 +100,21 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 )
             ],
             usage=_usage(result),
+            timings=_timings(result),
         )
+    )
+
+
+def _timings(result: Result) -> c.Timings:
+    u = result.usage
+    first = result.time_to_first_token_s or result.total_s
+    return c.Timings(
+        prompt_n=u.prompt_tokens - u.cached_tokens,
+        prompt_ms=result.prompt_eval_s * 1000,
+        predicted_n=u.completion_tokens,
+        predicted_ms=max(0.0, result.total_s - first) * 1000,
+        predicted_per_second=result.decode_tokens_per_s,
+        queue_ms=result.queue_s * 1000,
     )
 
 

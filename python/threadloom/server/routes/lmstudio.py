@@ -105,11 +105,9 @@ def _stats(result: Result, engine: Engine) -> lm.Stats:
     # reasoning text misses only the think tags around it.
     reasoning = engine.tokenizer.count(result.reasoning) if result.reasoning else 0
     first = result.time_to_first_token_s
-    decoding = result.total_s - (first or 0.0)
     # Generation speed after the first token, which also paid for the prompt.
-    if u.completion_tokens > 1 and decoding > 0:
-        speed = (u.completion_tokens - 1) / decoding
-    else:
+    speed = result.decode_tokens_per_s
+    if speed is None:
         speed = u.completion_tokens / result.total_s if result.total_s > 0 else 0.0
     return lm.Stats(
         input_tokens=u.prompt_tokens,

@@ -73,6 +73,17 @@ class ChatUsage(msgspec.Struct, kw_only=True):
     prompt_tokens_details: PromptTokensDetails
 
 
+class Timings(msgspec.Struct, kw_only=True):
+    """llama.cpp server's `timings` object (its clients read it), plus the queue wait."""
+
+    prompt_n: int  # prompt tokens evaluated (not reused from the slot)
+    prompt_ms: float
+    predicted_n: int
+    predicted_ms: float
+    predicted_per_second: float | None
+    queue_ms: float
+
+
 class ChatCompletion(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -81,6 +92,7 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
     choices: list[Choice]
     usage: ChatUsage
     system_fingerprint: str | None = None
+    timings: Timings | None = None
 
 
 class Delta(msgspec.Struct, kw_only=True, omit_defaults=True):

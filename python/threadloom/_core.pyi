@@ -258,9 +258,13 @@ _Text = str | bytes | bytearray | memoryview
 class Tokenizer:
     @staticmethod
     def from_gguf(path: str | PathLike[str]) -> Tokenizer: ...
-    def encode(self, text: _Text, *, add_special: bool = False) -> list[int]: ...
+    def encode(
+        self, text: _Text, *, add_special: bool = False, parse_special: bool = True
+    ) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
-    def count(self, text: _Text, *, add_special: bool = False) -> int: ...
+    def count(
+        self, text: _Text, *, add_special: bool = False, parse_special: bool = True
+    ) -> int: ...
     def encode_batch(
         self, texts: Iterable[_Text], *, add_special: bool = False
     ) -> list[list[int]]: ...
@@ -335,6 +339,7 @@ class PromptEngine:
         self,
         messages: Iterable[Mapping[str, str | None]],
         *,
+        owner: str = "default",
         strategy: str = "tokens",
         window: int | None = None,
         budget: int | None = None,

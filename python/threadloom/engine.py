@@ -577,7 +577,9 @@ class Engine:
         past: list[Mapping[str, str | None]] = []
         if history is not None:
             past = list(_normalize(history))
-            trimmed = self.prompt.assemble_messages([*past, *new], protected=len(new), **kwargs)
+            trimmed = self.prompt.assemble_messages(
+                [*past, *new], owner=owner, protected=len(new), **kwargs
+            )
         else:
             trimmed = assemble(
                 self.prompt,

@@ -108,4 +108,6 @@ def assemble(
     # The same prefix-cache key the Rust path picks: the thread, else the conversation's root.
     key = cache_key or (history[0].id if history else None)
     # The new inputs are never trimmed, as on the LMDB path.
-    return prompt.assemble_messages(messages, cache_key=key, protected=len(new), **options)
+    return prompt.assemble_messages(
+        messages, owner=owner, cache_key=key, protected=len(new), **options
+    )

@@ -71,7 +71,7 @@ class Summarizer:
         messages = [{"role": "system", "content": system}, *kept, *new]
         # Still too long (a huge new input): the token budget trims the kept turns further.
         return self._engine.prompt.assemble_messages(
-            messages, protected=len(new), **{**kwargs, "strategy": "tokens"}
+            messages, owner=owner, protected=len(new), **{**kwargs, "strategy": "tokens"}
         )
 
     def summary(self, key: str, turns: Sequence[Mapping[str, str | None]], owner: str) -> str:
@@ -93,7 +93,8 @@ class Summarizer:
         engine = self._engine
         transcript = "\n".join(f"{t['role']}: {t['content']}" for t in turns)
         limit = int(engine.context_length * TRANSCRIPT_SHARE) - SUMMARY_TOKENS
-        tokens = engine.tokenizer.encode(transcript)
+        # Counted as the prompt will tokenize it: turn markers inside turns stay text.
+        tokens = engine.tokenizer.encode(transcript, parse_special=False)
         if len(tokens) > limit:
             transcript = engine.tokenizer.decode(tokens[len(tokens) - limit :])
         prompt = engine.prompt.assemble_messages(
@@ -101,6 +102,7 @@ class Summarizer:
                 {"role": "system", "content": INSTRUCTIONS},
                 {"role": "user", "content": transcript},
             ],
+            owner=owner,
             strategy="none",
             max_tokens=SUMMARY_TOKENS,
         )

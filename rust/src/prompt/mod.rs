@@ -1,8 +1,10 @@
 //! Prompt assembly: a stored conversation plus new inputs, rendered with the model's chat
 //! template, tokenized with the model's tokenizer, and trimmed to fit the context.
 
+mod guard;
 pub mod trim;
 
+use std::borrow::Cow;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -15,6 +17,7 @@ use crate::ids::{self, TurnKey};
 use crate::store::{Anchor, NewTurn, Role, Store};
 use crate::template::{ChatTemplate, Message, RenderOptions};
 use crate::tokens::Tokenizer;
+use guard::Guard;
 use trim::Item;
 pub use trim::Strategy;
 
@@ -185,18 +188,32 @@ impl SegmentCache {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends the ids of one text segment: cached, or tokenized and remembered.
-    fn encode(&self, tokenizer: &Tokenizer, text: &str, out: &mut Vec<u32>) -> Result<()> {
-        let key = self.hasher.hash_one(text);
+    /// Appends the ids of one text segment: cached, or tokenized and remembered. Entries are
+    /// per `scope` (the tenant): a segment another tenant sent is never a hit, so the time a
+    /// prompt takes tells nothing about what other tenants sent.
+    fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        scope: &str,
+        text: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<()> {
+        let key = self.hasher.hash_one((scope, text));
+        let same = |entry: &str| {
+            entry.len() == scope.len() + 1 + text.len()
+                && entry.starts_with(scope)
+                && entry.as_bytes()[scope.len()] == 0
+                && entry.ends_with(text)
+        };
         {
             let mut g = self.lock();
             if let Some((t, ids)) = g.current.get(&key) {
-                if **t == *text {
+                if same(t) {
                     out.extend_from_slice(ids);
                     return Ok(());
                 }
             } else if let Some((t, ids)) = g.old.remove(&key) {
-                if *t == *text {
+                if same(&t) {
                     out.extend_from_slice(&ids);
                     self.insert(&mut g, key, t, ids);
                     return Ok(());
@@ -207,7 +224,8 @@ impl SegmentCache {
         let start = out.len();
         tokenizer.encode_segment(text, out)?;
         let ids: Box<[u32]> = out[start..].into();
-        self.insert(&mut self.lock(), key, text.into(), ids);
+        let entry = format!("{scope}\0{text}").into_boxed_str();
+        self.insert(&mut self.lock(), key, entry, ids);
         Ok(())
     }
 
@@ -355,7 +373,7 @@ impl PromptEngine {
                     .cache_key
                     .clone()
                     .or_else(|| views.first().map(|v| ids::turn_id_string(&v.id)));
-                let assembly = self.build(&msgs, &counts, inputs.len(), options, key)?;
+                let assembly = self.build(&msgs, &counts, inputs.len(), owner, options, key)?;
                 Ok((assembly, fresh))
             })?;
         if !fresh.is_empty() {
@@ -365,11 +383,13 @@ impl PromptEngine {
     }
 
     /// Assembles a conversation given in full by the caller (the stateless dialects).
-    /// The `protected` newest messages (the request's new inputs) are never trimmed.
+    /// The `protected` newest messages (the request's new inputs) are never trimmed. `owner`
+    /// scopes what the engine remembers between prompts (segments, the shared-prefix report).
     pub fn assemble_messages(
         &self,
         messages: &[NewTurn],
         protected: usize,
+        owner: &str,
         options: &AssembleOptions,
     ) -> Result<Assembly> {
         let msgs: Vec<Msg<'_>> = messages
@@ -387,6 +407,7 @@ impl PromptEngine {
             &msgs,
             &counts,
             protected,
+            owner,
             options,
             options.cache_key.clone(),
         )
@@ -403,7 +424,8 @@ impl PromptEngine {
             .filter(|&i| cached.get(i).copied().flatten().is_none())
             .collect();
         let texts: Vec<&str> = missing.iter().map(|&i| msgs[i].content).collect();
-        let counted = self.tokenizer.count_batch(&texts, false)?;
+        // Counted as the guarded render will tokenize them: control-token text stays text.
+        let counted = self.tokenizer.count_plain_batch(&texts, false)?;
         let mut counts: Vec<usize> = (0..msgs.len())
             .map(|i| cached.get(i).copied().flatten().unwrap_or(0) as usize)
             .collect();
@@ -421,24 +443,44 @@ impl PromptEngine {
         &self,
         msgs: &[Msg<'_>],
         kept: &[usize],
+        owner: &str,
         options: &AssembleOptions,
     ) -> Result<(String, Vec<u32>)> {
-        let messages: Vec<Message<'_>> = kept
+        let tk = &*self.tokenizer;
+        let mut guard = Guard::default();
+        let escaped: Vec<(Cow<'_, str>, Option<Cow<'_, str>>)> = kept
             .iter()
-            .map(|&i| Message {
-                role: msgs[i].role.as_str(),
-                content: msgs[i].content,
-                reasoning_content: msgs[i].reasoning,
+            .map(|&i| {
+                let m = &msgs[i];
+                (
+                    guard.escape(tk, m.content),
+                    m.reasoning.map(|r| guard.escape(tk, r)),
+                )
             })
             .collect();
-        let prompt = self.template.render(
+        let messages: Vec<Message<'_>> = kept
+            .iter()
+            .zip(&escaped)
+            .map(|(&i, (content, reasoning))| Message {
+                role: msgs[i].role.as_str(),
+                content,
+                reasoning_content: reasoning.as_deref(),
+            })
+            .collect();
+        let tools = options.tools.as_ref().map(|t| guard.escape_json(tk, t));
+        let rendered = self.template.render(
             &messages,
             &RenderOptions {
                 add_generation_prompt: options.add_generation_prompt,
                 enable_thinking: options.enable_thinking,
-                tools: options.tools.clone(),
+                tools,
             },
         )?;
+        let (prompt, guarded) = if guard.is_empty() {
+            (rendered, Vec::new())
+        } else {
+            guard.restore(&rendered)
+        };
         // BOS is added unless the template already wrote it.
         let add_bos = self
             .bos_text
@@ -447,11 +489,9 @@ impl PromptEngine {
         // The text between the template's special tokens (a message's content with its role
         // header, mostly) is the same from one prompt of a thread to the next: its ids come
         // from the segment cache, and only new segments are tokenized.
-        let ids = self
-            .tokenizer
-            .encode_segmented(&prompt, add_bos, |text, out| {
-                self.segments.encode(&self.tokenizer, text, out)
-            })?;
+        let ids = tk.encode_segmented(&prompt, add_bos, &guarded, |text, out| {
+            self.segments.encode(tk, owner, text, out)
+        })?;
         Ok((prompt, ids))
     }
 
@@ -460,6 +500,7 @@ impl PromptEngine {
         msgs: &[Msg<'_>],
         counts: &[usize],
         protected: usize,
+        owner: &str,
         options: &AssembleOptions,
         cache_key: Option<String>,
     ) -> Result<Assembly> {
@@ -489,7 +530,7 @@ impl PromptEngine {
         let mut cut = trim::plan_cut(&items, options.strategy, budget, protected);
         let (prompt, ids, kept) = loop {
             let kept: Vec<usize> = trim::kept_indices(&items, cut).collect();
-            let (prompt, ids) = self.render_ids(msgs, &kept, options)?;
+            let (prompt, ids) = self.render_ids(msgs, &kept, owner, options)?;
             if ids.len() <= budget {
                 break (prompt, ids, kept);
             }
@@ -503,12 +544,13 @@ impl PromptEngine {
             .find(|&i| msgs[i].role != Role::System)
             .and_then(|i| msgs[i].turn)
             .map(|t| ids::turn_id_string(&t));
+        // Per owner: thread ids are chosen by clients, so two tenants may both have a "t1".
         let shared_prefix_tokens = match cache_key {
             Some(key) => self
                 .previous
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .swap(key, &ids),
+                .swap(format!("{owner}\0{key}"), &ids),
             None => 0,
         };
         let report = Report {

@@ -55,16 +55,24 @@ impl Tokenizer {
     }
 
     /// Token ids of `text`; special-token text such as `<|im_start|>` becomes one id. With
-    /// `add_special`, BOS/EOS are added as the model says.
-    #[pyo3(signature = (text, *, add_special=false))]
+    /// `add_special`, BOS/EOS are added as the model says. With `parse_special=False`, control
+    /// tokens written in the text stay text (llama.cpp's `parse_special`): for untrusted text.
+    #[pyo3(signature = (text, *, add_special=false, parse_special=true))]
     fn encode(
         &self,
         py: Python<'_>,
         text: &Bound<'_, PyAny>,
         add_special: bool,
+        parse_special: bool,
     ) -> PyResult<Vec<u32>> {
         let text = owned_text(text)?;
-        Ok(py.detach(|| self.inner.encode(&text, add_special))?)
+        Ok(py.detach(|| {
+            if parse_special {
+                self.inner.encode(&text, add_special)
+            } else {
+                self.inner.encode_plain(&text, add_special)
+            }
+        })?)
     }
 
     /// The text of `ids`.
@@ -74,10 +82,22 @@ impl Tokenizer {
     }
 
     /// The number of tokens `encode` would return.
-    #[pyo3(signature = (text, *, add_special=false))]
-    fn count(&self, py: Python<'_>, text: &Bound<'_, PyAny>, add_special: bool) -> PyResult<usize> {
+    #[pyo3(signature = (text, *, add_special=false, parse_special=true))]
+    fn count(
+        &self,
+        py: Python<'_>,
+        text: &Bound<'_, PyAny>,
+        add_special: bool,
+        parse_special: bool,
+    ) -> PyResult<usize> {
         let text = owned_text(text)?;
-        Ok(py.detach(|| self.inner.count(&text, add_special))?)
+        Ok(py.detach(|| {
+            if parse_special {
+                self.inner.count(&text, add_special)
+            } else {
+                self.inner.count_plain(&text, add_special)
+            }
+        })?)
     }
 
     /// `encode` for many texts, in parallel with the GIL released.
@@ -344,12 +364,13 @@ impl PromptEngine {
 
     /// Assembles a conversation given in full (dicts with role and content); the last
     /// `protected` messages (the request's new inputs) are never trimmed.
-    #[pyo3(signature = (messages, *, strategy="tokens", window=None, budget=None, max_tokens=256, add_generation_prompt=true, enable_thinking=None, tools=None, cache_key=None, protected=1))]
+    #[pyo3(signature = (messages, *, owner="default", strategy="tokens", window=None, budget=None, max_tokens=256, add_generation_prompt=true, enable_thinking=None, tools=None, cache_key=None, protected=1))]
     #[allow(clippy::too_many_arguments)]
     fn assemble_messages(
         &self,
         py: Python<'_>,
         messages: &Bound<'_, PyAny>,
+        owner: &str,
         strategy: &str,
         window: Option<usize>,
         budget: Option<usize>,
@@ -371,7 +392,10 @@ impl PromptEngine {
             tools,
             cache_key,
         )?;
-        let out = py.detach(|| self.inner.assemble_messages(&messages, protected, &opts))?;
+        let out = py.detach(|| {
+            self.inner
+                .assemble_messages(&messages, protected, owner, &opts)
+        })?;
         Ok(out.into())
     }
 }

@@ -22,6 +22,7 @@ mod split;
 mod vocab;
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use tokenizers::models::bpe::BPE;
 use tokenizers::parallelism::MaybeParallelIterator;
@@ -190,7 +191,7 @@ impl Tokenizer {
         mut f: impl FnMut(Segment<'t>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         match &self.specials {
-            Some(sp) => sp.for_each(text, parse_special, f),
+            Some(sp) => sp.for_each(text, parse_special, &[], f),
             None if text.is_empty() => Ok(()),
             None => f(Segment::Text(text)),
         }
@@ -296,33 +297,57 @@ impl Tokenizer {
     /// [`encode`](Self::encode), with the ids of each text segment supplied by
     /// `encode_text(segment, out)`, which must append what [`encode_segment`] would (a caller
     /// can cache them; the result is the same because segments are encoded independently).
+    /// Control tokens written inside a `guarded` byte range (sorted, disjoint) stay text.
     ///
     /// [`encode_segment`]: Self::encode_segment
     pub fn encode_segmented(
         &self,
         text: &str,
         add_special: bool,
+        guarded: &[Range<usize>],
         mut encode_text: impl FnMut(&str, &mut Vec<u32>) -> Result<()>,
     ) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         ids.extend(self.bos(add_special));
-        self.for_each_segment(text, true, |seg| match seg {
+        let mut on_segment = |seg| match seg {
             Segment::Token(id) => {
                 ids.push(id);
                 Ok(())
             }
             Segment::Text(t) => encode_text(t, &mut ids),
-        })?;
+        };
+        match &self.specials {
+            Some(sp) => sp.for_each(text, true, guarded, on_segment)?,
+            None if text.is_empty() => {}
+            None => on_segment(Segment::Text(text))?,
+        }
         ids.extend(self.eos(add_special));
         Ok(ids)
     }
 
     /// Number of tokens [`encode`](Self::encode) would return.
     pub fn count(&self, text: &str, add_special: bool) -> Result<usize> {
+        self.count_with(text, add_special, true)
+    }
+
+    /// Number of tokens [`encode_plain`](Self::encode_plain) would return.
+    pub fn count_plain(&self, text: &str, add_special: bool) -> Result<usize> {
+        self.count_with(text, add_special, false)
+    }
+
+    fn count_with(&self, text: &str, add_special: bool, parse_special: bool) -> Result<usize> {
         let mut n = usize::from(self.bos(add_special).is_some())
             + usize::from(self.eos(add_special).is_some());
-        self.encode_into(text, true, &mut n)?;
+        self.encode_into(text, parse_special, &mut n)?;
         Ok(n)
+    }
+
+    /// Byte ranges of the control tokens written in `text` (what [`encode`](Self::encode)
+    /// would turn into control ids and [`encode_plain`](Self::encode_plain) leaves as text).
+    pub fn control_spans(&self, text: &str) -> Vec<Range<usize>> {
+        self.specials
+            .as_ref()
+            .map_or_else(Vec::new, |sp| sp.control_spans(text))
     }
 
     /// Whether a batch is worth the thread pool.
@@ -342,9 +367,23 @@ impl Tokenizer {
     /// [`count`](Self::count) for many texts, in parallel for large batches. Results are in
     /// input order.
     pub fn count_batch(&self, texts: &[&str], add_special: bool) -> Result<Vec<usize>> {
+        self.count_batch_with(texts, add_special, true)
+    }
+
+    /// [`count_plain`](Self::count_plain) for many texts.
+    pub fn count_plain_batch(&self, texts: &[&str], add_special: bool) -> Result<Vec<usize>> {
+        self.count_batch_with(texts, add_special, false)
+    }
+
+    fn count_batch_with(
+        &self,
+        texts: &[&str],
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<usize>> {
         texts
             .into_maybe_par_iter_cond(Self::parallel(texts))
-            .map(|t| self.count(t, add_special))
+            .map(|t| self.count_with(t, add_special, parse_special))
             .collect()
     }
 

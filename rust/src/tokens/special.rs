@@ -4,6 +4,7 @@
 //! text, user-defined ones still split.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use regex::{Regex, RegexBuilder};
 
@@ -59,19 +60,25 @@ impl Specials {
         Ok(Some(Specials { re, tokens: map }))
     }
 
-    /// Calls `f` on each segment of `text` in order. Empty text gives no segments.
+    /// Calls `f` on each segment of `text` in order. Empty text gives no segments. A control
+    /// token whose match overlaps a `guarded` byte range (sorted, disjoint) stays text, as if
+    /// special parsing were off there.
     pub fn for_each<'t, E>(
         &self,
         text: &'t str,
         parse_special: bool,
+        guarded: &[Range<usize>],
         mut f: impl FnMut(Segment<'t>) -> std::result::Result<(), E>,
     ) -> std::result::Result<(), E> {
         let mut prev = 0;
+        let mut guard = guarded.iter().peekable();
         for m in self.re.find_iter(text) {
             let Some(&(id, special)) = self.tokens.get(m.as_str()) else {
                 continue;
             };
-            if special && !parse_special {
+            while guard.next_if(|g| g.end <= m.start()).is_some() {}
+            let in_guard = guard.peek().is_some_and(|g| g.start < m.end());
+            if special && (!parse_special || in_guard) {
                 continue;
             }
             if prev < m.start() {
@@ -84,5 +91,19 @@ impl Specials {
             f(Segment::Text(&text[prev..]))?;
         }
         Ok(())
+    }
+
+    /// Byte ranges of the control tokens written in `text`, in order: what special parsing
+    /// would turn into control ids.
+    pub fn control_spans(&self, text: &str) -> Vec<Range<usize>> {
+        self.re
+            .find_iter(text)
+            .filter(|m| {
+                self.tokens
+                    .get(m.as_str())
+                    .is_some_and(|&(_, special)| special)
+            })
+            .map(|m| m.range())
+            .collect()
     }
 }

@@ -610,7 +610,7 @@ fn check_against_reference(tok: &Tokenizer, texts: &[String]) {
         );
         // Segment by segment, through the public pieces a cache would use.
         let seg = tok
-            .encode_segmented(text, false, |t, out| tok.encode_segment(t, out))
+            .encode_segmented(text, false, &[], |t, out| tok.encode_segment(t, out))
             .unwrap();
         assert_eq!(seg, want, "segmented {text:?}");
     }
@@ -689,7 +689,7 @@ fn spm_fast_path_matches_the_pipeline_and_is_segment_independent() {
         // And the segmented encode is llama.cpp's (the space prefix goes on every segment).
         for text in &texts {
             let seg = tok
-                .encode_segmented(text, false, |t, out| tok.encode_segment(t, out))
+                .encode_segmented(text, false, &[], |t, out| tok.encode_segment(t, out))
                 .unwrap();
             assert_eq!(seg, reference_spm(&v, text, add_space_prefix), "{text:?}");
         }
@@ -715,7 +715,7 @@ fn segments_concatenate_to_the_full_encoding() {
     };
     for case in &golden.cases {
         let seg = tok
-            .encode_segmented(&case.text, false, &mut cached)
+            .encode_segmented(&case.text, false, &[], &mut cached)
             .unwrap();
         assert_eq!(seg, case.ids, "{:?}", case.text);
     }
@@ -725,7 +725,9 @@ fn segments_concatenate_to_the_full_encoding() {
         prompt.push_str(&format!("<|im_start|>{role}\n{}<|im_end|>\n", case.text));
         if i % 97 == 0 {
             let full = tok.encode(&prompt, true).unwrap();
-            let seg = tok.encode_segmented(&prompt, true, &mut cached).unwrap();
+            let seg = tok
+                .encode_segmented(&prompt, true, &[], &mut cached)
+                .unwrap();
             assert_eq!(seg, full);
         }
     }

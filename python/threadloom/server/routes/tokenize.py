@@ -13,6 +13,7 @@ from aiohttp import web
 from threadloom.engine import Engine
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
+from threadloom.server.middleware import TENANT
 from threadloom.server.routes.common import decode_body, json_response
 from threadloom.server.routes.responses import check_model
 from threadloom.server.schemas import tokenize as t
@@ -20,7 +21,7 @@ from threadloom.server.schemas import tokenize as t
 _decoder = msgspec.json.Decoder(t.TokenizeRequest)
 
 
-def _ids(engine: Engine, req: t.TokenizeRequest) -> list[int]:
+def _ids(engine: Engine, req: t.TokenizeRequest, owner: str) -> list[int]:
     """Runs in a worker thread: long texts take a while to tokenize."""
     if req.text is not None:
         return engine.tokenizer.encode(req.text, add_special=req.add_special)
@@ -33,6 +34,7 @@ def _ids(engine: Engine, req: t.TokenizeRequest) -> list[int]:
     # context as room: a conversation that cannot fit is an error, not silently shortened.
     assembly = engine.prompt.assemble_messages(
         messages,
+        owner=owner,
         strategy="none",
         max_tokens=0,
         add_generation_prompt=req.add_generation_prompt,
@@ -56,7 +58,7 @@ async def tokenize(request: web.Request, *, count_only: bool) -> web.Response:
     check_model(req.model, engine)
     if (req.text is None) == (req.messages is None):
         raise ApiError(400, "give exactly one of text and messages", code="invalid_value")
-    ids = await asyncio.to_thread(_ids, engine, req)
+    ids = await asyncio.to_thread(_ids, engine, req, request[TENANT])
     if count_only:
         return json_response(t.TokenCount(count=len(ids)))
     pieces = [_piece(engine, i) for i in ids] if req.with_pieces else None

@@ -240,3 +240,73 @@ def test_cancel_while_waiting_for_a_slot_leaks_nothing(tmp_path: Path) -> None:
     asyncio.run(run())
     assert engine.scheduler.busy == 0 and engine.scheduler.waiting == 0
     engine.close()
+
+
+def test_requests_on_one_thread_take_turns(tmp_path: Path) -> None:
+    """Two requests on one thread at once: the second runs after the first stored its reply,
+    sees it, and both replies are on the thread, in arrival order."""
+    engine, factory = make_engine(tmp_path, reply=" a b c d", slots=2, delay_s=0.01)
+
+    async def run() -> list[threadloom.engine.Result]:
+        first = asyncio.ensure_future(engine.respond("one", thread="t"))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(engine.respond("two", thread="t"))
+        return [await first, await second]
+
+    first, second = asyncio.run(run())
+    assert first.thread_id == second.thread_id == "t"
+    assert contents(engine, thread="t") == [
+        ("user", "one"),
+        ("assistant", " a b c d"),
+        ("user", "two"),
+        ("assistant", " a b c d"),
+    ]
+    # The second prompt held the first exchange (its prefix was reused, not re-evaluated).
+    assert second.usage.cached_tokens > first.usage.prompt_tokens // 2
+    engine.close()
+
+
+def test_taking_back_an_empty_thread_waits_for_a_generation_on_it(tmp_path: Path) -> None:
+    engine, _ = make_engine(tmp_path, reply=" a b c", slots=1, delay_s=0.02)
+
+    async def run() -> None:
+        engine.store.create_thread("shared")
+        writer = asyncio.ensure_future(engine.respond("hi", thread="shared"))
+        await asyncio.sleep(0.02)
+        # A request that created "shared" and failed takes it back: not while the writer runs.
+        await engine.discard_thread_if_empty("default", "shared")
+        assert (await writer).thread_id == "shared"
+        engine.store.create_thread("unused")
+        await engine.discard_thread_if_empty("default", "unused")
+
+    asyncio.run(run())
+    assert engine.store.get_thread("shared").message_count == 2
+    with pytest.raises(NotFound):
+        engine.store.get_thread("unused")
+    engine.close()
+
+
+def test_aclose_stores_running_generations_before_closing(tmp_path: Path) -> None:
+    engine, _ = make_engine(tmp_path, reply=" x" * 500, slots=1, delay_s=0.005)
+
+    async def run() -> str | None:
+        events = engine.stream("go", thread="t")
+        started = await anext(events)
+        assert isinstance(started, Started)
+        await anext(events)
+        consumer = asyncio.ensure_future(_drain(events))
+        await engine.aclose()
+        await asyncio.gather(consumer, return_exceptions=True)
+        return started.response_id
+
+    response_id = asyncio.run(run())
+    assert response_id is not None
+    # An LMDB store stays readable until dropped: what aclose stored is there.
+    stored = engine.store.get_response(response_id)
+    assert stored.status == "incomplete" and stored.completion_tokens > 0
+    assert [t.role for t in engine.store.history(thread="t")] == ["user", "assistant"]
+
+
+async def _drain(events: object) -> None:
+    async for _ in events:  # type: ignore[attr-defined]
+        pass

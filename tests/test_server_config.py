@@ -34,7 +34,7 @@ def test_flags_win_over_environment(tmp_path: Path) -> None:
         "THREADLOOM_HOST": "0.0.0.0",
         "THREADLOOM_STORE": "/env/store",
         "THREADLOOM_MAX_QUEUE": "3",
-        "THREADLOOM_API_KEYS": "key-carol=carol,key-dan",
+        "THREADLOOM_API_KEYS": "key-carol=carol,key-dan=default",
     }
     args = build_parser().parse_args(
         ["serve", "--port", "9002", "--api-keys-file", str(keys), "--max-body-bytes", "4096"]
@@ -53,6 +53,13 @@ def test_bad_settings() -> None:
         from_sources({"log_level": "loud"}, {})
     with pytest.raises(ConfigError, match="API keys"):
         parse_api_keys('{"k": 1}')
+    # A key without a tenant is refused, and the message does not repeat the key.
+    for malformed in ("key-one=alice,key-two", "=alice", "key-three="):
+        with pytest.raises(ConfigError, match="not key=tenant") as e:
+            parse_api_keys(malformed)
+        assert "key-two" not in str(e.value) and "key-three" not in str(e.value)
+    with pytest.raises(ConfigError, match="not key=tenant"):
+        from_sources({}, {"THREADLOOM_API_KEYS": "secret"})
     with pytest.raises(ConfigError, match="cannot read"):
         from_sources({"api_keys_file": "/nonexistent/keys"}, {})
 

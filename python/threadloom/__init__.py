@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from threadloom._core import (
+    MAX_THREAD_MESSAGES,
     Appended,
     Assembly,
     ChatTemplate,
@@ -32,6 +33,7 @@ from threadloom.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "MAX_THREAD_MESSAGES",
     "Appended",
     "Assembly",
     "ChatTemplate",

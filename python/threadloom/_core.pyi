@@ -2,9 +2,11 @@
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
-from typing import Any, final
+from typing import Any, Final, final
 
 __all__ = [
+    "MAX_METADATA_BYTES",
+    "MAX_THREAD_MESSAGES",
     "Appended",
     "Assembly",
     "ChatTemplate",
@@ -22,6 +24,11 @@ __all__ = [
 ]
 
 _Metadata = Mapping[str, Any] | str | bytes | None
+
+MAX_THREAD_MESSAGES: Final[int]
+"""Messages one conversation (root to newest turn) may hold."""
+MAX_METADATA_BYTES: Final[int]
+"""Largest metadata object, in bytes of compact JSON."""
 
 @final
 class Retention:

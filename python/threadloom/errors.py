@@ -20,7 +20,12 @@ __all__ = [
 
 
 class ThreadloomError(Exception):
-    """Base class of every threadloom error."""
+    """Base class of every threadloom error. `param` names the argument or request field at
+    fault, where one is (the server reports it)."""
+
+    def __init__(self, *args: object, param: str | None = None) -> None:
+        super().__init__(*args)
+        self.param = param
 
 
 class NotFound(ThreadloomError, LookupError):

@@ -163,6 +163,11 @@ class Scheduler:
             self._queue.append(job)
             self._cond.notify()
 
+    def running(self) -> list[Job]:
+        """The admitted jobs and the queued ones."""
+        with self._cond:
+            return [*self._active, *self._queue]
+
     def cancel(self, job: Job) -> None:
         """Stops `job`: a queued one is dropped, a running one ends as cancelled."""
         job.cancel.set()
@@ -200,7 +205,7 @@ class Scheduler:
                 return
             try:
                 self._step()
-            except Exception:  # a bug here must not kill the thread every request waits on
+            except BaseException:  # a bug (or a Rust panic) must not kill the thread all wait on
                 log.exception("scheduler step failed")
                 for job in list(self._active):
                     self._end(job, "error", "internal error in the scheduler")
@@ -256,7 +261,7 @@ class Scheduler:
             return
         try:
             tokens = self.backend.decode([(j.seq, j.params) for j in decoding])
-        except Exception as e:
+        except BaseException as e:  # a Rust panic too: it fails these jobs, not the loop
             log.exception("decode failed")
             for job in decoding:
                 self._end(job, "error", f"{type(e).__name__}: {e}")
@@ -280,7 +285,7 @@ class Scheduler:
         chunk = job.ids[start : start + self.prefill_chunk]
         try:
             self.backend.prefill(job.seq, start, chunk)
-        except Exception as e:
+        except BaseException as e:
             log.exception("prefill failed")
             self._end(job, "error", f"{type(e).__name__}: {e}")
             return
@@ -302,6 +307,6 @@ def _call(callback: Callable[..., Finish | None], *args: object) -> Finish | Non
     """Runs a job's callback; its bug ends that job's stream, never the scheduler."""
     try:
         return callback(*args)
-    except Exception:
+    except BaseException:
         log.exception("job callback %r failed", callback)
         return "error" if callback.__name__ == "on_token" else None

@@ -26,4 +26,17 @@ mod _core {
     };
     #[pymodule_export]
     use crate::py::template::ChatTemplate;
+
+    #[pymodule_init]
+    fn init(m: &pyo3::Bound<'_, pyo3::types::PyModule>) -> pyo3::PyResult<()> {
+        use pyo3::types::PyModuleMethods;
+        // Store rules the Python side checks early (before spending model time on a request
+        // the store would refuse): the same numbers the store enforces.
+        m.add(
+            "MAX_THREAD_MESSAGES",
+            crate::store::MAX_THREAD_MESSAGES,
+        )?;
+        m.add("MAX_METADATA_BYTES", crate::store::MAX_METADATA_BYTES)?;
+        Ok(())
+    }
 }

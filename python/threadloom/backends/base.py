@@ -14,6 +14,11 @@ from typing import Protocol
 
 import msgspec
 
+# Stop strings one generation may watch for, and their longest length (each is matched against
+# the held-back tail of the output on every token).
+MAX_STOPS = 16
+MAX_STOP_CHARS = 256
+
 
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     """How to pick tokens. Greedy by default: the 4-bit 135M default model drifts into nonsense
@@ -28,10 +33,18 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     stop: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        from threadloom.errors import InvalidInput
+        from threadloom.errors import InvalidInput, LimitExceeded
 
         if self.max_tokens < 1:
-            raise InvalidInput("max_tokens must be at least 1")
+            raise InvalidInput("max_tokens must be at least 1", param="max_tokens")
+        if len(self.stop) > MAX_STOPS:
+            raise LimitExceeded(f"at most {MAX_STOPS} stop strings", param="stop")
+        if any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise LimitExceeded(
+                f"stop strings must be 1 to {MAX_STOP_CHARS} characters", param="stop"
+            )
+        if not -(2**31) <= self.seed < 2**31:
+            raise InvalidInput("seed must fit in 32 bits", param="seed")
         if not 0.0 <= self.temperature <= 2.0:
             raise InvalidInput("temperature must be between 0 and 2")
         if not 0.0 < self.top_p <= 1.0:

@@ -14,7 +14,7 @@ from threadloom.engine import Engine
 from threadloom.server import metrics, openapi
 from threadloom.server.config import ServerConfig, redacted
 from threadloom.server.keys import BACKEND, CONFIG, ENGINE
-from threadloom.server.middleware import auth_middleware, error_middleware
+from threadloom.server.middleware import add_request_id, auth_middleware, error_middleware
 from threadloom.server.routes import chat, common, freddy, lmstudio, paddler, responses, tokenize
 from threadloom.storage import describe
 
@@ -37,6 +37,7 @@ def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> 
     )
     app[CONFIG] = config
     app[BACKEND] = backend
+    app.on_response_prepare.append(add_request_id)
     app.cleanup_ctx.append(_engine_ctx)
     common.setup(app)
     responses.setup(app)
@@ -82,8 +83,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        # In-flight generations were cancelled by the shutdown; wait for their workers.
-        await loop.run_in_executor(None, engine.close)
+        # Generations still running are stopped and their replies stored before the store
+        # closes: a SIGTERM loses no announced response.
+        await engine.aclose()
         log.info("engine closed")
 
 

@@ -81,7 +81,8 @@ def is_loopback(host: str) -> bool:
 
 def parse_api_keys(text: str) -> dict[str, str]:
     """A JSON object `{key: tenant}`, or `key=tenant` entries separated by commas or newlines
-    (a bare key belongs to tenant "default")."""
+    (`#` starts a comment line). An entry without `=` or with an empty side is refused: a
+    forgotten tenant must not quietly make a key that sees the "default" tenant's data."""
     text = text.strip()
     if not text:
         return {}
@@ -92,12 +93,16 @@ def parse_api_keys(text: str) -> dict[str, str]:
             raise ConfigError(f"API keys: {e}") from None
         return data
     keys: dict[str, str] = {}
-    for raw in text.replace("\n", ",").split(","):
+    for n, raw in enumerate(text.replace("\n", ",").split(","), 1):
         entry = raw.strip()
         if not entry or entry.startswith("#"):
             continue
-        key, _, tenant = entry.partition("=")
-        keys[key.strip()] = tenant.strip() or "default"
+        key, sep, tenant = entry.partition("=")
+        if not sep or not key.strip() or not tenant.strip():
+            raise ConfigError(
+                f"API keys: entry {n} is not key=tenant (the key itself is not shown)"
+            )
+        keys[key.strip()] = tenant.strip()
     return keys
 
 

@@ -6,10 +6,12 @@ the status, message and headers; a dialect's formatter only shapes the body."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
@@ -36,6 +38,10 @@ ErrorFormatter = Callable[[web.Request, ApiError], object]
 # Route path (the resource's canonical form, e.g. "/v1/things/{id}") -> its error formatter.
 ERROR_FORMATS = web.AppKey("error_formats", dict[str, ErrorFormatter])
 TENANT = web.RequestKey("tenant", str)  # the authenticated tenant name
+# Names one request in the logs and in the `X-Request-Id` response header: the client's own id
+# when it sent a sane one, else a fresh one.
+REQUEST_ID = web.RequestKey("request_id", str)
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # /openapi.json describes only what the public source says; tools fetch it before a key.
 OPEN_PATHS = frozenset({"/health", "/openapi.json"})
 RETRY_AFTER_S = "1"
@@ -116,9 +122,9 @@ def to_api_error(e: BaseException) -> ApiError:
     if isinstance(e, ContextLengthExceeded):
         return ApiError(400, str(e), param="input", code="context_length_exceeded")
     if isinstance(e, LimitExceeded):
-        return ApiError(400, str(e), code="limit_exceeded")
+        return ApiError(400, str(e), param=e.param, code="limit_exceeded")
     if isinstance(e, InvalidInput):
-        return ApiError(400, str(e), code="invalid_value")
+        return ApiError(400, str(e), param=e.param, code="invalid_value")
     if isinstance(e, StoreUnavailable):
         # The database is down or saturated: a retryable outage, not a bug. The detail (which
         # names the database host) goes to the log, not to clients.
@@ -150,8 +156,23 @@ def _allowed(headers: Mapping[str, str]) -> dict[str, str]:
     return {"Allow": headers["Allow"]} if "Allow" in headers else {}
 
 
+def request_id(request: web.Request) -> str:
+    rid = request.get(REQUEST_ID)
+    if rid is None:
+        given = request.headers.get("X-Request-Id", "")
+        rid = given if _CLIENT_REQUEST_ID.fullmatch(given) else f"req_{secrets.token_hex(8)}"
+        request[REQUEST_ID] = rid
+    return rid
+
+
+async def add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare` hook: every response, streams and errors too, names its id."""
+    response.headers["X-Request-Id"] = request_id(request)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request_id(request)
     try:
         return await handler(request)
     except web.HTTPException as e:
@@ -159,9 +180,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         return error_response(to_api_error(e), request)
     except (ApiError, ThreadloomError, msgspec.MsgspecError, Overloaded) as e:
-        return error_response(to_api_error(e), request)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
+        error = to_api_error(e)
+        if error.status >= 500:
+            log.error("%s %s failed (request %s): %s", request.method, request.path, rid, e)
+        return error_response(error, request)
+    except (asyncio.CancelledError, KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException:
+        # Exception, and also a Rust panic (PyO3's PanicException derives from BaseException):
+        # a logged 500 for this request, never a dead connection task.
+        log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
         return error_response(to_api_error(RuntimeError()), request)
 
 

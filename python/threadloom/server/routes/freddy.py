@@ -177,14 +177,6 @@ async def _finish(events: Events) -> Result:
     return await final_result(events)
 
 
-async def _take_back(store: Store, tenant: str, thread_id: str) -> None:
-    """Deletes a thread this request created, unless another request has used it since."""
-    with contextlib.suppress(ThreadloomError):
-        t = await _blocking(lambda: store.get_thread(thread_id, owner=tenant))
-        if t.message_count == 0:
-            await _blocking(lambda: store.delete_thread(thread_id, owner=tenant))
-
-
 async def _generate(
     engine: Engine, tenant: str, events: Events, req: f.CreateModelResponse, target: _Target | None
 ) -> Result:
@@ -194,7 +186,8 @@ async def _generate(
         return await _finish(events)
     except Exception as e:
         if target is not None and target.created:
-            await _take_back(engine.store, tenant, target.id)
+            with contextlib.suppress(ThreadloomError):
+                await engine.discard_thread_if_empty(tenant, target.id)
         raise _generation_error(e, req) from None
 
 

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from threadloom.server.schemas.limits import MAX_ITEMS, MAX_STOPS, Seed, StopString
+
 
 class TextPart(msgspec.Struct, tag="text", tag_field="type", forbid_unknown_fields=True):
     text: str
@@ -33,7 +35,7 @@ Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
 
 
 class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_ITEMS)]
     model: str | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -41,8 +43,8 @@ class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    stop: str | Annotated[list[str], Meta(max_length=4)] | None = None
-    seed: int | None = None
+    stop: StopString | Annotated[list[StopString], Meta(max_length=MAX_STOPS)] | None = None
+    seed: Seed | None = None
     n: Annotated[int, Meta(ge=1, le=1)] | None = None
     # Accepted for compatibility and not used by the sampler.
     presence_penalty: Penalty | None = None

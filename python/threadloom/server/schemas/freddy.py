@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from threadloom.server.schemas.limits import MAX_ITEMS
 from threadloom.server.schemas.responses import RESPONSE_ID_PATTERN
 
 # The store's thread id format; checked here too so a bad id is reported with its field. msgspec
@@ -35,7 +36,7 @@ class Text(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=T
 
 class InputMessage(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
     role: Literal["user", "system", "assistant"]
-    texts: Annotated[list[Text], Meta(min_length=1)]
+    texts: Annotated[list[Text], Meta(min_length=1, max_length=MAX_ITEMS)]
 
     def content(self) -> str:
         return "\n".join(t.text for t in self.texts)
@@ -49,7 +50,7 @@ class ThreadRef(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fie
 
 
 class CreateModelResponse(msgspec.Struct, kw_only=True, rename="camel", forbid_unknown_fields=True):
-    inputs: Annotated[list[InputMessage], Meta(min_length=1)]
+    inputs: Annotated[list[InputMessage], Meta(min_length=1, max_length=MAX_ITEMS)]
     model: str | None = None
     thread: ThreadId | ThreadRef | None = None
     thread_state: ThreadState | None = None

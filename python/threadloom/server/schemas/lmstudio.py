@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from threadloom.server.schemas.limits import MAX_ITEMS
 from threadloom.server.schemas.responses import ResponseId
 
 # ---- request ---------------------------------------------------------------------------------
@@ -28,7 +29,7 @@ Reasoning = Literal["off", "low", "medium", "high", "on"]
 
 class StatefulChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
-    input: str | Annotated[list[TextInput | ImageInput], Meta(min_length=1)]
+    input: str | Annotated[list[TextInput | ImageInput], Meta(min_length=1, max_length=MAX_ITEMS)]
     system_prompt: str | None = None
     stream: bool = False
     store: bool = True

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from threadloom.server.schemas.limits import MAX_ITEMS
+
 # ---- request ---------------------------------------------------------------------------------
 
 
@@ -22,7 +24,9 @@ class ContinueFromConversationHistory(msgspec.Struct, kw_only=True, forbid_unkno
     add_generation_prompt: bool
     enable_thinking: bool
     max_tokens: Annotated[int, Meta(ge=1)]
-    conversation_history: Annotated[list[ConversationMessage], Meta(min_length=1)]
+    conversation_history: Annotated[
+        list[ConversationMessage], Meta(min_length=1, max_length=MAX_ITEMS)
+    ]
 
 
 # ---- stream frames ---------------------------------------------------------------------------

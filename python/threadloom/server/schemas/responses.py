@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from threadloom.server.schemas.limits import MAX_ITEMS
+
 # Ids come from the store: "resp_" and 128 random bits in Crockford's base 32 (lower case).
 CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 RESPONSE_ID_PATTERN = r"^resp_[0-9a-hjkmnp-tv-z]{26}$"
@@ -47,7 +49,7 @@ class InputMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class CreateResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    input: str | Annotated[list[InputMessage], Meta(min_length=1)]
+    input: str | Annotated[list[InputMessage], Meta(min_length=1, max_length=MAX_ITEMS)]
     model: str | None = None
     instructions: str | None = None
     previous_response_id: ResponseId | None = None

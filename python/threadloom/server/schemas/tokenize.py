@@ -9,6 +9,7 @@ import msgspec
 from msgspec import Meta
 
 from threadloom.server.schemas.chat import ChatMessage
+from threadloom.server.schemas.limits import MAX_ITEMS
 
 
 class TokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -16,7 +17,7 @@ class TokenizeRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     template first, exactly as a chat request's prompt)."""
 
     text: str | None = None
-    messages: Annotated[list[ChatMessage], Meta(min_length=1)] | None = None
+    messages: Annotated[list[ChatMessage], Meta(min_length=1, max_length=MAX_ITEMS)] | None = None
     model: str | None = None
     # text only: prepend the model's BOS token the way the tokenizer does.
     add_special: bool = False

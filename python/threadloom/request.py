@@ -1,0 +1,118 @@
+"""`Request`: everything one generation is asked to do, in one typed value. Every dialect
+builds one; `Engine.stream`, `respond`, `assemble_prompt` and `run_batch` take it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal
+
+import msgspec
+
+from threadloom._core import MAX_THREAD_MESSAGES
+from threadloom.backends.base import SamplingParams
+from threadloom.errors import InvalidInput, LimitExceeded
+
+Message = Mapping[str, str | None]
+Strategy = Literal["tokens", "window", "summarize", "none"]
+# One request's text, all messages together: far beyond any context, small enough that a
+# batch job's mistake is refused before it is tokenized.
+MAX_INPUT_CHARS = 4_000_000
+
+
+class Request(msgspec.Struct, kw_only=True):
+    """A generation request. The conversation is named by at most one of `thread`,
+    `previous_response_id` and `history` (a history given in full: stateless, nothing is
+    stored); none starts a new conversation.
+
+    `add_generation_prompt=False` renders the conversation without opening a new assistant
+    message, so the model continues the last one. `split_reasoning=False` leaves a thinking
+    model's `<think>` block inline in the text (for dialects that stream raw tokens)."""
+
+    inputs: list[dict[str, str]] | str
+    owner: str = "default"
+    thread: str | None = None
+    previous_response_id: str | None = None
+    history: list[dict[str, str]] | None = None
+    store: bool = True
+    sampling: SamplingParams | None = None
+    strategy: Strategy = "tokens"
+    window: int | None = None
+    enable_thinking: bool | None = None
+    # Continue `previous_response_id` only within the store's anchor window (Freddy).
+    anchor_window: bool = False
+    # The stored response's metadata; a thread created by this request gets `thread_metadata`.
+    metadata: dict[str, Any] | None = None
+    thread_metadata: dict[str, Any] | None = None
+    hidden: bool = False
+    add_generation_prompt: bool = True
+    split_reasoning: bool = True
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.sampling or SamplingParams()
+
+    @property
+    def stateless(self) -> bool:
+        return self.history is not None
+
+    @property
+    def stores(self) -> bool:
+        """Whether the reply is stored (a stateless request never is)."""
+        return self.store and not self.stateless
+
+    def new_messages(self) -> list[dict[str, str]]:
+        return normalize(self.inputs, "input")
+
+    def check(self, context_length: int) -> list[dict[str, str]]:
+        """Everything that can be refused without reading the store; returns the new
+        messages."""
+        params = self.params
+        params.validate()
+        new = self.new_messages()
+        if not new:
+            raise InvalidInput("inputs is empty", param="input")
+        past = self.history or []
+        if len(new) + len(past) > MAX_THREAD_MESSAGES:
+            raise LimitExceeded(
+                f"a request may carry at most {MAX_THREAD_MESSAGES} messages", param="input"
+            )
+        chars = sum(len(m.get("content") or "") for m in (*new, *past))
+        if chars > MAX_INPUT_CHARS:
+            raise LimitExceeded(
+                f"a request may carry at most {MAX_INPUT_CHARS} characters of text", param="input"
+            )
+        if sum(x is not None for x in (self.thread, self.previous_response_id, self.history)) > 1:
+            raise InvalidInput("give at most one of thread, previous_response_id and history")
+        if params.max_tokens >= context_length:
+            raise InvalidInput(
+                f"max_tokens ({params.max_tokens}) must be smaller than the context "
+                f"({context_length})",
+                param="max_tokens",
+            )
+        return new
+
+
+def normalize(messages: str | Iterable[Message], field: str) -> list[dict[str, str]]:
+    """Messages as plain `{"role", "content"}` dicts; a string is one user message."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    out = []
+    for i, m in enumerate(messages):
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise InvalidInput(f"{field}[{i}] needs string role and content", param=field)
+        out.append({"role": role, "content": content})
+    return out
+
+
+def make_request(inputs: str | Iterable[Message], options: Mapping[str, Any]) -> Request:
+    """A `Request` from keyword arguments (the Python API's convenience form)."""
+    history = options.get("history")
+    fields = dict(options)
+    if history is not None:
+        fields["history"] = normalize(history, "history")
+    given = inputs if isinstance(inputs, str) else normalize(inputs, "input")
+    try:
+        return Request(inputs=given, **fields)
+    except TypeError as e:
+        raise InvalidInput(str(e)) from None

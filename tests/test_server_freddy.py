@@ -616,3 +616,23 @@ async def test_answers_match_the_openapi_document(client: Client) -> None:
     check("delete", one, 200, await call(client, "DELETE", "/v1/threads/doc"))
     check("get", one, 404, await call(client, "GET", "/v1/threads/doc", 404))
     check("get", one, 400, await call(client, "GET", "/v1/threads/a%20b", 400))
+
+
+async def test_messages_are_read_a_page_at_a_time(client: Client) -> None:
+    for n in range(5):
+        await respond(client, f"m{n}", thread="paged")
+    everything = await call(client, "GET", "/v1/threads/paged/messages")
+    assert len(everything["data"]) == 10 and everything["hasMore"] is False
+    newest = await call(client, "GET", "/v1/threads/paged/messages?limit=4")
+    assert newest["data"] == everything["data"][-4:] and newest["hasMore"] is True
+    older = await call(
+        client, "GET", f"/v1/threads/paged/messages?limit=4&before={newest['firstId']}"
+    )
+    assert older["data"] == everything["data"][2:6] and older["hasMore"] is True
+    oldest = await call(
+        client, "GET", f"/v1/threads/paged/messages?limit=4&before={older['firstId']}"
+    )
+    assert oldest["data"] == everything["data"][:2] and oldest["hasMore"] is False
+    await expect_error(
+        client, "GET", "/v1/threads/paged/messages?before=nope", 400, "before"
+    )

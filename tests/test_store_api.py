@@ -568,6 +568,20 @@ def test_append_to_thread(store: Store) -> None:
 def test_history_of_empty_thread(store: Store) -> None:
     store.create_thread("t")
     assert store.history(thread="t") == []
+    assert store.history(thread="t", limit=3) == []
+
+
+def test_history_limit_reads_the_newest_turns(store: Store) -> None:
+    store.create_thread("t")
+    a = store.append(msgs(*(f"m{i}" for i in range(7))), thread="t")
+    every = store.history(thread="t")
+    assert [t.id for t in store.history(thread="t", limit=3)] == [t.id for t in every[-3:]]
+    assert [t.id for t in store.history(thread="t", limit=100)] == [t.id for t in every]
+    assert store.history(thread="t", limit=0) == []
+    # Paging back: the page before a turn ends at its parent.
+    page = store.history(turn=every[-3].parent_id, limit=3)
+    assert contents(page) == ["m1", "m2", "m3"]
+    assert contents(store.history(turn=a.turn_ids[0], limit=5)) == ["m0"]
 
 
 def test_append_accepts_any_iterable(store: Store) -> None:

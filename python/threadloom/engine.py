@@ -147,7 +147,7 @@ class Engine:
         if turn_key is not None:
             await self._thread_turns.acquire(turn_key)
         try:
-            prepared = await self._run(lambda: self.conversations.prepare(req, new, create=True))
+            prepared = await self.offload(lambda: self.conversations.prepare(req, new, create=True))
             run = _Run(self, req, prepared)
             await run.admitted()
         except BaseException:
@@ -206,7 +206,7 @@ class Engine:
         A missing thread is not created."""
         req = make_request(inputs, options)
         new = req.check(self.context_length)
-        prepared = await self._run(lambda: self.conversations.prepare(req, new, create=False))
+        prepared = await self.offload(lambda: self.conversations.prepare(req, new, create=False))
         return prepared.assembly
 
     def generate_text(self, ids: Sequence[int], params: SamplingParams, owner: str) -> str:
@@ -243,14 +243,16 @@ class Engine:
                     self.store.delete_thread(thread, owner=owner)
 
             with contextlib.suppress(NotFound):
-                await self._run(discard)
+                await self.offload(discard)
         finally:
             self._thread_turns.release(key)
 
     # ---- internals -----------------------------------------------------------------------
 
-    async def _run(self, work: Callable[[], T]) -> T:
-        """Store and assembly work, off the event loop: the one way the engine does it."""
+    async def offload(self, work: Callable[[], T]) -> T:
+        """Runs store or assembly work in the engine's worker threads, off the event loop: the
+        one way the engine and the routes do it (a PostgreSQL round trip or an LMDB commit
+        must never stall the other clients)."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, work)
 
     def _job(
@@ -333,7 +335,7 @@ class _Run:
         if self.response_id is None:
             return result
         response_id = self.response_id
-        return await self.engine._run(
+        return await self.engine.offload(
             lambda: self.engine.conversations.save(self.req, self.prepared, result, response_id)
         )
 

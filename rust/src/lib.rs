@@ -32,10 +32,7 @@ mod _core {
         use pyo3::types::PyModuleMethods;
         // Store rules the Python side checks early (before spending model time on a request
         // the store would refuse): the same numbers the store enforces.
-        m.add(
-            "MAX_THREAD_MESSAGES",
-            crate::store::MAX_THREAD_MESSAGES,
-        )?;
+        m.add("MAX_THREAD_MESSAGES", crate::store::MAX_THREAD_MESSAGES)?;
         m.add("MAX_METADATA_BYTES", crate::store::MAX_METADATA_BYTES)?;
         Ok(())
     }

@@ -72,13 +72,15 @@ _RESPONSE_COLUMNS = (
     "previous_response_id, prompt_tokens, completion_tokens, cached_tokens, error, created_ms, "
     "metadata"
 )
+# The history ending at a turn, at most %s turns of it (the newest), oldest first.
 _WALK = """
     WITH RECURSIVE h AS (
-        SELECT id, parent, role, depth, created_ms, content, reasoning
+        SELECT id, parent, role, depth, created_ms, content, reasoning, 1 AS n
         FROM threadloom_turns WHERE id = %s
         UNION ALL
-        SELECT t.id, t.parent, t.role, t.depth, t.created_ms, t.content, t.reasoning
+        SELECT t.id, t.parent, t.role, t.depth, t.created_ms, t.content, t.reasoning, h.n + 1
         FROM threadloom_turns t JOIN h ON t.id = h.parent
+        WHERE h.n < %s
     )
     SELECT id, parent, role, depth, created_ms, content, reasoning FROM h ORDER BY depth
 """
@@ -753,14 +755,18 @@ class PostgresStore:
         thread: str | None = None,
         response: str | None = None,
         turn: str | None = None,
+        limit: int | None = None,
     ) -> list[Turn]:
-        """The conversation ending at a thread's head, a response or a turn, oldest first."""
+        """The conversation ending at a thread's head, a response or a turn, oldest first;
+        with `limit`, only its newest `limit` turns."""
         anchor = checks.anchor_from(thread, response, turn)
         if anchor.kind == "root":
             raise InvalidInput("give one of thread, response and turn")
-        return self._call(lambda c: self._history(c, owner, anchor))
+        if limit is not None and limit < 0:
+            raise InvalidInput("limit must not be negative")
+        return self._call(lambda c: self._history(c, owner, anchor, limit))
 
-    def _history(self, conn: Conn, owner: str, anchor: Anchor) -> list[Turn]:
+    def _history(self, conn: Conn, owner: str, anchor: Anchor, limit: int | None) -> list[Turn]:
         now = now_ms()
         gone: NotFound
         if anchor.kind == "thread":
@@ -784,8 +790,11 @@ class PostgresStore:
             gone = _turn_not_found(start)
         # One statement sees one snapshot: the whole history, or (when a concurrent delete
         # won the race since the lookup above) nothing.
+        if limit == 0:
+            return []
         with conn.cursor(binary=True) as cur:
-            rows = cur.execute(_WALK, (_uuid(start),)).fetchall()
+            most = checks.MAX_THREAD_MESSAGES if limit is None else limit
+            rows = cur.execute(_WALK, (_uuid(start), most)).fetchall()
         if not rows:
             raise gone
         return [_turn(r) for r in rows]

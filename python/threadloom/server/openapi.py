@@ -289,9 +289,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET",
         "/v1/threads/{thread_id}/messages",
         "listThreadMessages",
-        "Every message of a thread, oldest first, whichever dialect added it",
+        "A page of a thread's messages (the newest, or those before `before`), oldest first, "
+        "whichever dialect added them",
         fr.MessageList,
         tag="threads",
+        query=fr.MessagesQuery,
         path_params={"thread_id": fr.ThreadId},
         errors=(400, 404),
     ),

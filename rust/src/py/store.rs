@@ -723,8 +723,9 @@ impl Store {
         })
     }
 
-    /// The conversation ending at a thread's head, a response or a turn, oldest first.
-    #[pyo3(signature = (*, owner="default", thread=None, response=None, turn=None))]
+    /// The conversation ending at a thread's head, a response or a turn, oldest first; with
+    /// `limit`, only its newest `limit` turns (page back with `turn=` the oldest one's parent).
+    #[pyo3(signature = (*, owner="default", thread=None, response=None, turn=None, limit=None))]
     fn history(
         &self,
         py: Python<'_>,
@@ -732,12 +733,14 @@ impl Store {
         thread: Option<String>,
         response: Option<String>,
         turn: Option<String>,
+        limit: Option<usize>,
     ) -> PyResult<Py<PyList>> {
         let anchor = anchor_from(thread, response, turn)?;
         if anchor == Anchor::Root {
             return Err(Error::InvalidInput("give one of thread, response and turn".into()).into());
         }
-        let buffer = py.detach(|| self.inner.history_records(owner, &anchor))?;
+        let limit = limit.unwrap_or(usize::MAX);
+        let buffer = py.detach(|| self.inner.history_tail(owner, &anchor, limit))?;
         let turns = (0..buffer.len())
             .map(|i| Bound::new(py, Turn::new(py, &buffer.raw(i)?)?))
             .collect::<PyResult<Vec<_>>>()?;

@@ -623,12 +623,16 @@ impl Store {
         &self,
         txn: &'t RoTxn<'_, WithoutTls>,
         start: Option<TurnKey>,
+        limit: usize,
         mut visit: impl FnMut(TurnKey, &'t [u8]),
     ) -> Result<()> {
         let mut cursor = None;
         let mut next = start;
         let mut walked = 0usize;
         while let Some(key) = next {
+            if walked == limit {
+                break;
+            }
             let mut found = None;
             if let Some(it) = cursor.as_mut() {
                 for _ in 0..NEARBY {
@@ -678,7 +682,7 @@ impl Store {
         start: Option<TurnKey>,
     ) -> Result<Vec<TurnView<'t>>> {
         let mut records = Vec::new();
-        self.walk_records(txn, start, |key, raw| records.push((key, raw)))?;
+        self.walk_records(txn, start, usize::MAX, |key, raw| records.push((key, raw)))?;
         records
             .iter()
             .rev()
@@ -689,10 +693,21 @@ impl Store {
     /// The history ending at `anchor` as raw turn records copied once into one buffer: the
     /// form the Python layer turns into `Turn` objects after the read transaction ends.
     pub fn history_records(&self, owner: &str, anchor: &Anchor) -> Result<HistoryBuffer> {
+        self.history_tail(owner, anchor, usize::MAX)
+    }
+
+    /// The newest `limit` turns of the history ending at `anchor`, oldest first: a page of a
+    /// long conversation costs `limit` steps, not the whole walk.
+    pub fn history_tail(
+        &self,
+        owner: &str,
+        anchor: &Anchor,
+        limit: usize,
+    ) -> Result<HistoryBuffer> {
         self.read(|txn| {
             let start = self.resolve_history_start(txn, owner, anchor)?;
             let mut records = Vec::new();
-            self.walk_records(txn, start, |key, raw| records.push((key, raw)))?;
+            self.walk_records(txn, start, limit, |key, raw| records.push((key, raw)))?;
             let mut bytes = Vec::with_capacity(records.iter().map(|(_, raw)| raw.len()).sum());
             let mut spans = Vec::with_capacity(records.len());
             for (key, raw) in records.iter().rev() {

@@ -9,7 +9,6 @@ every error."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
@@ -48,11 +47,6 @@ _create_response = msgspec.json.Decoder(f.CreateModelResponse)
 _create_thread = msgspec.json.Decoder(f.CreateThread)
 _update_thread = msgspec.json.Decoder(f.UpdateThread)
 _THREAD_ID = re.compile(f.THREAD_ID_PATTERN)
-
-
-async def _blocking(call: Callable[[], T]) -> T:
-    """Runs a store call off the event loop: writes wait for a disk commit."""
-    return await asyncio.to_thread(call)
 
 
 def _named(e: BaseException, param: str) -> BaseException:
@@ -133,21 +127,22 @@ class _Target:
         self.created = created
 
 
-async def _open_thread(store: Store, tenant: str, req: f.CreateModelResponse) -> _Target:
+async def _open_thread(engine: Engine, tenant: str, req: f.CreateModelResponse) -> _Target:
     """Finds the requested thread or creates it (hidden when `store` is false, with the
     object form's metadata); no `thread` at all gets a new thread with a generated id."""
     ref = req.thread
     tid = ref if isinstance(ref, str) else ref.id if ref is not None else None
     metadata = ref.metadata if isinstance(ref, f.ThreadRef) else None
     _check_id(tid, "thread" if isinstance(ref, str) else "thread.id")
+    store = engine.store
     if tid is not None:
         with contextlib.suppress(NotFound):
-            await _blocking(lambda: store.get_thread(tid, owner=tenant))
+            await engine.offload(lambda: store.get_thread(tid, owner=tenant))
             return _Target(tid, created=False)
     try:
         # Create-if-missing: a deleted or expired conversation's id is NotFound (404), as the
         # seed's clients expect, rather than a fresh thread that lost its history.
-        t = await _blocking(
+        t = await engine.offload(
             lambda: store.create_thread(
                 tid, owner=tenant, metadata=metadata, visible=req.store, exist_ok=True
             )
@@ -191,7 +186,7 @@ async def _generate(
         raise _generation_error(e, req) from None
 
 
-async def _apply_state(store: Store, tenant: str, req: f.CreateModelResponse, r: Result) -> None:
+async def _apply_state(engine: Engine, tenant: str, req: f.CreateModelResponse, r: Result) -> None:
     """`threadState` takes effect once the reply is stored, so a request can add a last
     message and lock or archive the thread in one go. A failed reply leaves the thread open
     for a retry."""
@@ -200,7 +195,9 @@ async def _apply_state(store: Store, tenant: str, req: f.CreateModelResponse, r:
     state = req.thread_state
     thread_id = r.thread_id
     try:
-        await _blocking(lambda: store.update_thread(thread_id, owner=tenant, state=state))
+        await engine.offload(
+            lambda: engine.store.update_thread(thread_id, owner=tenant, state=state)
+        )
     except ThreadloomError as e:
         raise _named(e, "threadState") from None
 
@@ -241,7 +238,7 @@ async def create_model_response(request: web.Request) -> web.Response:
     inputs = [{"role": m.role, "content": m.content()} for m in req.inputs]
     target = None
     if req.previous_response_id is None:
-        target = await _open_thread(engine.store, tenant, req)
+        target = await _open_thread(engine, tenant, req)
     events = engine.stream(
         inputs,
         thread=target.id if target is not None else None,
@@ -252,7 +249,7 @@ async def create_model_response(request: web.Request) -> web.Response:
         hidden=not req.store,
     )
     result = await _generate(engine, tenant, events, req, target)
-    await _apply_state(engine.store, tenant, req, result)
+    await _apply_state(engine, tenant, req, result)
     return json_response(_model_response(req, result, created_at))
 
 
@@ -260,12 +257,13 @@ async def create_model_response(request: web.Request) -> web.Response:
 
 
 async def create_thread(request: web.Request) -> web.Response:
-    store = request.app[ENGINE].store
+    engine = request.app[ENGINE]
+    store = engine.store
     body = await request.read()
     req = decode_body(_create_thread, body) if body.strip() else f.CreateThread()
     _check_id(req.id, "id")
     try:
-        t = await _blocking(
+        t = await engine.offload(
             lambda: store.create_thread(req.id, owner=request[TENANT], metadata=req.metadata)
         )
     except StateConflict as e:
@@ -276,10 +274,11 @@ async def create_thread(request: web.Request) -> web.Response:
 
 
 async def list_threads(request: web.Request) -> web.Response:
-    store = request.app[ENGINE].store
+    engine = request.app[ENGINE]
+    store = engine.store
     query = msgspec.convert(dict(request.query), f.ListThreadsQuery, strict=False)
     try:
-        page = await _blocking(
+        page = await engine.offload(
             lambda: store.list_threads(
                 owner=request[TENANT],
                 visible=query.visible_in_ui,
@@ -300,10 +299,11 @@ async def list_threads(request: web.Request) -> web.Response:
 
 async def _load(request: web.Request, call: Callable[[Store, str, str], T]) -> T:
     """Runs `call(store, thread_id, tenant)` for the thread in the path."""
-    store = request.app[ENGINE].store
+    engine = request.app[ENGINE]
     tid = _path_thread_id(request)
+    tenant = request[TENANT]
     try:
-        return await _blocking(lambda: call(store, tid, request[TENANT]))
+        return await engine.offload(lambda: call(engine.store, tid, tenant))
     except NotFound as e:
         raise _named(e, "threadId") from None
 
@@ -323,9 +323,37 @@ def _message(turn: Turn) -> f.ThreadMessage:
 
 
 async def thread_messages(request: web.Request) -> web.Response:
-    turns = await _load(request, lambda s, tid, owner: s.history(owner=owner, thread=tid))
+    """A page of the thread's messages, oldest first: the newest `limit`, or with `before` (a
+    message id from a page already read) the `limit` before that one. Only the page (and one
+    more, to tell `hasMore`) is read from the store."""
+    query = msgspec.convert(dict(request.query), f.MessagesQuery, strict=False)
+
+    def page(store: Store, tid: str, owner: str) -> list[Turn]:
+        if query.before is None:
+            return store.history(owner=owner, thread=tid, limit=query.limit + 1)
+        try:
+            [before] = store.history(owner=owner, turn=query.before, limit=1)
+        except NotFound:
+            raise InvalidInput(f"no message {query.before!r}") from None
+        if before.parent_id is None:
+            return []
+        return store.history(owner=owner, turn=before.parent_id, limit=query.limit + 1)
+
+    try:
+        turns = await _load(request, page)
+    except InvalidInput as e:
+        raise _named(e, "before") from None
+    more = len(turns) > query.limit
+    turns = turns[1:] if more else turns
     tid = request.match_info["thread_id"]
-    return json_response(f.MessageList(thread_id=tid, data=[_message(t) for t in turns]))
+    return json_response(
+        f.MessageList(
+            thread_id=tid,
+            data=[_message(t) for t in turns],
+            has_more=more,
+            first_id=turns[0].id if turns else None,
+        )
+    )
 
 
 async def update_thread(request: web.Request) -> web.Response:

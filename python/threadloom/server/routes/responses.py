@@ -291,11 +291,18 @@ def _response_id(request: web.Request) -> str:
     return rid
 
 
-def _lookup(engine: Engine, tenant: str, rid: str) -> tuple[Response, list[Turn], list[Turn]]:
-    """The stored response with its input and output turns."""
-    try:
+async def _lookup(
+    engine: Engine, tenant: str, rid: str
+) -> tuple[Response, list[Turn], list[Turn]]:
+    """The stored response with its input and output turns (only those are read)."""
+
+    def read() -> tuple[Response, list[Turn]]:
         stored = engine.store.get_response(rid, owner=tenant)
-        turns = engine.store.history(owner=tenant, response=rid)
+        own = stored.input_count + stored.output_count
+        return stored, engine.store.history(owner=tenant, response=rid, limit=own)
+
+    try:
+        stored, turns = await engine.offload(read)
     except NotFound:
         raise ApiError(
             404, f"response {rid!r} not found", param="response_id", code="not_found"
@@ -308,7 +315,7 @@ def _lookup(engine: Engine, tenant: str, rid: str) -> tuple[Response, list[Turn]
 
 async def get_response(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    stored, _, outputs = _lookup(engine, request[TENANT], _response_id(request))
+    stored, _, outputs = await _lookup(engine, request[TENANT], _response_id(request))
     status = stored.status
     error = (
         s.ResponseError(code="server_error", message="the generation failed")
@@ -340,8 +347,9 @@ async def get_response(request: web.Request) -> web.Response:
 async def delete_response(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     rid = _response_id(request)
+    tenant = request[TENANT]
     try:
-        engine.store.delete_response(rid, owner=request[TENANT])
+        await engine.offload(lambda: engine.store.delete_response(rid, owner=tenant))
     except NotFound:
         raise ApiError(
             404, f"response {rid!r} not found", param="response_id", code="not_found"
@@ -353,7 +361,7 @@ async def input_items(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     rid = _response_id(request)
     query = msgspec.convert(dict(request.query), s.InputItemsQuery, strict=False)
-    _, inputs, _ = _lookup(engine, request[TENANT], rid)
+    _, inputs, _ = await _lookup(engine, request[TENANT], rid)
     items = [
         s.InputItem(id=t.id, role=t.role, content=[s.InputTextPart(text=t.content)]) for t in inputs
     ]

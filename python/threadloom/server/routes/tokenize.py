@@ -4,7 +4,6 @@ rendered with the model's template first, so the ids are the prompt the model wo
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -58,7 +57,8 @@ async def tokenize(request: web.Request, *, count_only: bool) -> web.Response:
     check_model(req.model, engine)
     if (req.text is None) == (req.messages is None):
         raise ApiError(400, "give exactly one of text and messages", code="invalid_value")
-    ids = await asyncio.to_thread(_ids, engine, req, request[TENANT])
+    tenant = request[TENANT]
+    ids = await engine.offload(lambda: _ids(engine, req, tenant))
     if count_only:
         return json_response(t.TokenCount(count=len(ids)))
     pieces = [_piece(engine, i) for i in ids] if req.with_pieces else None

@@ -149,7 +149,15 @@ class ThreadMessage(msgspec.Struct, kw_only=True, rename="camel"):
     created_at: int
 
 
+class MessagesQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    limit: Annotated[int, Meta(ge=1, le=1000)] = 100
+    before: str | None = None
+
+
 class MessageList(msgspec.Struct, kw_only=True, rename="camel"):
     object: Literal["list"] = "list"
     thread_id: str
     data: list[ThreadMessage]
+    # Older messages exist: ask again with `before` = `firstId`.
+    has_more: bool = False
+    first_id: str | None = None

@@ -245,7 +245,7 @@ def test_cancel_while_waiting_for_a_slot_leaks_nothing(tmp_path: Path) -> None:
 def test_requests_on_one_thread_take_turns(tmp_path: Path) -> None:
     """Two requests on one thread at once: the second runs after the first stored its reply,
     sees it, and both replies are on the thread, in arrival order."""
-    engine, factory = make_engine(tmp_path, reply=" a b c d", slots=2, delay_s=0.01)
+    engine, _ = make_engine(tmp_path, reply=" a b c d", slots=2, delay_s=0.01)
 
     async def run() -> list[threadloom.engine.Result]:
         first = asyncio.ensure_future(engine.respond("one", thread="t"))

@@ -11,22 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from server_support import ServerProcess, start_servers
 from support import (
     POSTGRES_URL,
-    child_env,
     create_pg_schema,
     drop_pg_schema,
-    helper_command,
     msg,
 )
 from threadloom import Store
@@ -40,59 +37,6 @@ pytestmark = [
 ]
 
 MAX_MESSAGES = 10_000
-
-
-class ServerProcess:
-    """One scripted server in its own process, on a free loopback port."""
-
-    def __init__(self, store: str, log: Path, delay_s: float = 0.0) -> None:
-        self._log: IO[str] = log.open("w")
-        self.proc = subprocess.Popen(
-            helper_command("scripted_server.py", store, str(delay_s)),
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            text=True,
-            env=child_env(),
-        )
-        self.log = log
-        self.port = 0
-
-    def wait_ready(self) -> ServerProcess:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("port "):
-            raise AssertionError(f"server did not start: {line!r}\n{self.log.read_text()}")
-        self.port = int(line.split()[1])
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
-        self._log.close()
-
-
-def start_servers(store: str, tmp_path: Path, n: int, delay_s: float = 0.0) -> list[ServerProcess]:
-    servers = [ServerProcess(store, tmp_path / f"server{i}.log", delay_s) for i in range(n)]
-    try:
-        return [s.wait_ready() for s in servers]
-    except BaseException:
-        for s in servers:
-            s.stop()
-        raise
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ hop); after it, the save. Runs in the engine's worker threads, never on the even
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -16,21 +17,39 @@ from threadloom._core import (
     Response,
     ResponseInfo,
 )
-from threadloom.errors import LimitExceeded, NotFound, StateConflict
-from threadloom.events import Result
+from threadloom.errors import LimitExceeded, NotFound, StateConflict, ThreadloomError
+from threadloom.events import Result, Usage
 from threadloom.request import Request
 from threadloom.storage import ConversationStore, assemble, turn_messages
 from threadloom.summarize import Summarizer
 
+log = logging.getLogger("threadloom.engine")
 
-class Prepared(msgspec.Struct, frozen=True):
-    """What a generation starts from: the prompt, the turn its reply follows (`head`) and the
-    thread the reply is stored in (`thread`, or the open thread `previous_response_id` heads)."""
+
+class Destination(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a reply is stored: after the request's new messages, after the turn the model
+    saw (`head`), in `thread` (the request's, or the open thread `previous_response_id`
+    heads), else after `previous_response_id`. It is also the pending record kept while an
+    announced response generates, so a restart can store the response after a crash."""
 
     new: list[dict[str, str]]
-    assembly: Assembly
     head: str | None
     thread: str | None
+    previous_response_id: str | None
+    anchor_window: bool = False
+    metadata: dict[str, Any] | None = None
+    prompt_tokens: int = 0
+
+
+class Prepared(msgspec.Struct, frozen=True):
+    """What a generation starts from: the prompt and where its reply goes."""
+
+    assembly: Assembly
+    destination: Destination
+
+
+# The reply of a generation the server did not live to finish.
+INTERRUPTED = "the server stopped before the reply was finished"
 
 
 class Conversations:
@@ -78,7 +97,16 @@ class Conversations:
                 f"has {assembly.messages_total - len(new)} and the request adds {len(new) + 1}",
                 param="input",
             )
-        return Prepared(new, assembly, head, save_thread)
+        destination = Destination(
+            new=new,
+            head=head,
+            thread=save_thread,
+            previous_response_id=req.previous_response_id,
+            anchor_window=req.anchor_window,
+            metadata=req.metadata or None,
+            prompt_tokens=assembly.prompt_tokens,
+        )
+        return Prepared(assembly, destination)
 
     def _previous(self, response_id: str, owner: str, anchor_window: bool) -> Response:
         """The response to continue, checked (existence, ownership, status, window) before any
@@ -147,12 +175,12 @@ class Conversations:
             past, turn_ids = turn_messages(turns), [t.id for t in turns]
         return self.summarizer.assemble(trimmed, past, new, kwargs, owner, turn_ids)
 
-    def save(self, req: Request, prepared: Prepared, result: Result, response_id: str) -> Result:
-        """Stores the inputs and the reply as one response. On a thread, the reply goes after
-        the turn the model saw (`prepared.head`); if the thread moved on meanwhile (another
-        server wrote to it, or it was locked), the reply is kept as a branch from that turn
-        instead and the result names no thread: no turn is lost, and none is stored after a
-        history the model did not see."""
+    def save(self, owner: str, to: Destination, result: Result, response_id: str) -> Result:
+        """Stores the inputs and the reply as one response and drops its pending record. On a
+        thread, the reply goes after the turn the model saw (`to.head`); if the thread moved on
+        meanwhile (another server wrote to it, or it was locked), the reply is kept as a branch
+        from that turn instead and the result names no thread: no turn is lost, and none is
+        stored after a history the model did not see."""
         output: dict[str, str] = {"role": "assistant", "content": result.text}
         if result.reasoning is not None:
             output["reasoning"] = result.reasoning
@@ -164,17 +192,17 @@ class Conversations:
             completion_tokens=result.usage.completion_tokens,
             cached_tokens=result.usage.cached_tokens,
             error=result.error,
-            metadata=req.metadata or None,
+            metadata=to.metadata,
             id=response_id,
         )
-        turns = [*prepared.new, output]
-        owner, head = req.owner, prepared.head
-        if prepared.thread is not None:
+        turns = [*to.new, output]
+        head = to.head
+        if to.thread is not None:
             try:
                 appended = self.store.append(
                     turns,
                     owner=owner,
-                    thread=prepared.thread,
+                    thread=to.thread,
                     response=info,
                     expected_head=head if head is not None else "",
                 )
@@ -187,10 +215,11 @@ class Conversations:
             appended = self.store.append(
                 turns,
                 owner=owner,
-                after_response=req.previous_response_id,
+                after_response=to.previous_response_id,
                 response=info,
-                anchor_window=req.anchor_window,
+                anchor_window=to.anchor_window,
             )
+        self.store.remove_pending(response_id, owner=owner)
         response = appended.response
         return msgspec.structs.replace(
             result,
@@ -198,3 +227,39 @@ class Conversations:
             thread_id=appended.thread.id if appended.thread else None,
             turn_id=appended.turn_ids[-1],
         )
+
+    def announce(self, owner: str, to: Destination, response_id: str) -> None:
+        """Records the response as running before its id is announced."""
+        self.store.put_pending(response_id, msgspec.json.encode(to), owner=owner)
+
+    def recover(self) -> int:
+        """Stores every response a previous process announced and did not live to store, as
+        `incomplete` with an empty reply. Returns how many it stored."""
+        stored = 0
+        for owner, response_id, payload in self.store.pending():
+            try:
+                self.store.get_response(response_id, owner=owner)
+            except NotFound:
+                to = msgspec.json.decode(payload, type=Destination)
+                result = Result(
+                    status="incomplete",
+                    text="",
+                    reasoning=None,
+                    finish_reason="cancelled",
+                    usage=Usage(to.prompt_tokens, 0, 0),
+                    model=self.model_name,
+                    error=INTERRUPTED,
+                )
+                # Where it was going, else (that conversation is gone) as a conversation of its
+                # own: the announced id answers either way.
+                alone = Destination(new=to.new, head=None, thread=None, previous_response_id=None)
+                for destination in (to, alone):
+                    try:
+                        self.save(owner, destination, result, response_id)
+                        stored += 1
+                        break
+                    except ThreadloomError:
+                        log.exception("could not store interrupted response %s", response_id)
+                continue
+            self.store.remove_pending(response_id, owner=owner)
+        return stored

@@ -102,6 +102,11 @@ class Engine:
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
         self.conversations = Conversations(opened, self.prompt, Summarizer(self), self.model_name)
+        recovered = self.conversations.recover()
+        if recovered:
+            log.warning(
+                "stored %d responses a previous run announced but did not finish", recovered
+            )
         # Requests on one thread run one after another, in arrival order.
         self._thread_turns = KeyedLocks(max_waiting=max_queue)
 
@@ -150,6 +155,7 @@ class Engine:
             prepared = await self.offload(lambda: self.conversations.prepare(req, new, create=True))
             run = _Run(self, req, prepared)
             await run.admitted()
+            await run.announce()
         except BaseException:
             if turn_key is not None:
                 self._thread_turns.release(turn_key)
@@ -314,6 +320,22 @@ class _Run:
         if isinstance(first, Exception):
             raise first
 
+    async def announce(self) -> None:
+        """Records the response as running before its id goes to the client, so the id
+        answers even if this process dies before the reply is stored."""
+        response_id = self.response_id
+        if response_id is None:
+            return
+        conversations, owner = self.engine.conversations, self.req.owner
+        destination = self.prepared.destination
+        try:
+            await self.engine.offload(
+                lambda: conversations.announce(owner, destination, response_id)
+            )
+        except BaseException:
+            self.engine.scheduler.cancel(self.job)
+            raise
+
     def started(self) -> Started:
         assembly = self.prepared.assembly
         return Started(assembly.prompt_tokens, self.job.cached, self.job.seq, self.response_id)
@@ -334,9 +356,10 @@ class _Run:
         self.engine._notify(result)
         if self.response_id is None:
             return result
-        response_id = self.response_id
+        response_id, owner = self.response_id, self.req.owner
+        destination = self.prepared.destination
         return await self.engine.offload(
-            lambda: self.engine.conversations.save(self.req, self.prepared, result, response_id)
+            lambda: self.engine.conversations.save(owner, destination, result, response_id)
         )
 
     def _result(self) -> Result:

@@ -111,6 +111,18 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "pending responses: an announced response whose generation runs, stored on restart",
+        """
+        CREATE TABLE threadloom_pending (
+            owner text NOT NULL,
+            id text NOT NULL,
+            payload bytea NOT NULL,
+            PRIMARY KEY (owner, id)
+        );
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -815,6 +815,52 @@ class PostgresStore:
 
         self._call(delete, write=True)
 
+    # ---- pending responses -------------------------------------------------------------------
+
+    def put_pending(self, response_id: str, payload: bytes, *, owner: str) -> None:
+        """Records an announced response whose generation runs."""
+        checks.validate_owner(owner)
+        checks.validate_response_id(response_id)
+        self._call(
+            lambda c: c.execute(
+                "INSERT INTO threadloom_pending (owner, id, payload) VALUES (%s, %s, %s) "
+                "ON CONFLICT (owner, id) DO UPDATE SET payload = EXCLUDED.payload",
+                (owner, response_id, payload),
+            ),
+            write=True,
+        )
+
+    def remove_pending(self, response_id: str, *, owner: str) -> None:
+        checks.validate_owner(owner)
+        checks.validate_response_id(response_id)
+        self._call(
+            lambda c: c.execute(
+                "DELETE FROM threadloom_pending WHERE owner = %s AND id = %s",
+                (owner, response_id),
+            ),
+            write=True,
+        )
+
+    def get_pending(self, response_id: str, *, owner: str) -> bytes | None:
+        checks.validate_owner(owner)
+        checks.validate_response_id(response_id)
+        row = self._call(
+            lambda c: c.execute(
+                "SELECT payload FROM threadloom_pending WHERE owner = %s AND id = %s",
+                (owner, response_id),
+            ).fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    def pending(self) -> list[tuple[str, str, bytes]]:
+        """Every pending record as (owner, response id, payload)."""
+        rows = self._call(
+            lambda c: c.execute(
+                "SELECT owner, id, payload FROM threadloom_pending ORDER BY owner, id"
+            ).fetchall()
+        )
+        return [(owner, rid, bytes(payload)) for owner, rid, payload in rows]
+
     # ---- retention and maintenance ----------------------------------------------------------
 
     def sweep(self) -> dict[str, int]:

@@ -27,6 +27,14 @@ T = TypeVar("T")
 log = logging.getLogger("threadloom.server")
 
 
+def opened(response: web.StreamResponse | None) -> web.StreamResponse:
+    """The stream a handler opened; None means the client left before it could be opened,
+    which ends the handler the way a disconnect does (no error is logged for it)."""
+    if response is None:
+        raise asyncio.CancelledError
+    return response
+
+
 async def open_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers=SSE_HEADERS)
     response.enable_chunked_encoding()

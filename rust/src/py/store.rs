@@ -754,6 +754,46 @@ impl Store {
         Ok(Response { inner })
     }
 
+    /// Records an announced response whose generation runs (an opaque payload), so that a
+    /// restart after a crash can still store it; see `pending`.
+    #[pyo3(signature = (response_id, payload, *, owner))]
+    fn put_pending(
+        &self,
+        py: Python<'_>,
+        response_id: String,
+        payload: Vec<u8>,
+        owner: &str,
+    ) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.put_pending(owner, &response_id, payload))?)
+    }
+
+    /// Removes a pending record (its response is stored), if there is one.
+    #[pyo3(signature = (response_id, *, owner))]
+    fn remove_pending(&self, py: Python<'_>, response_id: String, owner: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.remove_pending(owner, &response_id))?)
+    }
+
+    /// The payload recorded for this owner's running response, or None.
+    #[pyo3(signature = (response_id, *, owner))]
+    fn get_pending(
+        &self,
+        py: Python<'_>,
+        response_id: String,
+        owner: &str,
+    ) -> PyResult<Option<Py<PyBytes>>> {
+        let found = py.detach(|| self.inner.get_pending(owner, &response_id))?;
+        Ok(found.map(|b| PyBytes::new(py, &b).unbind()))
+    }
+
+    /// Every pending record as (owner, response id, payload).
+    fn pending(&self, py: Python<'_>) -> PyResult<Vec<(String, String, Py<PyBytes>)>> {
+        let records = py.detach(|| self.inner.pending())?;
+        Ok(records
+            .into_iter()
+            .map(|(owner, id, payload)| (owner, id, PyBytes::new(py, &payload).unbind()))
+            .collect())
+    }
+
     /// Deletes the response and the turns only it reached.
     #[pyo3(signature = (response_id, *, owner="default"))]
     fn delete_response(&self, py: Python<'_>, response_id: String, owner: &str) -> PyResult<()> {

@@ -3,6 +3,7 @@
 
 mod commit;
 mod keys;
+mod pending;
 pub mod records;
 mod retention;
 pub mod turn;
@@ -20,6 +21,7 @@ pub use records::{
     NewResponse, ResponseRecord, ResponseStatus, ThreadRecord, ThreadState, Usage,
     MAX_METADATA_BYTES, MAX_THREAD_MESSAGES,
 };
+pub use pending::{PendingRecord, MAX_PENDING_BYTES};
 pub use retention::Retention;
 pub use turn::{NewTurn, Role, TurnView};
 
@@ -121,6 +123,7 @@ pub struct Store {
     responses: Db,
     token_counts: Db,
     tombstones: Db,
+    pending: Db,
 }
 
 pub fn now_ms() -> i64 {
@@ -147,6 +150,7 @@ struct Dbs {
     responses: Db,
     token_counts: Db,
     tombstones: Db,
+    pending: Db,
 }
 
 /// Creates (or opens) the databases and checks the format header, in one write transaction.
@@ -162,6 +166,8 @@ fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
         responses: create("responses")?,
         token_counts: create("token_counts")?,
         tombstones: create("thread_tombstones")?,
+        // Added after format version 1 shipped; older code ignores it.
+        pending: create("pending_responses")?,
     };
     let meta = dbs.meta;
     match meta.get(&txn, b"format")? {
@@ -246,6 +252,7 @@ impl Store {
             responses: dbs.responses,
             token_counts: dbs.token_counts,
             tombstones: dbs.tombstones,
+            pending: dbs.pending,
         })
     }
 

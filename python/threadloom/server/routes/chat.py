@@ -170,8 +170,7 @@ async def _stream(
         )
     finally:
         await sse.finish_pull(pending, events)
-    assert response is not None
-    return response
+    return sse.opened(response)
 
 
 def setup(app: web.Application) -> None:

@@ -276,8 +276,7 @@ async def _stream(request: web.Request, events: Events, engine: Engine) -> web.S
         )
     finally:
         await sse.finish_pull(pending, events)
-    assert response is not None
-    return response
+    return sse.opened(response)
 
 
 def setup(app: web.Application) -> None:

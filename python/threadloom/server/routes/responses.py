@@ -13,6 +13,7 @@ from aiohttp import web
 
 from threadloom._core import Response, Turn
 from threadloom.backends.base import SamplingParams
+from threadloom.conversation import Destination
 from threadloom.engine import Engine, Finished, Result, Started, TokenEvent
 from threadloom.errors import NotFound
 from threadloom.server import sse
@@ -280,8 +281,7 @@ async def _stream(request: web.Request, events: Events, draft: _Draft) -> web.St
         )
     finally:
         await sse.finish_pull(pending, events)
-    assert response is not None
-    return response
+    return sse.opened(response)
 
 
 def _response_id(request: web.Request) -> str:
@@ -313,9 +313,35 @@ async def _lookup(
     return stored, inputs, outputs
 
 
+async def _running(engine: Engine, tenant: str, rid: str) -> s.ResponseObject | None:
+    """An announced response still generating (OpenAI keeps those retrievable)."""
+    payload = await engine.offload(lambda: engine.store.get_pending(rid, owner=tenant))
+    if payload is None:
+        return None
+    to = msgspec.json.decode(payload, type=Destination)
+    return s.ResponseObject(
+        id=rid,
+        created_at=int(time.time()),
+        status="in_progress",
+        model=engine.model_name,
+        output=[],
+        usage=None,
+        previous_response_id=to.previous_response_id,
+        store=True,
+        metadata={k: str(v) for k, v in (to.metadata or {}).items()},
+    )
+
+
 async def get_response(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    stored, _, outputs = await _lookup(engine, request[TENANT], _response_id(request))
+    tenant, rid = request[TENANT], _response_id(request)
+    try:
+        stored, _, outputs = await _lookup(engine, tenant, rid)
+    except ApiError as e:
+        running = await _running(engine, tenant, rid) if e.status == 404 else None
+        if running is None:
+            raise
+        return json_response(running)
     status = stored.status
     error = (
         s.ResponseError(code="server_error", message="the generation failed")

@@ -17,11 +17,11 @@ use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
 
 use crate::error::{Error, Result};
 use crate::ids::{self, TurnKey};
+pub use pending::{PendingRecord, MAX_PENDING_BYTES};
 pub use records::{
     NewResponse, ResponseRecord, ResponseStatus, ThreadRecord, ThreadState, Usage,
     MAX_METADATA_BYTES, MAX_THREAD_MESSAGES,
 };
-pub use pending::{PendingRecord, MAX_PENDING_BYTES};
 pub use retention::Retention;
 pub use turn::{NewTurn, Role, TurnView};
 

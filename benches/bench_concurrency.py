@@ -12,8 +12,12 @@ Goals (issue 13): aggregate tok/s at every level >= 0.9x the single-conversation
 p99 at 4 conversations <= 4x the single-conversation TTFT; the slowest stream >= 1/2 of the
 fastest.
 
+With `--baseline-python PATH` (the interpreter of another install, e.g. the previous release
+in its own virtual environment), the same levels run against that server too, after this one,
+and a last table gives this server's figures over the baseline's.
+
 Usage: python benches/bench_concurrency.py [--levels 1,2,4,8] [--turns 3] [--rounds 1]
-       [--serve-arg=--slots=2 ...]
+       [--serve-arg=--slots=2 ...] [--baseline-python PATH]
 """
 
 from __future__ import annotations
@@ -162,19 +166,15 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> dict[str, objec
     raise RuntimeError("threadloom serve did not start")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--levels", default="1,2,4,8")
-    parser.add_argument("--turns", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=1, help="repeat every level")
-    parser.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
-    args = parser.parse_args()
-    levels = [int(x) for x in args.levels.split(",")]
+def measure(
+    python: str, serve_args: list[str], levels: list[int], turns: int, rounds: int
+) -> dict[int, list[Level]]:
+    """Starts `python -m threadloom serve` on a fresh store and runs every level against it."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         command = [
-            sys.executable,
+            python,
             "-m",
             "threadloom",
             "serve",
@@ -184,36 +184,62 @@ def main() -> None:
             os.path.join(tmp, "store"),
             "--log-level",
             "warning",
-            *args.serve_arg,
+            *serve_args,
         ]
-        proc = subprocess.Popen(command)
+        proc = subprocess.Popen(command, cwd=tmp)
         try:
             health = asyncio.run(wait_ready(url, proc))
             print(
-                f"threadloom serve: {health['model']} on {health['backend']}, "
-                f"{health['slots']} slots, {health['threads']} threads"
+                f"{python}: {health['model']} on {health['backend']}, {health['slots']} slots, "
+                f"{health.get('threads', '?')} threads"
             )
             asyncio.run(run_level(url, 1, 1, 1000))  # warm-up: page the weights in
             results: dict[int, list[Level]] = {n: [] for n in levels}
             offset = 0
-            for _ in range(args.rounds):
+            for _ in range(rounds):
                 for n in levels:
-                    results[n].append(asyncio.run(run_level(url, n, args.turns, offset)))
+                    results[n].append(asyncio.run(run_level(url, n, turns, offset)))
                     offset += n
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    report(results)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--levels", default="1,2,4,8")
+    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every level")
+    parser.add_argument("--serve-arg", action="append", default=[], help="extra serve flag")
+    parser.add_argument("--baseline-python", help="interpreter of a baseline install")
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    ours = measure(sys.executable, args.serve_arg, levels, args.turns, args.rounds)
+    report(ours)
+    if args.baseline_python:
+        base = measure(args.baseline_python, [], levels, args.turns, args.rounds)
+        print("\nbaseline:")
+        report(base)
+        print("\n| conversations | aggregate tok/s, this / baseline | TTFT p99, baseline / this |")
+        print("|---|---|---|")
+        for n in levels:
+            tps, reqs, _ = merged(ours, n)
+            btps, breqs, _ = merged(base, n)
+            p99 = percentile([r.ttft for r in reqs], 99)
+            bp99 = percentile([r.ttft for r in breqs], 99)
+            print(f"| {n} | {tps / btps:.1f}x | {bp99 / p99:.1f}x |")
+
+
+def merged(results: dict[int, list[Level]], n: int) -> tuple[float, list[Request], float]:
+    runs = results[n]
+    tokens = sum(lv.tokens for lv in runs)
+    wall = sum(lv.wall for lv in runs)
+    return tokens / wall, [r for lv in runs for r in lv.requests], wall
 
 
 def report(results: dict[int, list[Level]]) -> None:
-    def merged(n: int) -> tuple[float, list[Request], float]:
-        runs = results[n]
-        tokens = sum(lv.tokens for lv in runs)
-        wall = sum(lv.wall for lv in runs)
-        return tokens / wall, [r for lv in runs for r in lv.requests], wall
-
-    base_tps, base_reqs, _ = merged(min(results))
+    base_tps, base_reqs, _ = merged(results, min(results))
     base_ttft = percentile([r.ttft for r in base_reqs], 99)
     print()
     print(
@@ -222,7 +248,7 @@ def report(results: dict[int, list[Level]]) -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for n in sorted(results):
-        tps, reqs, _ = merged(n)
+        tps, reqs, _ = merged(results, n)
         ttfts = [r.ttft for r in reqs]
         rates = [x for r in reqs if (x := r.stream_rate) is not None]
         lo, hi = (min(rates), max(rates)) if rates else (0.0, 0.0)

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="threadloom", description="Stateful, branching conversations for local LLMs."
     )
+    from threadloom import __version__
+
+    parser.add_argument("--version", action="version", version=f"threadloom {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (
         ("demo", _demo, "store a small branching conversation and print it"),

@@ -136,19 +136,12 @@ mod tests {
     /// A byte-level BPE vocabulary (every byte, no merges) with `control` and `user_defined`
     /// tokens, like the models the templates below belong to.
     fn tokenizer(control: &[&str], user_defined: &[&str]) -> Tokenizer {
-        let mut tokens: Vec<String> = Vec::new();
-        let mut extra = 0;
-        for b in 0u32..256 {
-            let printable =
-                (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-            let c = if printable {
-                b
-            } else {
-                extra += 1;
-                255 + extra
-            };
-            tokens.push(char::from_u32(c).unwrap().to_string());
-        }
+        let decode = crate::tokens::byte_level_decoder();
+        let mut tokens: Vec<String> = (0u32..324)
+            .filter_map(char::from_u32)
+            .filter(|&c| decode(c).is_some())
+            .map(String::from)
+            .collect();
         let mut types = vec![1i32; tokens.len()];
         for t in control {
             tokens.push((*t).to_owned());

@@ -21,6 +21,9 @@ mod special;
 mod split;
 mod vocab;
 
+#[cfg(test)]
+pub(crate) use vocab::byte_level_decoder;
+
 use std::collections::HashMap;
 use std::ops::Range;
 

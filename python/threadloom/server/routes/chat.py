@@ -15,6 +15,7 @@ from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, error_body
+from threadloom.server.routes import compat
 from threadloom.server.routes.common import (
     Events,
     decode_body,
@@ -22,6 +23,7 @@ from threadloom.server.routes.common import (
     json_response,
     sampling_params,
 )
+from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.routes.responses import check_model, mint_id
 from threadloom.server.schemas import chat as c
 
@@ -65,6 +67,7 @@ def _finish_reason(result: Result) -> Literal["stop", "length"]:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     req = decode_body(_decoder, await request.read())
+    refuse_unsupported(req, compat.CHAT)
     check_model(req.model, engine)
     sampling = _sampling(req, engine)
     messages = _messages(req)

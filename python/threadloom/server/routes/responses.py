@@ -20,6 +20,7 @@ from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT
+from threadloom.server.routes import compat
 from threadloom.server.routes.common import (
     Events,
     decode_body,
@@ -27,6 +28,7 @@ from threadloom.server.routes.common import (
     json_response,
     sampling_params,
 )
+from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import responses as s
 
 _create = msgspec.json.Decoder(s.CreateResponse)
@@ -177,6 +179,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     tenant = request[TENANT]
     req = decode_body(_create, await request.read())
+    refuse_unsupported(req, compat.RESPONSES)
     check_model(req.model, engine)
     inputs = _inputs(req)
     sampling = _sampling(req, engine)
@@ -414,6 +417,7 @@ async def input_tokens(request: web.Request) -> web.Response:
     history behind `previous_response_id` and trimming included. Generates and stores nothing."""
     engine = request.app[ENGINE]
     req = decode_body(_create, await request.read())
+    refuse_unsupported(req, compat.RESPONSES)
     check_model(req.model, engine)
     sampling = _sampling(req, engine)
     try:

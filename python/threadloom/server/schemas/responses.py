@@ -60,11 +60,25 @@ class CreateResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
     metadata: Metadata | None = None
-    # Accepted for compatibility; no tools are offered, so only the empty/no-op forms.
+    # Documented by OpenAI and accepted; these change nothing here.
     user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    service_tier: str | None = None
     parallel_tool_calls: bool | None = None
-    tools: Annotated[list[Any], Meta(max_length=0)] | None = None
+    max_tool_calls: Annotated[int, Meta(ge=0)] | None = None
     tool_choice: Literal["none", "auto"] | None = None
+    stream_options: dict[str, Any] | None = None
+    # Accepted only in their neutral form (routes/compat.py says which).
+    include: list[str] | None = None
+    tools: list[Any] | None = None
+    background: bool | None = None
+    conversation: str | dict[str, Any] | None = None
+    prompt: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
 
 
 # ---- response object -------------------------------------------------------------------------

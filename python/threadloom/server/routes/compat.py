@@ -1,0 +1,88 @@
+"""Fields OpenAI documents that this server accepts only in their neutral form.
+
+SDKs send every field they know (the Agents SDK's first request carries `include: []` and
+`tools: []`), so refusing unknown fields would refuse them. Each dialect's schema declares the
+documented fields; this module decides, in one table per endpoint, which values mean "nothing
+asked for" (accepted and ignored) and answers anything else with a 400 naming the field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+
+from threadloom.server.errors import ApiError
+
+Neutral = Callable[[Any], bool]
+
+
+def _empty(value: Any) -> bool:
+    return not value
+
+
+def _false(value: Any) -> bool:
+    return value is False
+
+
+def _plain_text_format(value: Any) -> bool:
+    fmt = value.get("format") if isinstance(value, dict) else None
+    return fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text")
+
+
+def _no_reasoning(value: Any) -> bool:
+    return isinstance(value, dict) and value.get("effort") is None and not value.get("summary")
+
+
+# POST /v1/responses
+RESPONSES: Mapping[str, Neutral] = {
+    "include": _empty,
+    "tools": _empty,
+    "background": _false,
+    "conversation": _empty,
+    "prompt": _empty,
+    "reasoning": _no_reasoning,
+    "text": _plain_text_format,
+    "top_logprobs": _empty,
+}
+
+# POST /v1/chat/completions
+CHAT: Mapping[str, Neutral] = {
+    "tools": _empty,
+    "functions": _empty,
+    "function_call": lambda v: v in ("none", "auto"),
+    "logprobs": _false,
+    "top_logprobs": _empty,
+    "logit_bias": _empty,
+    "response_format": lambda v: isinstance(v, dict) and v.get("type") == "text",
+    "audio": _empty,
+    "modalities": lambda v: v == ["text"],
+    "prediction": _empty,
+    "reasoning_effort": _empty,
+    "web_search_options": _empty,
+}
+
+_WHY = {
+    "tools": "tool calling is not built",
+    "functions": "tool calling is not built",
+    "function_call": "tool calling is not built",
+    "conversation": "the Conversations API is not built; continue with previous_response_id",
+    "background": "background responses are not built",
+}
+
+
+def refuse_unsupported(request: msgspec.Struct, table: Mapping[str, Neutral]) -> None:
+    """400 for the first field of `table` set to something other than its neutral form."""
+    for field, neutral in table.items():
+        value = getattr(request, field)
+        if value is None:
+            continue
+        plain = msgspec.to_builtins(value)
+        if not neutral(plain):
+            why = _WHY.get(field, "this server does not support it")
+            raise ApiError(
+                400,
+                f"{field} is not supported: {why}",
+                param=field,
+                code="unsupported_parameter",
+            )

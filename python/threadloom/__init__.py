@@ -18,10 +18,12 @@ from threadloom._core import (
     Turn,
 )
 from threadloom.errors import (
+    BackendError,
     ContextLengthExceeded,
     InvalidInput,
     LimitExceeded,
     NotFound,
+    Overloaded,
     StateConflict,
     StoreError,
     StoreFormatError,
@@ -32,16 +34,24 @@ from threadloom.errors import (
 
 __version__ = "0.1.0"
 
+# The engine and its request type, for batch jobs: `threadloom.Engine(store).run_batch(...)`.
+from threadloom.engine import Engine
+from threadloom.request import Request
+
 __all__ = [
     "MAX_THREAD_MESSAGES",
     "Appended",
     "Assembly",
+    "BackendError",
     "ChatTemplate",
     "ContextLengthExceeded",
+    "Engine",
     "InvalidInput",
     "LimitExceeded",
     "NotFound",
+    "Overloaded",
     "PromptEngine",
+    "Request",
     "Response",
     "ResponseInfo",
     "Retention",

@@ -15,7 +15,16 @@ from threadloom.server import metrics, openapi
 from threadloom.server.config import ServerConfig, redacted
 from threadloom.server.keys import BACKEND, CONFIG, ENGINE
 from threadloom.server.middleware import add_request_id, auth_middleware, error_middleware
-from threadloom.server.routes import chat, common, freddy, lmstudio, paddler, responses, tokenize
+from threadloom.server.routes import (
+    chat,
+    common,
+    conversations,
+    freddy,
+    lmstudio,
+    paddler,
+    responses,
+    tokenize,
+)
 from threadloom.storage import describe
 
 log = logging.getLogger("threadloom.server")
@@ -41,6 +50,7 @@ def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> 
     app.cleanup_ctx.append(_engine_ctx)
     common.setup(app)
     responses.setup(app)
+    conversations.setup(app)
     chat.setup(app)
     freddy.setup(app)
     paddler.setup(app)

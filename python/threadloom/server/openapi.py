@@ -23,6 +23,7 @@ from aiohttp import web
 
 from threadloom.server.schemas import chat as c
 from threadloom.server.schemas import common
+from threadloom.server.schemas import conversations as cv
 from threadloom.server.schemas import freddy as fr
 from threadloom.server.schemas import lmstudio as lm
 from threadloom.server.schemas import paddler as pd
@@ -160,6 +161,100 @@ OPERATIONS: tuple[Operation, ...] = (
         query=r.InputItemsQuery,
         path_params={"response_id": r.ResponseId},
         errors=(400, 404),
+    ),
+    # ---- OpenAI Conversations (a conversation is a thread) ----------------------------------
+    Operation(
+        "POST",
+        "/v1/conversations",
+        "createConversation",
+        "Create a conversation, with up to 20 first items",
+        cv.Conversation,
+        tag="conversations",
+        request=cv.CreateConversation,
+        errors=(400, 413),
+    ),
+    Operation(
+        "GET",
+        "/v1/conversations",
+        "listConversations",
+        "The tenant's conversations (every visible thread), newest activity first",
+        cv.ConversationList,
+        tag="conversations",
+        query=cv.ListQuery,
+        errors=(400,),
+    ),
+    Operation(
+        "GET",
+        "/v1/conversations/{conversation_id}",
+        "getConversation",
+        "A conversation",
+        cv.Conversation,
+        tag="conversations",
+        path_params={"conversation_id": fr.ThreadId},
+        errors=(400, 404),
+    ),
+    Operation(
+        "POST",
+        "/v1/conversations/{conversation_id}",
+        "updateConversation",
+        "Replace a conversation's metadata",
+        cv.Conversation,
+        tag="conversations",
+        request=cv.UpdateConversation,
+        path_params={"conversation_id": fr.ThreadId},
+        errors=(400, 404, 413),
+    ),
+    Operation(
+        "DELETE",
+        "/v1/conversations/{conversation_id}",
+        "deleteConversation",
+        "Delete a conversation (its thread)",
+        cv.ConversationDeleted,
+        tag="conversations",
+        path_params={"conversation_id": fr.ThreadId},
+        errors=(400, 404),
+    ),
+    Operation(
+        "GET",
+        "/v1/conversations/{conversation_id}/items",
+        "listConversationItems",
+        "A page of a conversation's items",
+        cv.ItemList,
+        tag="conversations",
+        query=cv.ItemsQuery,
+        path_params={"conversation_id": fr.ThreadId},
+        errors=(400, 404),
+    ),
+    Operation(
+        "POST",
+        "/v1/conversations/{conversation_id}/items",
+        "createConversationItems",
+        "Append up to 20 items to a conversation",
+        cv.ItemList,
+        tag="conversations",
+        request=cv.AddItems,
+        path_params={"conversation_id": fr.ThreadId},
+        errors=(400, 404, 409, 413),
+    ),
+    Operation(
+        "GET",
+        "/v1/conversations/{conversation_id}/items/{item_id}",
+        "getConversationItem",
+        "One item of a conversation",
+        cv.Item,
+        tag="conversations",
+        path_params={"conversation_id": fr.ThreadId},
+        errors=(400, 404),
+    ),
+    Operation(
+        "DELETE",
+        "/v1/conversations/{conversation_id}/items/{item_id}",
+        "deleteConversationItem",
+        "Not supported: turns are immutable (always 400)",
+        common.ErrorBody,
+        tag="conversations",
+        path_params={"conversation_id": fr.ThreadId},
+        errors=(400,),
     ),
     # ---- OpenAI Chat Completions ----------------------------------------------------------
     Operation(

@@ -39,7 +39,6 @@ RESPONSES: Mapping[str, Neutral] = {
     "include": _empty,
     "tools": _empty,
     "background": _false,
-    "conversation": _empty,
     "prompt": _empty,
     "reasoning": _no_reasoning,
     "text": _plain_text_format,
@@ -66,7 +65,6 @@ _WHY = {
     "tools": "tool calling is not built",
     "functions": "tool calling is not built",
     "function_call": "tool calling is not built",
-    "conversation": "the Conversations API is not built; continue with previous_response_id",
     "background": "background responses are not built",
 }
 

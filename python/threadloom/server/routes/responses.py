@@ -33,6 +33,8 @@ from threadloom.server.schemas import responses as s
 
 _create = msgspec.json.Decoder(s.CreateResponse)
 _ID = re.compile(s.RESPONSE_ID_PATTERN)
+# A conversation is a thread: the store's thread id format.
+_THREAD_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def mint_id(prefix: str) -> str:
@@ -109,6 +111,8 @@ class _Draft:
         # Replaced by the engine's id for the stored response once generation starts.
         self.id = mint_id("resp")
         self.item_id = output_item_id(self.id)
+        cid = conversation_id(req)
+        self.conversation = s.ConversationRef(id=cid) if cid is not None else None
 
     def started(self, event: Started) -> None:
         if event.response_id is not None:
@@ -142,6 +146,7 @@ class _Draft:
             error=error,
             incomplete_details=incomplete,
             max_output_tokens=self.req.max_output_tokens,
+            conversation=self.conversation,
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
             truncation=self.req.truncation,
@@ -160,10 +165,29 @@ class _Draft:
         )
 
 
+def conversation_id(req: s.CreateResponse) -> str | None:
+    """The conversation (thread) a create continues; not together with previous_response_id."""
+    ref = req.conversation
+    if ref is None:
+        return None
+    cid = ref if isinstance(ref, str) else ref.get("id")
+    if not isinstance(cid, str) or not _THREAD_ID.fullmatch(cid):
+        raise ApiError(400, "conversation must be an id or {\"id\": ...}", param="conversation")
+    if req.previous_response_id is not None:
+        raise ApiError(
+            400,
+            "give conversation or previous_response_id, not both",
+            param="conversation",
+            code="invalid_value",
+        )
+    return cid
+
+
 def _prompt_kwargs(req: s.CreateResponse, tenant: str, sampling: SamplingParams) -> dict[str, Any]:
     """What shapes the prompt: shared by generation and input token counting, so a count is
     the prompt a create with the same body gets."""
     return {
+        "thread": conversation_id(req),
         "previous_response_id": req.previous_response_id,
         "owner": tenant,
         "sampling": sampling,
@@ -184,12 +208,22 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     inputs = _inputs(req)
     sampling = _sampling(req, engine)
     draft = _Draft(req, engine, sampling)
+    cid = conversation_id(req)
+    if cid is not None:
+        # A conversation must exist (a thread id alone would create one).
+        try:
+            await engine.offload(lambda: engine.store.get_thread(cid, owner=tenant))
+        except NotFound:
+            raise ApiError(
+                404, f"conversation {cid!r} not found", param="conversation", code="not_found"
+            ) from None
     events = engine.stream(inputs, **_stream_kwargs(req, tenant, sampling))
     try:
         first = await anext(events)  # errors before generation starts are plain JSON errors
     except NotFound as e:
         await events.aclose()
-        raise ApiError(404, str(e), param="previous_response_id", code="not_found") from None
+        param = "conversation" if cid is not None else "previous_response_id"
+        raise ApiError(404, str(e), param=param, code="not_found") from None
     except BaseException:
         await events.aclose()
         raise

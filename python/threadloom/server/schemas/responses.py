@@ -130,6 +130,10 @@ class TextConfig(msgspec.Struct, kw_only=True):
     format: TextFormat = msgspec.field(default_factory=TextFormat)
 
 
+class ConversationRef(msgspec.Struct, kw_only=True):
+    id: str
+
+
 class ResponseObject(msgspec.Struct, kw_only=True):
     id: str
     object: Literal["response"] = "response"
@@ -154,6 +158,7 @@ class ResponseObject(msgspec.Struct, kw_only=True):
     text: TextConfig = msgspec.field(default_factory=TextConfig)
     background: bool = False
     user: str | None = None
+    conversation: ConversationRef | None = None
 
 
 class DeletedResponse(msgspec.Struct, kw_only=True):

@@ -1,0 +1,234 @@
+"""OpenAI's Conversations API on the thread store: a conversation is a thread (any thread, made
+by any dialect), its items are the thread's turns, newest at the thread's head. Tenancy,
+states (a locked or archived thread refuses new items with 409), limits and retention are the
+threads' own.
+
+Items are messages; a conversation's item list reads only its page (`desc`, the default, walks
+back from the head), except `order=asc`, which reads the conversation once. Deleting one item
+is not supported (turns are immutable and shared by the responses that reached them): that
+route answers 400. An item id is checked to be the tenant's, not to lie on this conversation's
+path (ids are unguessable, and a tenant may read all of its own turns anyway)."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+from aiohttp import web
+
+from threadloom._core import Store, Thread, Turn
+from threadloom.errors import InvalidInput, NotFound
+from threadloom.server.errors import ApiError
+from threadloom.server.keys import ENGINE
+from threadloom.server.middleware import TENANT
+from threadloom.server.routes.common import decode_body, json_response
+from threadloom.server.routes.responses import mint_id
+from threadloom.server.schemas import conversations as c
+from threadloom.server.schemas.freddy import THREAD_ID_PATTERN
+from threadloom.server.schemas.responses import InputMessage, OutputText
+
+_ID = re.compile(THREAD_ID_PATTERN)
+_create = msgspec.json.Decoder(c.CreateConversation)
+_update = msgspec.json.Decoder(c.UpdateConversation)
+_add = msgspec.json.Decoder(c.AddItems)
+
+
+def messages(items: list[InputMessage]) -> list[dict[str, str]]:
+    """Input messages as stored turns (`developer` is the system role to the templates)."""
+    return [
+        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in items
+    ]
+
+
+def conversation_object(t: Thread) -> c.Conversation:
+    return c.Conversation(
+        id=t.id,
+        created_at=t.created_ms // 1000,
+        metadata={k: str(v) for k, v in t.metadata.items()},
+    )
+
+
+def item(t: Turn) -> c.Item:
+    part: c.InputText | OutputText = (
+        OutputText(text=t.content) if t.role == "assistant" else c.InputText(text=t.content)
+    )
+    return c.Item(id=t.id, role=t.role, content=[part])  # type: ignore[arg-type]
+
+
+def _conversation_id(request: web.Request) -> str:
+    cid = request.match_info["conversation_id"]
+    if not _ID.fullmatch(cid):
+        raise ApiError(400, f"invalid conversation id {cid!r}", param="conversation_id")
+    return cid
+
+
+def _not_found(cid: str) -> ApiError:
+    return ApiError(
+        404, f"conversation {cid!r} not found", param="conversation_id", code="not_found"
+    )
+
+
+async def create(request: web.Request) -> web.Response:
+    engine, tenant = request.app[ENGINE], request[TENANT]
+    body = await request.read()
+    req = decode_body(_create, body) if body.strip() else c.CreateConversation()
+    cid = mint_id("conv")
+
+    def make() -> Thread:
+        t = engine.store.create_thread(cid, owner=tenant, metadata=req.metadata or None)
+        if req.items:
+            t = engine.store.append(messages(req.items), owner=tenant, thread=cid).thread or t
+        return t
+
+    return json_response(conversation_object(await engine.offload(make)))
+
+
+async def get(request: web.Request) -> web.Response:
+    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    try:
+        t = await engine.offload(lambda: engine.store.get_thread(cid, owner=tenant))
+    except NotFound:
+        raise _not_found(cid) from None
+    return json_response(conversation_object(t))
+
+
+async def update(request: web.Request) -> web.Response:
+    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    req = decode_body(_update, await request.read())
+    try:
+        t = await engine.offload(
+            lambda: engine.store.update_thread(cid, owner=tenant, metadata=req.metadata)
+        )
+    except NotFound:
+        raise _not_found(cid) from None
+    return json_response(conversation_object(t))
+
+
+async def delete(request: web.Request) -> web.Response:
+    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    try:
+        await engine.offload(lambda: engine.store.delete_thread(cid, owner=tenant))
+    except NotFound:
+        raise _not_found(cid) from None
+    return json_response(c.ConversationDeleted(id=cid))
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    engine, tenant = request.app[ENGINE], request[TENANT]
+    query = msgspec.convert(dict(request.query), c.ListQuery, strict=False)
+    try:
+        page = await engine.offload(
+            lambda: engine.store.list_threads(owner=tenant, limit=query.limit, after=query.after)
+        )
+    except InvalidInput as e:
+        raise ApiError(400, str(e), param="after") from None
+    return json_response(
+        c.ConversationList(
+            data=[conversation_object(t) for t in page.threads],
+            has_more=page.next_cursor is not None,
+            next_cursor=page.next_cursor,
+        )
+    )
+
+
+def _page(store: Store, owner: str, cid: str, query: c.ItemsQuery) -> tuple[list[Turn], bool]:
+    """The items of one page in the order asked for, and whether more follow."""
+    store.get_thread(cid, owner=owner)  # NotFound for a missing or foreign conversation
+    n = query.limit
+    if query.order == "asc":
+        turns = store.history(owner=owner, thread=cid)
+        if query.after is not None:
+            ids = [t.id for t in turns]
+            if query.after not in ids:
+                raise InvalidInput(f"no item {query.after!r} in this conversation")
+            turns = turns[ids.index(query.after) + 1 :]
+        return turns[:n], len(turns) > n
+    if query.after is None:
+        newest = store.history(owner=owner, thread=cid, limit=n + 1)
+    else:
+        try:
+            [after] = store.history(owner=owner, turn=query.after, limit=1)
+        except NotFound:
+            raise InvalidInput(f"no item {query.after!r} in this conversation") from None
+        if after.parent_id is None:
+            return [], False
+        newest = store.history(owner=owner, turn=after.parent_id, limit=n + 1)
+    more = len(newest) > n
+    return list(reversed(newest[-n:])), more
+
+
+def _item_list(turns: list[Turn], more: bool) -> c.ItemList:
+    data = [item(t) for t in turns]
+    return c.ItemList(
+        data=data,
+        first_id=data[0].id if data else None,
+        last_id=data[-1].id if data else None,
+        has_more=more,
+    )
+
+
+async def list_items(request: web.Request) -> web.Response:
+    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    query = msgspec.convert(dict(request.query), c.ItemsQuery, strict=False)
+    try:
+        turns, more = await engine.offload(lambda: _page(engine.store, tenant, cid, query))
+    except NotFound:
+        raise _not_found(cid) from None
+    except InvalidInput as e:
+        raise ApiError(400, str(e), param="after") from None
+    return json_response(_item_list(turns, more))
+
+
+async def add_items(request: web.Request) -> web.Response:
+    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    req = decode_body(_add, await request.read())
+
+    def add() -> list[Turn]:
+        appended = engine.store.append(messages(req.items), owner=tenant, thread=cid)
+        return engine.store.history(owner=tenant, thread=cid, limit=len(appended.turn_ids))
+
+    try:
+        turns = await engine.offload(add)
+    except NotFound:
+        raise _not_found(cid) from None
+    return json_response(_item_list(turns, False))
+
+
+async def get_item(request: web.Request) -> web.Response:
+    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    item_id = request.match_info["item_id"]
+
+    def find() -> Turn:
+        engine.store.get_thread(cid, owner=tenant)
+        [turn] = engine.store.history(owner=tenant, turn=item_id, limit=1)
+        return turn
+
+    try:
+        turn = await engine.offload(find)
+    except (NotFound, InvalidInput):
+        raise ApiError(
+            404, f"item {item_id!r} not found", param="item_id", code="not_found"
+        ) from None
+    return json_response(item(turn))
+
+
+async def delete_item(request: web.Request) -> web.Response:
+    raise ApiError(
+        400,
+        "deleting one item is not supported: a conversation's turns are immutable and shared "
+        "by the responses that reached them; continue from an earlier response instead",
+        param="item_id",
+        code="unsupported_operation",
+    )
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/v1/conversations", create)
+    app.router.add_get("/v1/conversations", list_conversations)
+    app.router.add_get("/v1/conversations/{conversation_id}", get)
+    app.router.add_post("/v1/conversations/{conversation_id}", update)
+    app.router.add_delete("/v1/conversations/{conversation_id}", delete)
+    app.router.add_get("/v1/conversations/{conversation_id}/items", list_items)
+    app.router.add_post("/v1/conversations/{conversation_id}/items", add_items)
+    app.router.add_get("/v1/conversations/{conversation_id}/items/{item_id}", get_item)
+    app.router.add_delete("/v1/conversations/{conversation_id}/items/{item_id}", delete_item)

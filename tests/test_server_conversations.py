@@ -1,0 +1,110 @@
+"""The Conversations API through the official `openai` SDK against a real server (scripted
+backend): a conversation is a thread, reachable from every dialect."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from aiohttp import web  # noqa: E402
+from server_support import EchoScript, ThreadedServer, attach_tokenizer, config, scripted  # noqa: E402
+from threadloom.server.app import init_app  # noqa: E402
+
+KEYS = {"key-alice": "alice", "key-bob": "bob"}
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def make_app(tmp: Path) -> web.Application:
+    script = EchoScript()
+    app = init_app(config(tmp, api_keys=KEYS), backend=scripted(script))
+    attach_tokenizer(app, script)
+    return app
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
+    s = ThreadedServer(lambda: make_app(tmp_path_factory.mktemp("conv"))).start()
+    yield s
+    s.stop()
+
+
+def sdk(server: ThreadedServer, key: str = "key-alice") -> Any:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+def test_create_read_update_delete(server: ThreadedServer) -> None:
+    client = sdk(server)
+    conv = client.conversations.create(
+        items=[{"type": "message", "role": "user", "content": "Hello"}], metadata={"topic": "x"}
+    )
+    assert conv.object == "conversation" and conv.metadata == {"topic": "x"}
+    assert client.conversations.retrieve(conv.id).id == conv.id
+    updated = client.conversations.update(conv.id, metadata={"topic": "y"})
+    assert updated.metadata == {"topic": "y"}
+    items = client.conversations.items.list(conv.id)
+    assert [i.content[0].text for i in items.data] == ["Hello"]
+    deleted = client.conversations.delete(conv.id)
+    assert deleted.deleted and deleted.object == "conversation.deleted"
+    with pytest.raises(openai.NotFoundError):
+        client.conversations.retrieve(conv.id)
+
+
+def test_responses_continue_a_conversation_and_items_page_both_ways(
+    server: ThreadedServer,
+) -> None:
+    client = sdk(server)
+    conv = client.conversations.create()
+    for text in ("one", "two", "three"):
+        r = client.responses.create(model="default", input=text, conversation=conv.id)
+        assert r.conversation is not None and r.conversation.id == conv.id
+    # The model saw the conversation's earlier items.
+    assert r.output_text == "[one | two | three]"
+    newest = client.conversations.items.list(conv.id, limit=2)
+    assert [i.role for i in newest.data] == ["assistant", "user"] and newest.has_more
+    assert newest.data[1].content[0].text == "three"
+    older = client.conversations.items.list(conv.id, limit=2, after=newest.last_id)
+    assert [i.content[0].text for i in older.data] == ["[one | two]", "two"]
+    asc = client.conversations.items.list(conv.id, order="asc", limit=10)
+    assert [i.content[0].text for i in asc.data][:2] == ["one", "[one]"] and not asc.has_more
+    first = client.conversations.items.retrieve(asc.data[0].id, conversation_id=conv.id)
+    assert first.content[0].text == "one"
+    added = client.conversations.items.create(
+        conv.id, items=[{"type": "message", "role": "user", "content": "four"}]
+    )
+    assert [i.content[0].text for i in added.data] == ["four"]
+    # The same conversation is a thread to the other dialects.
+    r = client.responses.create(model="default", input="five", conversation={"id": conv.id})
+    assert r.output_text == "[one | two | three | four | five]"
+
+
+def test_errors(server: ThreadedServer) -> None:
+    alice, bob = sdk(server), sdk(server, "key-bob")
+    conv = alice.conversations.create()
+    with pytest.raises(openai.NotFoundError):
+        bob.conversations.retrieve(conv.id)
+    with pytest.raises(openai.NotFoundError):
+        bob.responses.create(model="default", input="x", conversation=conv.id)
+    first = alice.responses.create(model="default", input="hi")
+    with pytest.raises(openai.BadRequestError) as e:
+        alice.responses.create(
+            model="default", input="x", conversation=conv.id, previous_response_id=first.id
+        )
+    assert e.value.body["param"] == "conversation"
+    with pytest.raises(openai.BadRequestError):
+        alice.conversations.items.create(
+            conv.id, items=[{"type": "message", "role": "user", "content": "x"}] * 21
+        )
+    with pytest.raises(openai.BadRequestError):
+        alice.conversations.create(metadata={str(i): "v" for i in range(17)})
+    listed = alice.conversations.items.list(conv.id)
+    assert listed.data == []
+    # Beyond OpenAI: listing a tenant's conversations.
+    mine = alice.get("/conversations", cast_to=object, options={"params": {"limit": 100}})
+    theirs = bob.get("/conversations", cast_to=object, options={"params": {"limit": 100}})
+    assert conv.id in [c["id"] for c in mine["data"]]
+    assert conv.id not in [c["id"] for c in theirs["data"]]

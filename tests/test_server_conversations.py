@@ -108,3 +108,54 @@ def test_errors(server: ThreadedServer) -> None:
     theirs = bob.get("/conversations", cast_to=object, options={"params": {"limit": 100}})
     assert conv.id in [c["id"] for c in mine["data"]]
     assert conv.id not in [c["id"] for c in theirs["data"]]
+
+
+def test_an_agents_sdk_agent_keeps_its_memory_in_a_conversation(server: ThreadedServer) -> None:
+    """openai-agents: OpenAIConversationsSession + OpenAIResponsesModel on a client pointed at
+    the server; three turns; the memory is the server's conversation."""
+    agents = pytest.importorskip("agents")
+    from agents.memory import OpenAIConversationsSession
+
+    agents.set_tracing_disabled(True)
+    client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="key-alice", max_retries=0)
+    model = agents.OpenAIResponsesModel(model="default", openai_client=client)
+    agent = agents.Agent(name="echo", instructions="Be brief.", model=model)
+
+    async def run() -> tuple[list[str], str]:
+        session = OpenAIConversationsSession(openai_client=client)
+        outputs = []
+        for text in ("one", "two", "three"):
+            result = await agents.Runner.run(agent, text, session=session)
+            outputs.append(result.final_output)
+        return outputs, await session._get_session_id()
+
+    import asyncio
+
+    outputs, conv_id = asyncio.run(run())
+    # Each turn's prompt held the earlier turns: they came from the conversation.
+    assert outputs == ["[one]", "[one | two]", "[one | two | three]"]
+    items = sdk(server).conversations.items.list(conv_id, order="asc", limit=100)
+    texts = [i.content[0].text for i in items.data]
+    assert texts == ["one", "[one]", "two", "[one | two]", "three", "[one | two | three]"]
+
+
+def test_an_agents_sdk_agent_chains_previous_response_id(server: ThreadedServer) -> None:
+    agents = pytest.importorskip("agents")
+    import asyncio
+
+    agents.set_tracing_disabled(True)
+    client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="key-alice", max_retries=0)
+    model = agents.OpenAIResponsesModel(model="default", openai_client=client)
+    agent = agents.Agent(name="echo", instructions="Be brief.", model=model)
+
+    async def run() -> list[str]:
+        first = await agents.Runner.run(agent, "one")
+        second = await agents.Runner.run(
+            agent, "two", previous_response_id=first.last_response_id
+        )
+        third = await agents.Runner.run(
+            agent, "three", previous_response_id=second.last_response_id
+        )
+        return [first.final_output, second.final_output, third.final_output]
+
+    assert asyncio.run(run()) == ["[one]", "[one | two]", "[one | two | three]"]

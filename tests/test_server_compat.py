@@ -49,7 +49,6 @@ async def test_responses_accept_the_agents_sdk_request_and_neutral_fields(
     [
         ({"include": ["message.output_text.logprobs"]}, "include"),
         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
-        ({"background": True}, "background"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"text": {"format": {"type": "json_object"}}}, "text"),
         ({"top_logprobs": 2}, "top_logprobs"),

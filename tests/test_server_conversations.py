@@ -159,3 +159,25 @@ def test_an_agents_sdk_agent_chains_previous_response_id(server: ThreadedServer)
         return [first.final_output, second.final_output, third.final_output]
 
     assert asyncio.run(run()) == ["[one]", "[one | two]", "[one | two | three]"]
+
+
+def test_background_responses_are_polled_and_cancelled(server: ThreadedServer) -> None:
+    import time
+
+    client = sdk(server)
+    quick = client.responses.create(model="default", input="bg", background=True)
+    assert quick.background and quick.status in ("in_progress", "queued")
+    for _ in range(200):
+        polled = client.responses.retrieve(quick.id)
+        if polled.status != "in_progress":
+            break
+        time.sleep(0.01)
+    assert polled.status == "completed" and polled.output_text == "[bg]"
+    long = client.responses.create(model="default", input="long:100000", background=True)
+    cancelled = client.responses.cancel(long.id)
+    assert cancelled.id == long.id and cancelled.status == "incomplete"
+    assert client.responses.retrieve(long.id).status == "incomplete"
+    with pytest.raises(openai.BadRequestError):
+        client.responses.cancel(quick.id)  # finished: nothing to cancel
+    with pytest.raises(openai.NotFoundError):
+        sdk(server, "key-bob").responses.cancel(long.id)

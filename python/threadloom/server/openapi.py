@@ -152,6 +152,16 @@ OPERATIONS: tuple[Operation, ...] = (
         errors=(400, 404),
     ),
     Operation(
+        "POST",
+        "/v1/responses/{response_id}/cancel",
+        "cancelResponse",
+        "Stop a background response; answers with it as stored (incomplete)",
+        r.ResponseObject,
+        tag="responses",
+        path_params={"response_id": r.ResponseId},
+        errors=(400, 404),
+    ),
+    Operation(
         "GET",
         "/v1/responses/{response_id}/input_items",
         "listInputItems",

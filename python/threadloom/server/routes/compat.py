@@ -38,7 +38,6 @@ def _no_reasoning(value: Any) -> bool:
 RESPONSES: Mapping[str, Neutral] = {
     "include": _empty,
     "tools": _empty,
-    "background": _false,
     "prompt": _empty,
     "reasoning": _no_reasoning,
     "text": _plain_text_format,
@@ -65,7 +64,6 @@ _WHY = {
     "tools": "tool calling is not built",
     "functions": "tool calling is not built",
     "function_call": "tool calling is not built",
-    "background": "background responses are not built",
 }
 
 

@@ -20,7 +20,7 @@ from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT
-from threadloom.server.routes import compat
+from threadloom.server.routes import background, compat
 from threadloom.server.routes.common import (
     Events,
     decode_body,
@@ -147,6 +147,7 @@ class _Draft:
             incomplete_details=incomplete,
             max_output_tokens=self.req.max_output_tokens,
             conversation=self.conversation,
+            background=bool(self.req.background),
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
             truncation=self.req.truncation,
@@ -172,7 +173,7 @@ def conversation_id(req: s.CreateResponse) -> str | None:
         return None
     cid = ref if isinstance(ref, str) else ref.get("id")
     if not isinstance(cid, str) or not _THREAD_ID.fullmatch(cid):
-        raise ApiError(400, "conversation must be an id or {\"id\": ...}", param="conversation")
+        raise ApiError(400, 'conversation must be an id or {"id": ...}', param="conversation")
     if req.previous_response_id is not None:
         raise ApiError(
             400,
@@ -204,6 +205,8 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     tenant = request[TENANT]
     req = decode_body(_create, await request.read())
     refuse_unsupported(req, compat.RESPONSES)
+    if req.background and (req.stream or not req.store):
+        raise ApiError(400, "background needs store true and stream false", param="background")
     check_model(req.model, engine)
     inputs = _inputs(req)
     sampling = _sampling(req, engine)
@@ -229,6 +232,9 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise
     assert isinstance(first, Started)
     draft.started(first)
+    if req.background:
+        background.start(request, draft.id, events)
+        return json_response(draft.build("in_progress", [], None))
     if req.stream:
         return await _stream(request, events, draft)
     result = await final_result(events)
@@ -328,9 +334,7 @@ def _response_id(request: web.Request) -> str:
     return rid
 
 
-async def _lookup(
-    engine: Engine, tenant: str, rid: str
-) -> tuple[Response, list[Turn], list[Turn]]:
+async def _lookup(engine: Engine, tenant: str, rid: str) -> tuple[Response, list[Turn], list[Turn]]:
     """The stored response with its input and output turns (only those are read)."""
 
     def read() -> tuple[Response, list[Turn]]:
@@ -367,6 +371,11 @@ async def _running(engine: Engine, tenant: str, rid: str) -> s.ResponseObject | 
         store=True,
         metadata={k: str(v) for k, v in (to.metadata or {}).items()},
     )
+
+
+async def cancel_response(request: web.Request) -> web.Response:
+    rid = _response_id(request)
+    return await background.cancel(request, rid, lambda: get_response(request))
 
 
 async def get_response(request: web.Request) -> web.Response:
@@ -469,3 +478,5 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/v1/responses/{response_id}", get_response)
     app.router.add_delete("/v1/responses/{response_id}", delete_response)
     app.router.add_get("/v1/responses/{response_id}/input_items", input_items)
+    app.router.add_post("/v1/responses/{response_id}/cancel", cancel_response)
+    background.setup(app)

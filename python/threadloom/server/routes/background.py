@@ -1,0 +1,79 @@
+"""`background: true` responses and `POST /v1/responses/{id}/cancel`.
+
+A background create answers at once with the response `in_progress`; the generation runs in a
+task the app keeps, and stores its reply as usual (a GET answers `in_progress` from the pending
+record until then). Cancelling stops it; what was generated is stored as `incomplete`, and the
+cancel answers with that stored response. Tasks are per tenant: another tenant's id is 404."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from threadloom.events import Result
+from threadloom.server.errors import ApiError
+from threadloom.server.middleware import TENANT
+from threadloom.server.routes.common import Events, final_result
+
+log = logging.getLogger("threadloom.server")
+
+# (tenant, response id) -> the task generating it and the engine's event stream it drains.
+Running = tuple["asyncio.Task[Result]", Events]
+RUNNING = web.AppKey("background_responses", dict[tuple[str, str], Running])
+
+
+def start(request: web.Request, response_id: str, events: Events) -> None:
+    """Runs the rest of a started generation in a task the app keeps."""
+    running = request.app[RUNNING]
+    key = (request[TENANT], response_id)
+    task = asyncio.ensure_future(final_result(events))
+    running[key] = (task, events)
+
+    def done(t: asyncio.Task[Result]) -> None:
+        running.pop(key, None)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("background response %s failed: %s", response_id, t.exception())
+
+    task.add_done_callback(done)
+
+
+async def cancel(
+    request: web.Request, response_id: str, show: Callable[[], Awaitable[web.Response]]
+) -> web.Response:
+    """Stops the tenant's background response, waits until its reply is stored, then answers
+    with `show()` (the stored response)."""
+    entry = request.app[RUNNING].get((request[TENANT], response_id))
+    if entry is None:
+        await show()  # 404 for an id this tenant does not have
+        raise ApiError(
+            400,
+            f"response {response_id!r} is not a running background response",
+            param="response_id",
+            code="not_cancellable",
+        )
+    task, events = entry
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    # A task cancelled before it first ran never closed the stream: closing it stops the
+    # generation and stores what exists (a no-op when the task closed it).
+    await events.aclose()
+    return await show()
+
+
+def setup(app: web.Application) -> None:
+    app[RUNNING] = {}
+
+    async def stop_all(app: web.Application) -> None:
+        entries = list(app[RUNNING].values())
+        for task, _ in entries:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in entries), return_exceptions=True)
+        for _, events in entries:
+            await events.aclose()
+
+    app.on_shutdown.append(stop_all)

@@ -194,3 +194,27 @@ def test_real_model_responses_chain_stream_and_chat(model_server: ThreadedServer
         max_tokens=12,
     )
     assert "Paris" in (chat.choices[0].message.content or "")
+
+
+def test_real_model_conversation(model_server: ThreadedServer) -> None:
+    """The Conversations API with the real model: the second answer is generated with the
+    first exchange in its prompt, and the conversation holds the four items in order."""
+    client = _sdk(model_server)
+    conv = client.conversations.create(
+        items=[{"type": "message", "role": "system", "content": "You are a helpful assistant."}]
+    )
+    first = client.responses.create(
+        model="default",
+        input="What is the capital of France?",
+        conversation=conv.id,
+        max_output_tokens=12,
+    )
+    assert "Paris" in first.output_text
+    second = client.responses.create(
+        model="default", input="And of Italy?", conversation=conv.id, max_output_tokens=12
+    )
+    assert second.usage is not None and first.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens + 5
+    items = client.conversations.items.list(conv.id, order="asc")
+    assert [i.role for i in items.data] == ["system", "user", "assistant", "user", "assistant"]
+    assert items.data[2].content[0].text == first.output_text

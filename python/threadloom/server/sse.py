@@ -1,4 +1,6 @@
-"""Server-sent events over an aiohttp StreamResponse."""
+"""Streaming a generation to a client: the one pipeline every streaming dialect uses
+(`serve_stream` with the dialect's frame writer), server-sent event framing, and the pump
+that drains the engine's events."""
 
 from __future__ import annotations
 
@@ -8,11 +10,12 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
 
+from threadloom.events import Event, Finished, Result, TokenEvent
 from threadloom.server.errors import ApiError
 from threadloom.server.middleware import to_api_error
 
@@ -48,6 +51,7 @@ async def end_with_error(
     error: Exception,
     write: Callable[[web.StreamResponse, ApiError], Awaitable[object]],
 ) -> None:
+    # Used by `serve_stream` only.
     """Ends a stream that failed: once the response has started, the error goes out as the
     dialect's own error frame (`write(response, error)`) and the stream ends; before that it
     is re-raised, so the error middleware answers with a plain JSON error and the status."""
@@ -60,6 +64,54 @@ async def end_with_error(
     with contextlib.suppress(ConnectionResetError):
         await write(response, api)
         await response.write_eof()
+
+
+class Dialect(Protocol):
+    """How one dialect writes a stream: the pipeline (`serve_stream`) owns the loop, the
+    disconnect and error handling; the dialect only writes its frames.
+
+    When a generation fails after the stream started, each dialect answers the way its own
+    clients expect (README's table): `finish` writes the failure frames, or raises an `ApiError`
+    to end the stream with the dialect's `error` frame."""
+
+    async def open(self, request: web.Request) -> web.StreamResponse: ...
+
+    async def start(self, response: web.StreamResponse) -> None: ...
+
+    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None: ...
+
+    async def finish(self, response: web.StreamResponse, result: Result) -> None: ...
+
+    async def error(self, response: web.StreamResponse, error: ApiError) -> None: ...
+
+
+async def serve_stream(
+    request: web.Request, events: AsyncGenerator[Event, None], dialect: Dialect
+) -> web.StreamResponse:
+    """Streams a started generation to the client. A client that leaves stops the generation
+    (what exists is stored as incomplete); an error before the stream opened is a plain JSON
+    error, after it the dialect's error frame."""
+    pending = await pull_next(events)
+    response: web.StreamResponse | None = None
+    try:
+        response = await dialect.open(request)
+        await dialect.start(response)
+        while True:
+            event = await pending
+            if isinstance(event, Finished):
+                break
+            pending = await pull_next(events)
+            if isinstance(event, TokenEvent):
+                await dialect.token(response, event)
+        await dialect.finish(response, event.result)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the client went away; the finally below stops the generation
+    except Exception as e:
+        await end_with_error(request, response, e, dialect.error)
+    finally:
+        await finish_pull(pending, events)
+    return opened(response)
 
 
 def frame(data: object, event: str | None = None) -> bytes:

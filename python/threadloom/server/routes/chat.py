@@ -10,14 +10,13 @@ import msgspec
 from aiohttp import web
 
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine, Finished, Result, Started, TokenEvent
+from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, error_body
 from threadloom.server.routes import compat
 from threadloom.server.routes.common import (
-    Events,
     decode_body,
     final_result,
     json_response,
@@ -87,7 +86,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     ident, created = mint_id("chatcmpl"), int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return await _stream(request, events, ident, created, engine.model_name, include_usage)
+        dialect = _ChatStream(ident, created, engine.model_name, include_usage)
+        return await sse.serve_stream(request, events, dialect)
     result = await final_result(events)
     if result.status == "failed":
         raise ApiError(500, "the generation failed", type="server_error", code="server_error")
@@ -121,59 +121,49 @@ def _timings(result: Result) -> c.Timings:
     )
 
 
-async def _stream(
-    request: web.Request,
-    events: Events,
-    ident: str,
-    created: int,
-    model: str,
-    include_usage: bool,
-) -> web.StreamResponse:
-    pending = await sse.pull_next(events)
-    response: web.StreamResponse | None = None
+class _ChatStream:
+    """Chat completion chunks. A failed generation ends the stream with an error chunk (the
+    OpenAI error shape), as OpenAI does."""
 
-    def chunk(delta: c.Delta, finish: Literal["stop", "length"] | None = None) -> bytes:
+    def __init__(self, ident: str, created: int, model: str, include_usage: bool) -> None:
+        self.ident, self.created, self.model = ident, created, model
+        self.include_usage = include_usage
+
+    def _chunk(self, delta: c.Delta, finish: Literal["stop", "length"] | None = None) -> bytes:
         choice = c.ChunkChoice(delta=delta, finish_reason=finish)
         return sse.frame(
-            c.ChatCompletionChunk(id=ident, created=created, model=model, choices=[choice])
+            c.ChatCompletionChunk(
+                id=self.ident, created=self.created, model=self.model, choices=[choice]
+            )
         )
 
-    try:
-        response = await sse.open_stream(request)
-        await response.write(chunk(c.Delta(role="assistant", content="")))
-        while True:
-            event = await pending
-            if isinstance(event, Finished):
-                break
-            pending = await sse.pull_next(events)
-            if isinstance(event, TokenEvent) and not event.reasoning and event.text:
-                await response.write(chunk(c.Delta(content=event.text)))
-        result = event.result
+    async def open(self, request: web.Request) -> web.StreamResponse:
+        return await sse.open_stream(request)
+
+    async def start(self, response: web.StreamResponse) -> None:
+        await response.write(self._chunk(c.Delta(role="assistant", content="")))
+
+    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
+        if not event.reasoning and event.text:
+            await response.write(self._chunk(c.Delta(content=event.text)))
+
+    async def finish(self, response: web.StreamResponse, result: Result) -> None:
         if result.status == "failed":
             raise ApiError(500, "the generation failed", type="server_error", code="server_error")
-        await response.write(chunk(c.Delta(), _finish_reason(result)))
-        if include_usage:
-            await response.write(
-                sse.frame(
-                    c.ChatCompletionChunk(
-                        id=ident, created=created, model=model, choices=[], usage=_usage(result)
-                    )
-                )
+        await response.write(self._chunk(c.Delta(), _finish_reason(result)))
+        if self.include_usage:
+            usage = c.ChatCompletionChunk(
+                id=self.ident,
+                created=self.created,
+                model=self.model,
+                choices=[],
+                usage=_usage(result),
             )
+            await response.write(sse.frame(usage))
         await response.write(b"data: [DONE]\n\n")
-        await response.write_eof()
-    except ConnectionResetError:
-        pass
-    except Exception as e:
-        await sse.end_with_error(
-            request,
-            response,
-            e,
-            lambda r, error: r.write(sse.frame(error_body(error))),
-        )
-    finally:
-        await sse.finish_pull(pending, events)
-    return sse.opened(response)
+
+    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
+        await response.write(sse.frame(error_body(error)))
 
 
 def setup(app: web.Application) -> None:

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine, Finished, Result, Started, TokenEvent
+from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.errors import NotFound, StateConflict
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
@@ -185,7 +185,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     )
     await _start(events, anchor_param)
     if req.stream:
-        return await _stream(request, events, engine)
+        return await sse.serve_stream(request, events, _LmStudioStream(engine))
     result = await final_result(events)
     if result.status == "failed":
         raise _generation_failed()
@@ -244,39 +244,34 @@ class _Phases:
         await self._enter("done")
 
 
-async def _stream(request: web.Request, events: Events, engine: Engine) -> web.StreamResponse:
-    pending = await sse.pull_next(events)
-    response: web.StreamResponse | None = None
-    try:
-        response = await sse.open_stream(request)
-        phases = _Phases(response)
-        await phases.begin(engine.model_name)
-        while True:
-            event = await pending
-            if isinstance(event, Finished):
-                break
-            pending = await sse.pull_next(events)
-            if isinstance(event, TokenEvent):
-                await phases.token(event)
-        await phases.end()
-        result = event.result
+class _LmStudioStream:
+    """LM Studio's named events. A failed generation sends an `error` event, then the final
+    `chat.end` with what was generated, as LM Studio does."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.phases: _Phases | None = None
+
+    async def open(self, request: web.Request) -> web.StreamResponse:
+        return await sse.open_stream(request)
+
+    async def start(self, response: web.StreamResponse) -> None:
+        self.phases = _Phases(response)
+        await self.phases.begin(self.engine.model_name)
+
+    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
+        assert self.phases is not None
+        await self.phases.token(event)
+
+    async def finish(self, response: web.StreamResponse, result: Result) -> None:
+        assert self.phases is not None
+        await self.phases.end()
         if result.status == "failed":
-            # As LM Studio does: the error, then the final payload with what was generated.
-            await phases.send(_stream_error(_generation_failed()))
-        await phases.send(lm.ChatEnd(result=_chat_result(result, engine)))
-        await response.write_eof()
-    except ConnectionResetError:
-        pass  # the client went away; the finally below stores what was generated
-    except Exception as e:
-        await sse.end_with_error(
-            request,
-            response,
-            e,
-            lambda r, error: r.write(sse.frame(_stream_error(error), "error")),
-        )
-    finally:
-        await sse.finish_pull(pending, events)
-    return sse.opened(response)
+            await self.phases.send(_stream_error(_generation_failed()))
+        await self.phases.send(lm.ChatEnd(result=_chat_result(result, self.engine)))
+
+    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
+        await response.write(sse.frame(_stream_error(error), "error"))
 
 
 def setup(app: web.Application) -> None:

@@ -12,12 +12,12 @@ import msgspec
 from aiohttp import web
 
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Finished, Started, TokenEvent
+from threadloom.engine import Result, Started, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT, register_error_format
-from threadloom.server.routes.common import Events, decode_body
+from threadloom.server.routes.common import decode_body
 from threadloom.server.schemas import paddler as p
 
 PATH = "/api/v1/continue_from_conversation_history"
@@ -89,40 +89,36 @@ async def continue_from_conversation_history(request: web.Request) -> web.Stream
         await events.aclose()
         raise
     assert isinstance(first, Started)
-    return await _stream(request, events, request_id, first.slot)
+    return await sse.serve_stream(request, events, _PaddlerStream(request_id, first.slot))
 
 
-async def _stream(
-    request: web.Request, events: Events, request_id: str, slot: int
-) -> web.StreamResponse:
-    pending = await sse.pull_next(events)
-    response = web.StreamResponse(status=200, headers=HEADERS)
-    response.enable_chunked_encoding()
-    try:
+class _PaddlerStream:
+    """Paddler's JSON lines, one token each, then an empty token frame. A failed generation
+    ends the stream with Paddler's error frame."""
+
+    def __init__(self, request_id: str, slot: int) -> None:
+        self.request_id, self.slot = request_id, slot
+
+    async def open(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers=HEADERS)
+        response.enable_chunked_encoding()
         await response.prepare(request)
-        while True:
-            event = await pending
-            if isinstance(event, Finished):
-                break
-            pending = await sse.pull_next(events)
-            if isinstance(event, TokenEvent) and event.text:
-                await response.write(_line(_token_frame(request_id, slot, event.text)))
-        if event.result.status == "failed":
+        return response
+
+    async def start(self, response: web.StreamResponse) -> None:
+        return None
+
+    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
+        if event.text:
+            await response.write(_line(_token_frame(self.request_id, self.slot, event.text)))
+
+    async def finish(self, response: web.StreamResponse, result: Result) -> None:
+        if result.status == "failed":
             raise ApiError(500, "the generation failed", type="server_error", code="server_error")
-        await response.write(_line(_token_frame(request_id, slot, None)))
-        await response.write_eof()
-    except ConnectionResetError:
-        pass  # the client went away; the finally below stops the generation
-    except Exception as e:
-        await sse.end_with_error(
-            request,
-            response,
-            e,
-            lambda r, error: r.write(_line(error_frame(request_id, error))),
-        )
-    finally:
-        await sse.finish_pull(pending, events)
-    return response
+        await response.write(_line(_token_frame(self.request_id, self.slot, None)))
+
+    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
+        await response.write(_line(error_frame(self.request_id, error)))
 
 
 def setup(app: web.Application) -> None:

@@ -14,7 +14,7 @@ from aiohttp import web
 from threadloom._core import Response, Turn
 from threadloom.backends.base import SamplingParams
 from threadloom.conversation import Destination
-from threadloom.engine import Engine, Finished, Result, Started, TokenEvent
+from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.errors import NotFound
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
@@ -22,7 +22,6 @@ from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT
 from threadloom.server.routes import background, compat
 from threadloom.server.routes.common import (
-    Events,
     decode_body,
     final_result,
     json_response,
@@ -236,95 +235,88 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         background.start(request, draft.id, events)
         return json_response(draft.build("in_progress", [], None))
     if req.stream:
-        return await _stream(request, events, draft)
+        return await sse.serve_stream(request, events, _ResponsesStream(draft))
     result = await final_result(events)
     return json_response(draft.finished(result))
 
 
-async def _stream(request: web.Request, events: Events, draft: _Draft) -> web.StreamResponse:
-    pending = await sse.pull_next(events)
-    seq = 0
-    item_id = draft.item_id
-    response: web.StreamResponse | None = None
+class _ResponsesStream:
+    """The Responses API's typed events, numbered. A failed generation ends with
+    `response.failed` carrying the stored failed response, as OpenAI does."""
 
-    async def send(event: s._Event) -> None:
-        nonlocal seq
-        assert response is not None
-        event.sequence_number = seq
-        seq += 1
-        await response.write(sse.frame(event, type(event).__struct_config__.tag))  # type: ignore[arg-type]
+    def __init__(self, draft: _Draft) -> None:
+        self.draft = draft
+        self.seq = 0
 
-    try:
-        response = await sse.open_stream(request)
+    async def _send(self, response: web.StreamResponse, event: s._Event) -> None:
+        event.sequence_number = self.seq
+        self.seq += 1
+        tag = type(event).__struct_config__.tag
+        await response.write(sse.frame(event, tag))  # type: ignore[arg-type]
+
+    async def open(self, request: web.Request) -> web.StreamResponse:
+        return await sse.open_stream(request)
+
+    async def start(self, response: web.StreamResponse) -> None:
+        draft = self.draft
         in_progress = draft.build("in_progress", [], None)
-        await send(s.ResponseCreated(sequence_number=0, response=in_progress))
-        await send(s.ResponseInProgress(sequence_number=0, response=in_progress))
-        empty = _message(item_id, "", "in_progress")
+        await self._send(response, s.ResponseCreated(sequence_number=0, response=in_progress))
+        await self._send(response, s.ResponseInProgress(sequence_number=0, response=in_progress))
+        empty = _message(draft.item_id, "", "in_progress")
         empty.content = []
-        await send(s.OutputItemAdded(sequence_number=0, output_index=0, item=empty))
-        await send(
+        await self._send(response, s.OutputItemAdded(sequence_number=0, output_index=0, item=empty))
+        await self._send(
+            response,
             s.ContentPartAdded(
                 sequence_number=0,
-                item_id=item_id,
+                item_id=draft.item_id,
                 output_index=0,
                 content_index=0,
                 part=s.OutputText(text=""),
-            )
-        )
-        while True:
-            event = await pending
-            if isinstance(event, Finished):
-                break
-            pending = await sse.pull_next(events)
-            if isinstance(event, TokenEvent) and not event.reasoning and event.text:
-                await send(
-                    s.OutputTextDelta(
-                        sequence_number=0,
-                        item_id=item_id,
-                        output_index=0,
-                        content_index=0,
-                        delta=event.text,
-                    )
-                )
-        result = event.result
-        final = draft.finished(result, item_id)
-        part = s.OutputText(text=result.text)
-        await send(
-            s.OutputTextDone(
-                sequence_number=0,
-                item_id=item_id,
-                output_index=0,
-                content_index=0,
-                text=result.text,
-            )
-        )
-        await send(
-            s.ContentPartDone(
-                sequence_number=0, item_id=item_id, output_index=0, content_index=0, part=part
-            )
-        )
-        await send(s.OutputItemDone(sequence_number=0, output_index=0, item=final.output[0]))
-        if result.status == "completed":
-            await send(s.ResponseCompleted(sequence_number=0, response=final))
-        elif result.status == "incomplete":
-            await send(s.ResponseIncomplete(sequence_number=0, response=final))
-        else:
-            await send(s.ResponseFailed(sequence_number=0, response=final))
-        await response.write_eof()
-    except ConnectionResetError:
-        pass  # the client went away; the finally below stores what was generated
-    except Exception as e:
-        await sse.end_with_error(
-            request,
-            response,
-            e,
-            lambda _, error: send(
-                s.StreamError(sequence_number=0, code=error.code, message=error.message)
             ),
         )
-    finally:
-        await sse.finish_pull(pending, events)
-    return sse.opened(response)
+
+    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
+        if event.reasoning or not event.text:
+            return
+        delta = s.OutputTextDelta(
+            sequence_number=0,
+            item_id=self.draft.item_id,
+            output_index=0,
+            content_index=0,
+            delta=event.text,
+        )
+        await self._send(response, delta)
+
+    async def finish(self, response: web.StreamResponse, result: Result) -> None:
+        item_id = self.draft.item_id
+        final = self.draft.finished(result, item_id)
+        text = s.OutputTextDone(
+            sequence_number=0, item_id=item_id, output_index=0, content_index=0, text=result.text
+        )
+        await self._send(response, text)
+        part = s.ContentPartDone(
+            sequence_number=0,
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            part=s.OutputText(text=result.text),
+        )
+        await self._send(response, part)
+        done = s.OutputItemDone(sequence_number=0, output_index=0, item=final.output[0])
+        await self._send(response, done)
+        end: type[s.ResponseCompleted | s.ResponseIncomplete | s.ResponseFailed] = (
+            s.ResponseCompleted
+            if result.status == "completed"
+            else s.ResponseIncomplete
+            if result.status == "incomplete"
+            else s.ResponseFailed
+        )
+        await self._send(response, end(sequence_number=0, response=final))
+
+    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
+        frame = s.StreamError(sequence_number=0, code=error.code, message=error.message)
+        await self._send(response, frame)
 
 
 def _response_id(request: web.Request) -> str:

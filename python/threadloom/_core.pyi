@@ -2,7 +2,7 @@
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
-from typing import Any, Final, final
+from typing import Any, Final, Literal, final
 
 __all__ = [
     "MAX_METADATA_BYTES",
@@ -24,6 +24,10 @@ __all__ = [
 ]
 
 _Metadata = Mapping[str, Any] | str | bytes | None
+_Role = Literal["system", "user", "assistant", "tool"]
+_ThreadState = Literal["open", "locked", "archived"]
+_ResponseStatus = Literal["completed", "incomplete", "failed"]
+_Strategy = Literal["tokens", "window", "none"]
 
 MAX_THREAD_MESSAGES: Final[int]
 """Messages one conversation (root to newest turn) may hold."""
@@ -55,7 +59,7 @@ class ResponseInfo:
         cls,
         model: str,
         *,
-        status: str = "completed",
+        status: _ResponseStatus = "completed",
         output_count: int = 1,
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
@@ -69,7 +73,7 @@ class ResponseInfo:
     @property
     def model(self) -> str: ...
     @property
-    def status(self) -> str: ...
+    def status(self) -> _ResponseStatus: ...
     @property
     def output_count(self) -> int: ...
     @property
@@ -98,7 +102,7 @@ class Thread:
     @property
     def metadata_json(self) -> str: ...
     @property
-    def state(self) -> str: ...
+    def state(self) -> _ThreadState: ...
     @property
     def visible(self) -> bool: ...
     @property
@@ -115,7 +119,7 @@ class Response:
     @property
     def owner(self) -> str: ...
     @property
-    def status(self) -> str: ...
+    def status(self) -> _ResponseStatus: ...
     @property
     def model(self) -> str: ...
     @property
@@ -150,7 +154,7 @@ class Turn:
     @property
     def parent_id(self) -> str | None: ...
     @property
-    def role(self) -> str: ...
+    def role(self) -> _Role: ...
     @property
     def content(self) -> str: ...
     @property
@@ -342,7 +346,7 @@ class PromptEngine:
         thread: str | None = None,
         response: str | None = None,
         turn: str | None = None,
-        strategy: str = "tokens",
+        strategy: _Strategy = "tokens",
         window: int | None = None,
         budget: int | None = None,
         max_tokens: int = 256,
@@ -356,7 +360,7 @@ class PromptEngine:
         messages: Iterable[Mapping[str, str | None]],
         *,
         owner: str = "default",
-        strategy: str = "tokens",
+        strategy: _Strategy = "tokens",
         window: int | None = None,
         budget: int | None = None,
         max_tokens: int = 256,

@@ -13,7 +13,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import TypeVar
 
 import msgspec
 from aiohttp import web
@@ -61,7 +61,7 @@ def _named(e: BaseException, param: str) -> BaseException:
 def _thread_object(t: Thread) -> f.ThreadObject:
     return f.ThreadObject(
         id=t.id,
-        state=cast(f.ThreadState, t.state),
+        state=t.state,
         visible_in_ui=t.visible,
         metadata=t.metadata,
         message_count=t.message_count,

@@ -391,7 +391,7 @@ async def get_response(request: web.Request) -> web.Response:
         s.ResponseObject(
             id=stored.id,
             created_at=stored.created_ms // 1000,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             model=stored.model,
             output=[
                 _message(output_item_id(stored.id), t.content, status)

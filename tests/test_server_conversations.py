@@ -173,9 +173,13 @@ def test_background_responses_are_polled_and_cancelled(server: ThreadedServer) -
             break
         time.sleep(0.01)
     assert polled.status == "completed" and polled.output_text == "[bg]"
-    long = client.responses.create(model="default", input="long:100000", background=True)
+    long = client.responses.create(
+        model="default", input="long:100000", background=True, max_output_tokens=8000
+    )
     cancelled = client.responses.cancel(long.id)
     assert cancelled.id == long.id and cancelled.status == "incomplete"
+    # Stopped part way, and stored by the time the cancel answered.
+    assert cancelled.usage is not None and 0 < cancelled.usage.output_tokens < 8000
     assert client.responses.retrieve(long.id).status == "incomplete"
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(quick.id)  # finished: nothing to cancel

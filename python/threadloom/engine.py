@@ -177,7 +177,15 @@ class Engine:
             except Exception:
                 log.exception("storing a cancelled generation failed")
             raise
-        yield Finished(await asyncio.shield(completion))
+        try:
+            result = await asyncio.shield(completion)
+        except asyncio.CancelledError:
+            # Cancelled while the reply is being stored: the save goes on regardless; wait for
+            # it, so whoever cancelled finds the response stored.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(completion)
+            raise
+        yield Finished(result)
 
     async def respond(self, inputs: str | Iterable[Message] | Request, **options: Any) -> Result:
         """Like `stream`, returning only the finished result."""

@@ -7,6 +7,7 @@ __all__ = [
     "ContextLengthExceeded",
     "InvalidInput",
     "LimitExceeded",
+    "ModelFormatError",
     "ModelNotInstalled",
     "NotFound",
     "Overloaded",
@@ -71,6 +72,11 @@ class StoreUnavailable(StoreError):
 
 class StoreFormatError(StoreError):
     """The store's data has a format this version does not understand, or is damaged."""
+
+
+class ModelFormatError(ThreadloomError, ValueError):
+    """A model file (GGUF) is malformed, or uses a tokenizer, template or format this version
+    does not support."""
 
 
 class ModelNotInstalled(ThreadloomError):

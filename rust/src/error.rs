@@ -18,6 +18,8 @@ pub enum Error {
     StoreFull(String),
     /// The on-disk data has a format this code does not know.
     Format(String),
+    /// A model file (GGUF) is malformed or uses what this code does not support.
+    Model(String),
     /// An I/O or LMDB failure.
     Storage(String),
     /// The prompt and the requested output do not fit the model's context.
@@ -59,6 +61,7 @@ impl Error {
             | Error::InvalidInput(m)
             | Error::StoreFull(m)
             | Error::Format(m)
+            | Error::Model(m)
             | Error::Storage(m) => m,
             Error::ContextLength(c) => &c.message,
         }

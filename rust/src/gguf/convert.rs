@@ -684,7 +684,7 @@ impl<'a> Raw<'a> {
             .ok()
             .and_then(|n| self.pos.checked_add(n))
             .filter(|&e| e <= self.buf.len())
-            .ok_or_else(|| Error::Format("GGUF: header truncated".into()))?;
+            .ok_or_else(|| Error::Model("GGUF: header truncated".into()))?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -734,7 +734,7 @@ impl<'a> Raw<'a> {
             }
             other => {
                 let size = fixed_size(other)
-                    .ok_or_else(|| Error::Format(format!("GGUF: unknown value type {other}")))?;
+                    .ok_or_else(|| Error::Model(format!("GGUF: unknown value type {other}")))?;
                 out.extend_from_slice(self.take(size)?);
             }
         }
@@ -751,7 +751,7 @@ impl<'a> Raw<'a> {
     ) -> Result<usize> {
         let elem = if tag == 9 { self.u32()? } else { u32::MAX };
         if elem != 8 {
-            return Err(Error::Format(format!(
+            return Err(Error::Model(format!(
                 "GGUF: key '{key}' should be an array of strings"
             )));
         }
@@ -1087,12 +1087,12 @@ pub fn convert_for_ctransformers_cancellable(
     #[cfg(unix)]
     let _ = map.advise(memmap2::Advice::Sequential);
     let meta = GgufMetadata::from_bytes(&map).map_err(|e| match e {
-        Error::Format(m) | Error::InvalidInput(m) => refuse(src, &[m]),
+        Error::Model(m) | Error::InvalidInput(m) => refuse(src, &[m]),
         other => other,
     })?;
     let plan = check(&meta).map_err(|problems| refuse(src, &problems))?;
     let layout = build_layout(&map, &meta, &plan).map_err(|e| match e {
-        Error::Format(m) => refuse(src, &[m]),
+        Error::Model(m) => refuse(src, &[m]),
         other => other,
     })?;
 

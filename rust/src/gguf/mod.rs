@@ -105,7 +105,7 @@ impl GgufMetadata {
         let map = unsafe { memmap2::Mmap::map(&file) }
             .map_err(|e| Error::Storage(format!("cannot map {}: {e}", path.display())))?;
         Self::from_bytes(&map).map_err(|e| match e {
-            Error::Format(m) => Error::Format(format!("{m} (in {})", path.display())),
+            Error::Model(m) => Error::Model(format!("{m} (in {})", path.display())),
             other => other,
         })
     }

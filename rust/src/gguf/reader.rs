@@ -1,7 +1,7 @@
 //! The byte-level GGUF parser. Every count read from the file is checked against the bytes that
 //! remain before anything is allocated for it, so a hostile header cannot make us reserve more
 //! memory than a small multiple of the file's own size, and every read is bounds-checked, so a
-//! truncated file gives `Error::Format`, never a panic.
+//! truncated file gives `Error::Model`, never a panic.
 
 use std::collections::HashSet;
 
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 const MAX_ARRAY_DEPTH: u32 = 8;
 
 pub(crate) fn format_err(msg: impl AsRef<str>) -> Error {
-    Error::Format(format!("GGUF: {}", msg.as_ref()))
+    Error::Model(format!("GGUF: {}", msg.as_ref()))
 }
 
 /// What the parser hands back to `GgufMetadata`: raw, not yet validated key/values.

@@ -136,8 +136,8 @@ fn round_trip_all_types() {
 
 fn format_error(bytes: &[u8]) -> String {
     match GgufMetadata::from_bytes(bytes) {
-        Err(Error::Format(m)) => m,
-        other => panic!("expected a Format error, got {other:?}"),
+        Err(Error::Model(m)) => m,
+        other => panic!("expected a Model error, got {other:?}"),
     }
 }
 
@@ -301,7 +301,7 @@ fn from_path_errors() {
     std::fs::write(&empty, b"").unwrap();
     assert!(matches!(
         GgufMetadata::from_path(&empty),
-        Err(Error::Format(_))
+        Err(Error::Model(_))
     ));
     let good = dir.path().join("good.gguf");
     std::fs::write(&good, sample_file(3)).unwrap();

@@ -50,7 +50,7 @@ impl ValueType {
             10 => ValueType::U64,
             11 => ValueType::I64,
             12 => ValueType::F64,
-            other => return Err(Error::Format(format!("GGUF: unknown value type {other}"))),
+            other => return Err(Error::Model(format!("GGUF: unknown value type {other}"))),
         })
     }
 

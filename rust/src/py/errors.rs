@@ -24,6 +24,7 @@ impl From<Error> for PyErr {
             Error::InvalidInput(_) => "InvalidInput",
             Error::StoreFull(_) => "StoreFull",
             Error::Format(_) => "StoreFormatError",
+            Error::Model(_) => "ModelFormatError",
             Error::Storage(_) => "StoreError",
             Error::ContextLength(_) => "ContextLengthExceeded",
         };

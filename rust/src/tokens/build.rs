@@ -19,7 +19,7 @@ const MAX_SPM_MERGE_BYTES: usize = 256;
 const SPM_SPACE: &str = "\u{2581}";
 
 fn build_err(e: impl std::fmt::Display) -> Error {
-    Error::Format(format!("cannot build the tokenizer: {e}"))
+    Error::Model(format!("cannot build the tokenizer: {e}"))
 }
 
 /// Text -> id with llama.cpp's rule for duplicate texts: the last id wins.

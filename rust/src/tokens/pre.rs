@@ -119,7 +119,7 @@ pub(crate) fn lookup(pre: &str) -> Result<PreInfo> {
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "stablelm2" | "hunyuan"
         | "solar-open" => info(&[QWEN2]),
         other => {
-            return Err(Error::Format(format!(
+            return Err(Error::Model(format!(
                 "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre); supported: {}",
                 SUPPORTED_PRE.join(", ")
             )))

@@ -56,7 +56,7 @@ impl Specials {
             .size_limit(1 << 28)
             .dfa_size_limit(1 << 26)
             .build()
-            .map_err(|e| Error::Format(format!("cannot build the special-token matcher: {e}")))?;
+            .map_err(|e| Error::Model(format!("cannot build the special-token matcher: {e}")))?;
         Ok(Some(Specials { re, tokens: map }))
     }
 

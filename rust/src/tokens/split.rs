@@ -41,10 +41,10 @@ impl RegexSplit {
             pattern.to_owned()
         };
         let re = Regex::new(&rewritten)
-            .map_err(|e| Error::Format(format!("internal: bad split regex {pattern}: {e}")))?;
+            .map_err(|e| Error::Model(format!("internal: bad split regex {pattern}: {e}")))?;
         // Group 1 must be the rewritten look-ahead and nothing else may capture.
         if re.captures_len() != if has_ws_group { 2 } else { 1 } {
-            return Err(Error::Format(format!(
+            return Err(Error::Model(format!(
                 "internal: cannot rewrite split regex {pattern}"
             )));
         }

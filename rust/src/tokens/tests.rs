@@ -311,7 +311,7 @@ fn bpe_pre_tokenizers_split_digits_as_llama_cpp() {
     ]))
     .unwrap_err();
     assert!(
-        matches!(e, Error::Format(ref m) if m.contains("no-such-pre")),
+        matches!(e, Error::Model(ref m) if m.contains("no-such-pre")),
         "{e:?}"
     );
 }
@@ -324,10 +324,10 @@ fn rejects_unsupported_vocabularies() {
             ("tokenizer.ggml.tokens", strings(&tokens)),
         ]))
         .unwrap_err();
-        assert!(matches!(e, Error::Format(_)), "{e:?}");
+        assert!(matches!(e, Error::Model(_)), "{e:?}");
     }
     let e = Tokenizer::from_metadata(&meta(vec![])).unwrap_err();
-    assert!(matches!(e, Error::Format(_)));
+    assert!(matches!(e, Error::Model(_)));
 }
 
 // ---------------------------------------------------------------------------------------------

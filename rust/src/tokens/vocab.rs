@@ -182,25 +182,25 @@ pub(crate) struct Vocab {
 impl Vocab {
     pub fn from_metadata(meta: &GgufMetadata) -> Result<Self> {
         let model = meta.tokenizer_model().ok_or_else(|| {
-            Error::Format("the GGUF file has no tokenizer (tokenizer.ggml.model)".to_owned())
+            Error::Model("the GGUF file has no tokenizer (tokenizer.ggml.model)".to_owned())
         })?;
         let kind = match model {
             "gpt2" => VocabKind::Bpe,
             "llama" => VocabKind::Spm,
             other => {
-                return Err(Error::Format(format!(
+                return Err(Error::Model(format!(
                     "unsupported tokenizer model '{other}' (supported: gpt2, llama)"
                 )))
             }
         };
         let tokens = meta.tokens();
         if tokens.is_empty() {
-            return Err(Error::Format(
+            return Err(Error::Model(
                 "the GGUF file has no vocabulary (tokenizer.ggml.tokens)".to_owned(),
             ));
         }
         if u32::try_from(tokens.len()).is_err() {
-            return Err(Error::Format(format!(
+            return Err(Error::Model(format!(
                 "vocabulary of {} tokens is too large",
                 tokens.len()
             )));
@@ -266,7 +266,7 @@ impl Vocab {
         let mut merges = Vec::with_capacity(meta.merges().len());
         if kind == VocabKind::Bpe {
             if meta.get(crate::gguf::keys::MERGES).is_none() {
-                return Err(Error::Format(
+                return Err(Error::Model(
                     "a gpt2 vocabulary needs tokenizer.ggml.merges".to_owned(),
                 ));
             }

@@ -183,3 +183,17 @@ def start_servers(store: str, tmp_path: Path, n: int, delay_s: float = 0.0) -> l
         for s in servers:
             s.stop()
         raise
+
+
+# Two tenants, for the tests that run real clients (the openai SDK) against a threaded server.
+SDK_KEYS = {"key-alice": "alice", "key-bob": "bob"}
+
+
+def keyed_scripted_app(tmp: Any) -> web.Application:
+    """The app with `SDK_KEYS` and the echo script, for a `ThreadedServer`."""
+    from threadloom.server.app import init_app
+
+    script = EchoScript()
+    app = init_app(config(tmp, api_keys=SDK_KEYS), backend=scripted(script))
+    attach_tokenizer(app, script)
+    return app

@@ -4,31 +4,20 @@ backend): a conversation is a thread, reachable from every dialect."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 openai = pytest.importorskip("openai")
 
-from aiohttp import web  # noqa: E402
-from server_support import EchoScript, ThreadedServer, attach_tokenizer, config, scripted  # noqa: E402
-from threadloom.server.app import init_app  # noqa: E402
+from server_support import ThreadedServer, keyed_scripted_app  # noqa: E402
 
-KEYS = {"key-alice": "alice", "key-bob": "bob"}
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def make_app(tmp: Path) -> web.Application:
-    script = EchoScript()
-    app = init_app(config(tmp, api_keys=KEYS), backend=scripted(script))
-    attach_tokenizer(app, script)
-    return app
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
-    s = ThreadedServer(lambda: make_app(tmp_path_factory.mktemp("conv"))).start()
+    s = ThreadedServer(lambda: keyed_scripted_app(tmp_path_factory.mktemp("conv"))).start()
     yield s
     s.stop()
 

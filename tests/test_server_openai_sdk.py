@@ -4,7 +4,6 @@ loop in a background thread) with the scripted backend."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,11 +11,9 @@ import pytest
 pytest.importorskip("aiohttp")
 openai = pytest.importorskip("openai")
 
-from aiohttp import web  # noqa: E402
-from server_support import EchoScript, ThreadedServer, attach_tokenizer, config, scripted  # noqa: E402
+from server_support import ThreadedServer, config, keyed_scripted_app  # noqa: E402
 from threadloom.server.app import init_app  # noqa: E402
 
-KEYS = {"key-alice": "alice", "key-bob": "bob"}
 STREAM_ORDER_HEAD = [
     "response.created",
     "response.in_progress",
@@ -32,17 +29,10 @@ STREAM_ORDER_TAIL = [
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def make_app(tmp: Path) -> web.Application:
-    script = EchoScript()
-    app = init_app(config(tmp, api_keys=KEYS), backend=scripted(script))
-    attach_tokenizer(app, script)
-    return app
-
-
 @pytest.fixture(scope="module")
 def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
     tmp = tmp_path_factory.mktemp("sdk")
-    server = ThreadedServer(lambda: make_app(tmp)).start()
+    server = ThreadedServer(lambda: keyed_scripted_app(tmp)).start()
     yield server
     server.stop()
 

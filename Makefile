@@ -33,6 +33,7 @@ bench: build-dev ## run the benchmarks (each prints its table and ratios)
 	$(PY) benches/bench_prompt.py
 	$(PY) benches/bench_engine.py
 	$(PY) benches/bench_server.py
+	$(PY) benches/bench_concurrency.py
 	$(PY) benches/bench_pg_store.py
 
 .PHONY: help build-dev test lint bench wheel

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from threadloom.events import Event, Finished, Result, TokenEvent
 from threadloom.server.errors import ApiError
-from threadloom.server.middleware import to_api_error
+from threadloom.server.middleware import request_id, to_api_error
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -60,7 +60,12 @@ async def end_with_error(
     api = to_api_error(error)
     if api.status >= 500:
         # The middleware logs what reaches it; this never does, the stream is already open.
-        log.error("error in the %s stream", request.path, exc_info=error)
+        log.error(
+            "error in the %s stream (request %s)",
+            request.path,
+            request_id(request),
+            exc_info=error,
+        )
     with contextlib.suppress(ConnectionResetError):
         await write(response, api)
         await response.write_eof()

@@ -189,6 +189,13 @@ def start_servers(store: str, tmp_path: Path, n: int, delay_s: float = 0.0) -> l
 SDK_KEYS = {"key-alice": "alice", "key-bob": "bob"}
 
 
+def sdk_client(server: ThreadedServer, key: str = "key-alice") -> Any:
+    """The official `openai` SDK's client for `server`, as tenant `key`."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
 def keyed_scripted_app(tmp: Any) -> web.Application:
     """The app with `SDK_KEYS` and the echo script, for a `ThreadedServer`."""
     from threadloom.server.app import init_app

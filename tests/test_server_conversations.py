@@ -4,13 +4,12 @@ backend): a conversation is a thread, reachable from every dialect."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 openai = pytest.importorskip("openai")
 
-from server_support import ThreadedServer, keyed_scripted_app  # noqa: E402
+from server_support import ThreadedServer, keyed_scripted_app, sdk_client  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -22,12 +21,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]
     s.stop()
 
 
-def sdk(server: ThreadedServer, key: str = "key-alice") -> Any:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
-
-
 def test_create_read_update_delete(server: ThreadedServer) -> None:
-    client = sdk(server)
+    client = sdk_client(server)
     conv = client.conversations.create(
         items=[{"type": "message", "role": "user", "content": "Hello"}], metadata={"topic": "x"}
     )
@@ -46,7 +41,7 @@ def test_create_read_update_delete(server: ThreadedServer) -> None:
 def test_responses_continue_a_conversation_and_items_page_both_ways(
     server: ThreadedServer,
 ) -> None:
-    client = sdk(server)
+    client = sdk_client(server)
     conv = client.conversations.create()
     for text in ("one", "two", "three"):
         r = client.responses.create(model="default", input=text, conversation=conv.id)
@@ -72,7 +67,7 @@ def test_responses_continue_a_conversation_and_items_page_both_ways(
 
 
 def test_errors(server: ThreadedServer) -> None:
-    alice, bob = sdk(server), sdk(server, "key-bob")
+    alice, bob = sdk_client(server), sdk_client(server, "key-bob")
     conv = alice.conversations.create()
     with pytest.raises(openai.NotFoundError):
         bob.conversations.retrieve(conv.id)
@@ -123,7 +118,7 @@ def test_an_agents_sdk_agent_keeps_its_memory_in_a_conversation(server: Threaded
     outputs, conv_id = asyncio.run(run())
     # Each turn's prompt held the earlier turns: they came from the conversation.
     assert outputs == ["[one]", "[one | two]", "[one | two | three]"]
-    items = sdk(server).conversations.items.list(conv_id, order="asc", limit=100)
+    items = sdk_client(server).conversations.items.list(conv_id, order="asc", limit=100)
     texts = [i.content[0].text for i in items.data]
     assert texts == ["one", "[one]", "two", "[one | two]", "three", "[one | two | three]"]
 
@@ -139,9 +134,7 @@ def test_an_agents_sdk_agent_chains_previous_response_id(server: ThreadedServer)
 
     async def run() -> list[str]:
         first = await agents.Runner.run(agent, "one")
-        second = await agents.Runner.run(
-            agent, "two", previous_response_id=first.last_response_id
-        )
+        second = await agents.Runner.run(agent, "two", previous_response_id=first.last_response_id)
         third = await agents.Runner.run(
             agent, "three", previous_response_id=second.last_response_id
         )
@@ -153,7 +146,7 @@ def test_an_agents_sdk_agent_chains_previous_response_id(server: ThreadedServer)
 def test_background_responses_are_polled_and_cancelled(server: ThreadedServer) -> None:
     import time
 
-    client = sdk(server)
+    client = sdk_client(server)
     quick = client.responses.create(model="default", input="bg", background=True)
     assert quick.background and quick.status in ("in_progress", "queued")
     for _ in range(200):
@@ -173,4 +166,4 @@ def test_background_responses_are_polled_and_cancelled(server: ThreadedServer) -
     with pytest.raises(openai.BadRequestError):
         client.responses.cancel(quick.id)  # finished: nothing to cancel
     with pytest.raises(openai.NotFoundError):
-        sdk(server, "key-bob").responses.cancel(long.id)
+        sdk_client(server, "key-bob").responses.cancel(long.id)

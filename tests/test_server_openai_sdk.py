@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("aiohttp")
 openai = pytest.importorskip("openai")
 
-from server_support import ThreadedServer, config, keyed_scripted_app  # noqa: E402
+from server_support import ThreadedServer, config, keyed_scripted_app, sdk_client  # noqa: E402
 from threadloom.server.app import init_app  # noqa: E402
 
 STREAM_ORDER_HEAD = [
@@ -37,12 +37,8 @@ def sdk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedSer
     server.stop()
 
 
-def _sdk(server: ThreadedServer, key: str = "key-alice") -> Any:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
-
-
 def test_openai_sdk_round_trip(sdk_server: ThreadedServer) -> None:
-    client = _sdk(sdk_server)
+    client = sdk_client(sdk_server)
     [model] = client.models.list().data
     first = client.responses.create(model=model.id, input="My name is Alice.")
     assert first.status == "completed" and first.output_text == "[My name is Alice.]"
@@ -71,7 +67,7 @@ def test_openai_sdk_round_trip(sdk_server: ThreadedServer) -> None:
 
 
 def test_openai_sdk_streaming(sdk_server: ThreadedServer) -> None:
-    client = _sdk(sdk_server)
+    client = sdk_client(sdk_server)
     first = client.responses.create(model="default", input="one")
     events = list(
         client.responses.create(
@@ -91,18 +87,18 @@ def test_openai_sdk_streaming(sdk_server: ThreadedServer) -> None:
 
 def test_openai_sdk_errors(sdk_server: ThreadedServer) -> None:
     with pytest.raises(openai.AuthenticationError):
-        _sdk(sdk_server, key="wrong").responses.create(model="default", input="x")
-    client = _sdk(sdk_server)
+        sdk_client(sdk_server, key="wrong").responses.create(model="default", input="x")
+    client = sdk_client(sdk_server)
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model="default", input="x", max_output_tokens=-5)
     assert info.value.body["param"] == "max_output_tokens"  # type: ignore[index]
     mine = client.responses.create(model="default", input="x")
     with pytest.raises(openai.NotFoundError):
-        _sdk(sdk_server, key="key-bob").responses.retrieve(mine.id)
+        sdk_client(sdk_server, key="key-bob").responses.retrieve(mine.id)
 
 
 def test_openai_sdk_chat_completions(sdk_server: ThreadedServer) -> None:
-    client = _sdk(sdk_server)
+    client = sdk_client(sdk_server)
     messages: list[Any] = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "hello"},
@@ -144,7 +140,7 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedS
 
 
 def test_real_model_responses_chain_stream_and_chat(model_server: ThreadedServer) -> None:
-    client = _sdk(model_server)
+    client = sdk_client(model_server)
     system = "You are a helpful assistant."
     first = client.responses.create(
         model="default",
@@ -189,7 +185,7 @@ def test_real_model_responses_chain_stream_and_chat(model_server: ThreadedServer
 def test_real_model_conversation(model_server: ThreadedServer) -> None:
     """The Conversations API with the real model: the second answer is generated with the
     first exchange in its prompt, and the conversation holds the four items in order."""
-    client = _sdk(model_server)
+    client = sdk_client(model_server)
     conv = client.conversations.create(
         items=[{"type": "message", "role": "system", "content": "You are a helpful assistant."}]
     )

@@ -35,9 +35,6 @@ class KeyedLocks:
         lock.release()
         self._forget(key)
 
-    def busy(self, key: Hashable) -> bool:
-        return key in self._locks
-
     def _forget(self, key: Hashable) -> None:
         lock, users = self._locks[key]
         if users <= 1:

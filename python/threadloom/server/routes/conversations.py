@@ -11,8 +11,6 @@ path (ids are unguessable, and a tenant may read all of its own turns anyway).""
 
 from __future__ import annotations
 
-import re
-
 import msgspec
 from aiohttp import web
 
@@ -24,20 +22,12 @@ from threadloom.server.middleware import TENANT
 from threadloom.server.routes.common import decode_body, json_response
 from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import conversations as c
-from threadloom.server.schemas.freddy import THREAD_ID_PATTERN
-from threadloom.server.schemas.responses import InputMessage, OutputText
+from threadloom.server.schemas.freddy import THREAD_ID
+from threadloom.server.schemas.responses import OutputText
 
-_ID = re.compile(THREAD_ID_PATTERN)
 _create = msgspec.json.Decoder(c.CreateConversation)
 _update = msgspec.json.Decoder(c.UpdateConversation)
 _add = msgspec.json.Decoder(c.AddItems)
-
-
-def messages(items: list[InputMessage]) -> list[dict[str, str]]:
-    """Input messages as stored turns (`developer` is the system role to the templates)."""
-    return [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in items
-    ]
 
 
 def conversation_object(t: Thread) -> c.Conversation:
@@ -57,7 +47,7 @@ def item(t: Turn) -> c.Item:
 
 def _conversation_id(request: web.Request) -> str:
     cid = request.match_info["conversation_id"]
-    if not _ID.fullmatch(cid):
+    if not THREAD_ID.fullmatch(cid):
         raise ApiError(400, f"invalid conversation id {cid!r}", param="conversation_id")
     return cid
 
@@ -77,7 +67,10 @@ async def create(request: web.Request) -> web.Response:
     def make() -> Thread:
         t = engine.store.create_thread(cid, owner=tenant, metadata=req.metadata or None)
         if req.items:
-            t = engine.store.append(messages(req.items), owner=tenant, thread=cid).thread or t
+            t = (
+                engine.store.append([m.turn() for m in req.items], owner=tenant, thread=cid).thread
+                or t
+            )
         return t
 
     return json_response(conversation_object(await engine.offload(make)))
@@ -184,7 +177,7 @@ async def add_items(request: web.Request) -> web.Response:
     req = decode_body(_add, await request.read())
 
     def add() -> list[Turn]:
-        appended = engine.store.append(messages(req.items), owner=tenant, thread=cid)
+        appended = engine.store.append([m.turn() for m in req.items], owner=tenant, thread=cid)
         return engine.store.history(owner=tenant, thread=cid, limit=len(appended.turn_ids))
 
     try:

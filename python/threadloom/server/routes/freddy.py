@@ -10,7 +10,6 @@ every error."""
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -46,7 +45,6 @@ T = TypeVar("T")
 _create_response = msgspec.json.Decoder(f.CreateModelResponse)
 _create_thread = msgspec.json.Decoder(f.CreateThread)
 _update_thread = msgspec.json.Decoder(f.UpdateThread)
-_THREAD_ID = re.compile(f.THREAD_ID_PATTERN)
 
 
 def _named(e: BaseException, param: str) -> BaseException:
@@ -71,7 +69,7 @@ def _thread_object(t: Thread) -> f.ThreadObject:
 
 
 def _check_id(tid: str | None, param: str) -> None:
-    if tid is not None and not _THREAD_ID.fullmatch(tid):
+    if tid is not None and not f.THREAD_ID.fullmatch(tid):
         raise ApiError(
             400,
             f"invalid thread id {tid!r}: use 1 to 128 characters of [A-Za-z0-9_.:-]",

@@ -29,11 +29,10 @@ from threadloom.server.routes.common import (
 )
 from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import responses as s
+from threadloom.server.schemas.freddy import THREAD_ID
 
 _create = msgspec.json.Decoder(s.CreateResponse)
 _ID = re.compile(s.RESPONSE_ID_PATTERN)
-# A conversation is a thread: the store's thread id format.
-_THREAD_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def mint_id(prefix: str) -> str:
@@ -60,9 +59,7 @@ def _inputs(req: s.CreateResponse) -> list[dict[str, str]]:
     if isinstance(req.input, str):
         out.append({"role": "user", "content": req.input})
     else:
-        for item in req.input:
-            role = "system" if item.role == "developer" else item.role
-            out.append({"role": role, "content": item.text()})
+        out.extend(item.turn() for item in req.input)
     return out
 
 
@@ -171,7 +168,7 @@ def conversation_id(req: s.CreateResponse) -> str | None:
     if ref is None:
         return None
     cid = ref if isinstance(ref, str) else ref.get("id")
-    if not isinstance(cid, str) or not _THREAD_ID.fullmatch(cid):
+    if not isinstance(cid, str) or not THREAD_ID.fullmatch(cid):
         raise ApiError(400, 'conversation must be an id or {"id": ...}', param="conversation")
     if req.previous_response_id is not None:
         raise ApiError(

@@ -8,6 +8,7 @@ misspelled field is an error rather than silently ignored."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -21,6 +22,8 @@ from threadloom.server.schemas.responses import RESPONSE_ID_PATTERN
 # ids again with `fullmatch` (the pattern stays ECMA-compatible for the OpenAPI document).
 THREAD_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 ThreadId = Annotated[str, Meta(pattern=THREAD_ID_PATTERN)]
+# For `fullmatch` in the routes (a conversation id is a thread id too).
+THREAD_ID = re.compile(THREAD_ID_PATTERN)
 ResponseId = Annotated[str, Meta(pattern=RESPONSE_ID_PATTERN)]
 ThreadState = Literal["open", "locked", "archived"]
 # Any JSON object; its 16 KB limit is the store's (it measures the encoded form).

@@ -42,6 +42,10 @@ class InputMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     id: str | None = None
     status: Literal["in_progress", "completed", "incomplete"] | None = None
 
+    def turn(self) -> dict[str, str]:
+        """The message as a stored turn (`developer` is the system role to the templates)."""
+        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content

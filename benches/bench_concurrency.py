@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout
 
@@ -127,15 +128,60 @@ async def one_turn(
     return req, response_id, "".join(answer)
 
 
-async def run_level(url: str, conversations: int, turns: int, offset: int) -> Level:
+async def chat_turn(
+    session: ClientSession, url: str, text: str, history: list[dict[str, str]] | None
+) -> tuple[Request, list[dict[str, str]], str]:
+    """One turn the stateless way (what llama-server's users do): the whole history is sent
+    again through streamed `/v1/chat/completions`, with `cache_prompt` on."""
+    messages = [*(history or []), {"role": "user", "content": text}]
+    body = {
+        "model": "default",
+        "messages": messages,
+        "max_tokens": 64,
+        "temperature": 0,
+        "stream": True,
+        "cache_prompt": True,
+        "stream_options": {"include_usage": True},
+    }
+    req = Request(sent=time.perf_counter())
+    answer: list[str] = []
+    chunks = 0
+    async with session.post(f"{url}/v1/chat/completions", json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[5:])
+            for choice in event.get("choices") or []:
+                delta = choice.get("delta", {}).get("content")
+                if delta:
+                    if req.first is None:
+                        req.first = time.perf_counter()
+                    answer.append(delta)
+                    chunks += 1
+            if event.get("usage"):
+                req.tokens = event["usage"]["completion_tokens"]
+    req.tokens = req.tokens or chunks
+    req.done = time.perf_counter()
+    reply = "".join(answer)
+    return req, [*messages, {"role": "assistant", "content": reply}], reply
+
+
+async def run_level(
+    url: str, conversations: int, turns: int, offset: int, turn: Any = one_turn
+) -> Level:
+    """`conversations` clients at once, each holding a `turns`-turn conversation through
+    `turn` (`one_turn`: threadloom's stored conversations; `chat_turn`: history resent)."""
     level = Level(conversations)
     timeout = ClientTimeout(total=None, sock_read=600)
     async with ClientSession(timeout=timeout) as session:
 
         async def conversation(n: int) -> None:
-            previous: str | None = None
+            previous: Any = None
             for text in turn_texts(offset + n)[:turns]:
-                req, previous, answer = await one_turn(session, url, text, previous)
+                req, previous, answer = await turn(session, url, text, previous)
                 level.requests.append(req)
             level.answers.append(f"{NAMES[(offset + n) % len(NAMES)]}: {answer.strip()}")
 
@@ -155,7 +201,7 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> dict[str, objec
     async with ClientSession() as session:
         for _ in range(600):
             if proc.poll() is not None:
-                raise RuntimeError("threadloom serve exited during start")
+                raise RuntimeError("the server exited during start")
             try:
                 async with session.get(f"{url}/health") as r:
                     if r.status == 200:
@@ -163,7 +209,35 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> dict[str, objec
             except OSError:
                 pass
             await asyncio.sleep(0.2)
-    raise RuntimeError("threadloom serve did not start")
+    raise RuntimeError("the server did not start")
+
+
+def measure_command(
+    command: list[str],
+    url: str,
+    levels: list[int],
+    turns: int,
+    rounds: int,
+    turn: Any = one_turn,
+    cwd: str | None = None,
+) -> dict[int, list[Level]]:
+    """Starts a server with `command`, waits for `url`/health, runs every level against it
+    (after a warm-up conversation), then stops it with SIGTERM."""
+    proc = subprocess.Popen(command, cwd=cwd)
+    try:
+        health = asyncio.run(wait_ready(url, proc))
+        print(f"{command[0]} ...: {json.dumps(health)[:200]}")
+        asyncio.run(run_level(url, 1, 1, 1000, turn))  # warm-up: page the weights in
+        results: dict[int, list[Level]] = {n: [] for n in levels}
+        offset = 0
+        for _ in range(rounds):
+            for n in levels:
+                results[n].append(asyncio.run(run_level(url, n, turns, offset, turn)))
+                offset += n
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    return results
 
 
 def measure(
@@ -186,24 +260,7 @@ def measure(
             "warning",
             *serve_args,
         ]
-        proc = subprocess.Popen(command, cwd=tmp)
-        try:
-            health = asyncio.run(wait_ready(url, proc))
-            print(
-                f"{python}: {health['model']} on {health['backend']}, {health['slots']} slots, "
-                f"{health.get('threads', '?')} threads"
-            )
-            asyncio.run(run_level(url, 1, 1, 1000))  # warm-up: page the weights in
-            results: dict[int, list[Level]] = {n: [] for n in levels}
-            offset = 0
-            for _ in range(rounds):
-                for n in levels:
-                    results[n].append(asyncio.run(run_level(url, n, turns, offset)))
-                    offset += n
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-    return results
+        return measure_command(command, url, levels, turns, rounds, cwd=tmp)
 
 
 def main() -> None:

@@ -82,3 +82,37 @@ def test_serve_command_refuses_open_public_bind(capsys: pytest.CaptureFixture[st
 
     assert main(["serve", "--host", "0.0.0.0"]) == 2
     assert "without API keys" in capsys.readouterr().err
+
+
+def test_backend_template_alias_and_state_settings(tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        ["serve", "--backend", "llama-cpp", "--chat-template", "gemma", "--alias", "gemma-3"]
+    )
+    c = from_sources(args, {"THREADLOOM_KV_CACHE_BYTES": "1000"})
+    assert (c.backend, c.chat_template, c.alias, c.kv_cache_bytes) == (
+        "llama-cpp", "gemma", "gemma-3", 1000
+    )  # fmt: skip
+    # Saved states go beside an LMDB store by default, for the llama-cpp backend only.
+    store = str(tmp_path / "data")
+    assert ServerConfig(store=store, backend="llama-cpp").states_dir() == store + "-kv"
+    assert ServerConfig(store=store).states_dir() is None
+    assert ServerConfig(store=store, kv_cache_dir="/kv").states_dir() == "/kv"
+    assert ServerConfig(store=store, backend="llama-cpp", kv_cache_bytes=0).states_dir() is None
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        from_sources({"backend": "vllm"}, {})
+    with pytest.raises(ConfigError, match="kv_cache_bytes"):
+        from_sources({"kv_cache_bytes": -1}, {})
+    with pytest.raises(ConfigError, match="alias"):
+        from_sources({"alias": " "}, {})
+
+
+def test_an_unknown_chat_template_is_a_clear_error(tmp_path: Path) -> None:
+    from threadloom.errors import InvalidInput
+    from threadloom.models import resolve_chat_template
+
+    with pytest.raises(InvalidInput, match="neither a file nor a built-in name"):
+        resolve_chat_template(str(tmp_path / "missing.jinja"))
+    custom = tmp_path / "t.jinja"
+    custom.write_text("{{ messages[0]['content'] }}")
+    assert resolve_chat_template(str(custom)) == "{{ messages[0]['content'] }}"
+    assert "start_of_turn" in (resolve_chat_template("gemma") or "")

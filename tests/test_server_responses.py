@@ -101,6 +101,23 @@ async def test_health_and_models(client: TestClient) -> None:
     assert [m["id"] for m in models["data"]] == [client.app[ENGINE].model_name]  # type: ignore[index]
 
 
+async def test_alias_names_the_model(make_client: MakeClient) -> None:
+    client = await make_client(alias="gpt-4o-mini")
+    models = await (await client.get("/v1/models")).json()
+    assert [m["id"] for m in models["data"]] == ["gpt-4o-mini"]
+    ok = await create(client, model="gpt-4o-mini", input="Hi")
+    assert ok["model"] == "gpt-4o-mini"
+    await create(client, model="default", input="Hi")
+    error = await expect_error(
+        client,
+        "POST",
+        "/v1/responses",
+        404,
+        json={"model": "SmolLM2-135M-Instruct.Q4_1", "input": "Hi"},
+    )
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+
+
 async def test_create_returns_an_openai_shaped_response(client: TestClient) -> None:
     r = await create(client, model="default", input="Hello there")
     assert r["object"] == "response" and r["status"] == "completed"

@@ -160,6 +160,8 @@ class Turn:
     @property
     def reasoning(self) -> str | None: ...
     @property
+    def tool(self) -> str | None: ...
+    @property
     def depth(self) -> int: ...
     @property
     def created_ms(self) -> int: ...
@@ -235,6 +237,15 @@ class Store:
         expected_head: str | None = None,
         anchor_window: bool = False,
     ) -> Appended: ...
+    def rebase_thread(
+        self,
+        thread_id: str,
+        turns: Iterable[Mapping[str, str | None]] | None = None,
+        *,
+        owner: str = "default",
+        after_turn: str | None = None,
+        expected_head: str | None = None,
+    ) -> Thread: ...
     def history(
         self,
         *,
@@ -261,6 +272,10 @@ class Store:
 @final
 class ChatTemplate:
     def __new__(cls, source: str, *, bos_token: str = "", eos_token: str = "") -> ChatTemplate: ...
+    @staticmethod
+    def builtin_source(name: str) -> str | None: ...
+    @staticmethod
+    def builtin_names() -> list[str]: ...
     @staticmethod
     def chatml(*, bos_token: str = "", eos_token: str = "<|im_end|>") -> ChatTemplate: ...
     def render(
@@ -329,7 +344,10 @@ class Assembly:
 class PromptEngine:
     @staticmethod
     def from_gguf(
-        path: str | PathLike[str], *, context_length: int | None = None
+        path: str | PathLike[str],
+        *,
+        context_length: int | None = None,
+        chat_template: str | None = None,
     ) -> PromptEngine: ...
     @property
     def context_length(self) -> int: ...

@@ -16,6 +16,7 @@ from threadloom._core import (
     PromptEngine,
     Response,
     ResponseInfo,
+    Thread,
 )
 from threadloom.errors import LimitExceeded, NotFound, StateConflict, ThreadloomError
 from threadloom.events import Result, Usage
@@ -37,6 +38,8 @@ class Destination(msgspec.Struct, frozen=True, kw_only=True):
     thread: str | None
     previous_response_id: str | None
     anchor_window: bool = False
+    # A branch after this stored turn (`Request.after_turn`): stored after it, in no thread.
+    after_turn: str | None = None
     metadata: dict[str, Any] | None = None
     prompt_tokens: int = 0
 
@@ -103,6 +106,7 @@ class Conversations:
             thread=save_thread,
             previous_response_id=req.previous_response_id,
             anchor_window=req.anchor_window,
+            after_turn=req.after_turn,
             metadata=req.metadata or None,
             prompt_tokens=assembly.prompt_tokens,
         )
@@ -162,6 +166,7 @@ class Conversations:
                 owner=owner,
                 thread=req.thread,
                 response=req.previous_response_id,
+                turn=req.after_turn,
                 cache_key=req.thread,
                 **kwargs,
             )
@@ -170,7 +175,10 @@ class Conversations:
         turn_ids: list[str] | None = None
         if req.history is None:
             turns = self.store.history(
-                owner=owner, thread=req.thread, response=req.previous_response_id
+                owner=owner,
+                thread=req.thread,
+                response=req.previous_response_id,
+                turn=req.after_turn,
             )
             past, turn_ids = turn_messages(turns), [t.id for t in turns]
         return self.summarizer.assemble(trimmed, past, new, kwargs, owner, turn_ids)
@@ -211,6 +219,10 @@ class Conversations:
                     appended = self.store.append(turns, owner=owner, response=info)
                 else:
                     appended = self.store.append(turns, owner=owner, after_turn=head, response=info)
+        elif to.after_turn is not None:
+            appended = self.store.append(
+                turns, owner=owner, after_turn=to.after_turn, response=info
+            )
         else:
             appended = self.store.append(
                 turns,
@@ -263,3 +275,23 @@ class Conversations:
                 continue
             self.store.remove_pending(response_id, owner=owner)
         return stored
+
+    def remove_turn(self, owner: str, thread: str, turn_id: str) -> Thread | None:
+        """Takes one turn out of a thread's conversation. Turns never change, so the thread
+        moves to a new path: the turns after `turn_id` are written again (new turns, new ids)
+        after its parent, and the thread's head moves to the last of them, in one store
+        transaction. The old path stays for every response (and other thread) that reached
+        it. Returns the thread, or None when `turn_id` is not on its path; NotFound for a
+        missing thread, StateConflict for a locked or archived one (or one that moved on)."""
+        path = self.store.history(owner=owner, thread=thread)
+        ids = [t.id for t in path]
+        if turn_id not in ids:
+            return None
+        i = ids.index(turn_id)
+        return self.store.rebase_thread(
+            thread,
+            turn_messages(path[i + 1 :]),
+            owner=owner,
+            after_turn=path[i].parent_id,
+            expected_head=ids[-1],
+        )

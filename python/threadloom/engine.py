@@ -15,14 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from threadloom._core import Assembly, PromptEngine, new_response_id
+from threadloom import branches
+from threadloom._core import Assembly, ChatTemplate, PromptEngine, Thread, new_response_id
+from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
 from threadloom.batch import run_batch
 from threadloom.bridge import LoopBridge
 from threadloom.conversation import Conversations, Prepared
-from threadloom.errors import BackendError, InvalidInput, NotFound
+from threadloom.errors import BackendError, InvalidInput, ModelFormatError, NotFound
 from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
 from threadloom.generation import ENDED, Signal, TextJob
+from threadloom.kvstate import StateCache, StateTag, file_fingerprint
 from threadloom.request import Message, Request, make_request
 from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, Scheduler
 from threadloom.serial import KeyedLocks
@@ -32,15 +35,18 @@ from threadloom.summarize import Summarizer
 __all__ = ["Engine", "Event", "Finished", "Request", "Result", "Started", "TokenEvent", "Usage"]
 
 T = TypeVar("T")
-DEFAULT_CONTEXT = 4096
+DEFAULT_KV_CACHE_BYTES = 2 << 30
 log = logging.getLogger("threadloom.engine")
 
 
 class Engine:
     """A model, its prompt engine, a pool of slots and a store.
 
-    `model` is the original GGUF file (default: the shipped SmolLM2); `backend` defaults to
-    ctransformers on a converted copy of it kept in `cache_dir`.
+    `model` is the original GGUF file (default: the shipped SmolLM2). `backend` is a factory or
+    a name: "ctransformers" (the default; it runs a converted copy kept in `cache_dir`) or
+    "llama-cpp" (the `.[llama]` extra; reads the file as is). `chat_template` (a file or a
+    built-in name) serves models whose GGUF has none. `kv_cache_dir` turns on saved
+    conversation states (`threadloom.kvstate`), at most `kv_cache_bytes`.
     """
 
     def __init__(
@@ -49,7 +55,7 @@ class Engine:
         model: str | os.PathLike[str] | None = None,
         *,
         slots: int = 4,
-        backend: BackendFactory | None = None,
+        backend: BackendFactory | BackendName | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         context_length: int | None = None,
         gpu_layers: int = 0,
@@ -57,9 +63,13 @@ class Engine:
         max_queue: int = 64,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         model_name: str | None = None,
+        chat_template: str | None = None,
+        decode_group: int | None = None,
+        kv_cache_dir: str | os.PathLike[str] | None = None,
+        kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
         progress: bool | None = None,
     ) -> None:
-        from threadloom.models import default_model_path
+        from threadloom.models import default_model_path, resolve_chat_template
 
         if slots < 1:
             raise InvalidInput("slots must be at least 1")
@@ -72,28 +82,39 @@ class Engine:
         self.model_name = model_name or self.model_path.stem
         # One budget for the whole process: the scheduler's thread is the only one computing.
         self.threads = threads or physical_cores()
-        if backend is None:
-            from threadloom.backends.ctransformers import CTransformersFactory
-            from threadloom.convert import prepared_model
-
-            converted = prepared_model(
+        if backend is None or isinstance(backend, str):
+            backend = load_backend(
+                backend or "ctransformers",
                 self.model_path,
-                Path(cache_dir) if cache_dir is not None else None,
+                cache_dir=Path(cache_dir) if cache_dir is not None else None,
+                context_length=context_length,
+                gpu_layers=gpu_layers,
+                threads=self.threads,
+                decode_group=decode_group,
                 progress=sys.stderr.isatty() if progress is None else progress,
-            )
-            context = context_length or DEFAULT_CONTEXT
-            backend = CTransformersFactory(
-                converted, context_length=context, gpu_layers=gpu_layers, threads=self.threads
             )
         self.backend_name = backend.name
         self.prompt = PromptEngine.from_gguf(
             self.model_path,
             context_length=context_length or getattr(backend, "context_length", None),
+            chat_template=resolve_chat_template(chat_template),
         )
+        if self.prompt.template_is_fallback and chat_template is None:
+            raise ModelFormatError(
+                f"{self.model_path.name} has no chat template (a base model?); give one with "
+                f"--chat-template: a file, or one of {', '.join(ChatTemplate.builtin_names())}"
+            )
         self.context_length = self.prompt.context_length
         self.tokenizer = self.prompt.tokenizer
         self._eog = frozenset(self.tokenizer.eog_ids)
-        self.scheduler = Scheduler(backend(slots), max_queue=max_queue, prefill_chunk=prefill_chunk)
+        states = None
+        if kv_cache_dir is not None and kv_cache_bytes > 0:
+            settings = f"{backend.name}/{self.context_length}"
+            fingerprint = file_fingerprint(self.model_path, settings)
+            states = StateCache(Path(kv_cache_dir), fingerprint, kv_cache_bytes)
+        self.scheduler = Scheduler(
+            backend(slots), max_queue=max_queue, prefill_chunk=prefill_chunk, states=states
+        )
         # Assembly and store reads and writes.
         self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
         # Saves in flight: each runs to the end even when its caller went away.
@@ -107,6 +128,8 @@ class Engine:
             log.warning(
                 "stored %d responses a previous run announced but did not finish", recovered
             )
+        if states is not None:
+            self._prune_states(states)
         # Requests on one thread run one after another, in arrival order.
         self._thread_turns = KeyedLocks(max_waiting=max_queue)
 
@@ -244,6 +267,28 @@ class Engine:
             raise BackendError(job.error or "generation failed")
         return "".join(job.text)
 
+    async def delete_thread(self, owner: str, thread: str) -> None:
+        """Deletes a thread and the saved model states of its conversation."""
+        await self.offload(lambda: self.store.delete_thread(thread, owner=owner))
+        await self.forget_branches(owner, thread)  # its hidden branch record (branches.py)
+        if self.scheduler.states is not None:
+            self.scheduler.states.forget(thread=thread)
+
+    async def delete_response(self, owner: str, response_id: str) -> None:
+        """Deletes a response and the saved model state that ends with it."""
+        await self.offload(lambda: self.store.delete_response(response_id, owner=owner))
+        if self.scheduler.states is not None:
+            self.scheduler.states.forget(response=response_id)
+
+    def _prune_states(self, states: StateCache) -> None:
+        """Drops saved states whose response is gone (deleted or swept while the server was
+        down): a state must not outlive the conversation it holds."""
+        for owner, tag in states.tags():
+            try:
+                self.store.get_response(tag.response, owner=owner)
+            except NotFound:
+                states.forget(response=tag.response)
+
     async def discard_thread_if_empty(self, owner: str, thread: str) -> None:
         """Deletes `thread` if it holds no message, after any generation on it has stored its
         reply (requests on a thread take turns): undoes a thread a failed request created
@@ -258,6 +303,37 @@ class Engine:
 
             with contextlib.suppress(NotFound):
                 await self.offload(discard)
+        finally:
+            self._thread_turns.release(key)
+
+    # ---- branch trees (threadloom.branches) -----------------------------------------------
+
+    async def thread_tree(self, owner: str, thread: str) -> branches.Tree:
+        """The thread's turns and every branch recorded for it, with token counts."""
+        return await self.offload(lambda: branches.build(self.store, owner, thread, self.tokenizer))
+
+    async def branch_point(self, owner: str, thread: str, after: str) -> str | None:
+        """Where a reply continuing `after` goes: None (the thread), a turn id or `ROOT`."""
+        return await self.offload(lambda: branches.resolve(self.store, owner, thread, after))
+
+    async def register_branch(
+        self, owner: str, thread: str, response_id: str, after: str | None
+    ) -> None:
+        """Records a reply stored outside the thread as one of its branches."""
+        await self.offload(lambda: branches.register(self.store, owner, thread, response_id, after))
+
+    async def forget_branches(self, owner: str, thread: str) -> None:
+        await self.offload(lambda: branches.forget(self.store, owner, thread))
+
+    async def remove_turn(self, owner: str, thread: str, turn_id: str) -> Thread | None:
+        """`Conversations.remove_turn` in the thread's turn: after any generation on it has
+        stored its reply, and before the next one reads it."""
+        key = (owner, thread)
+        await self._thread_turns.acquire(key)
+        try:
+            return await self.offload(
+                lambda: self.conversations.remove_turn(owner, thread, turn_id)
+            )
         finally:
             self._thread_turns.release(key)
 
@@ -308,6 +384,10 @@ class _Run:
         self.pending: list[Signal] = []
         split = bool(req.enable_thinking) and req.split_reasoning
         self.job = engine._job(prepared.assembly.ids, req.params, req.owner, split, self._sink)
+        if self.response_id is not None:
+            # Its state may be saved for a later turn: only a stored conversation's, which
+            # deleting the thread or response removes again.
+            self.job.tag = StateTag(prepared.destination.thread, self.response_id)
 
     def _sink(self, signal: Signal) -> None:
         self.bridge.put(signal)

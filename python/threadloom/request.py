@@ -21,8 +21,8 @@ MAX_INPUT_CHARS = 4_000_000
 
 class Request(msgspec.Struct, kw_only=True):
     """A generation request. The conversation is named by at most one of `thread`,
-    `previous_response_id` and `history` (a history given in full: stateless, nothing is
-    stored); none starts a new conversation.
+    `previous_response_id`, `after_turn` and `history` (a history given in full: stateless,
+    nothing is stored); none starts a new conversation.
 
     `add_generation_prompt=False` renders the conversation without opening a new assistant
     message, so the model continues the last one. `split_reasoning=False` leaves a thinking
@@ -32,6 +32,8 @@ class Request(msgspec.Struct, kw_only=True):
     owner: str = "default"
     thread: str | None = None
     previous_response_id: str | None = None
+    # Continue after any stored turn (a branch): the reply is stored after it, in no thread.
+    after_turn: str | None = None
     history: list[dict[str, str]] | None = None
     store: bool = True
     sampling: SamplingParams | None = None
@@ -76,13 +78,16 @@ class Request(msgspec.Struct, kw_only=True):
             raise LimitExceeded(
                 f"a request may carry at most {MAX_THREAD_MESSAGES} messages", param="input"
             )
-        chars = sum(len(m.get("content") or "") for m in (*new, *past))
+        chars = sum(len(m.get("content") or "") + len(m.get("tool") or "") for m in (*new, *past))
         if chars > MAX_INPUT_CHARS:
             raise LimitExceeded(
                 f"a request may carry at most {MAX_INPUT_CHARS} characters of text", param="input"
             )
-        if sum(x is not None for x in (self.thread, self.previous_response_id, self.history)) > 1:
-            raise InvalidInput("give at most one of thread, previous_response_id and history")
+        anchors = (self.thread, self.previous_response_id, self.after_turn, self.history)
+        if sum(x is not None for x in anchors) > 1:
+            raise InvalidInput(
+                "give at most one of thread, previous_response_id, after_turn and history"
+            )
         if params.max_tokens >= context_length:
             raise InvalidInput(
                 f"max_tokens ({params.max_tokens}) must be smaller than the context "
@@ -98,10 +103,15 @@ def normalize(messages: str | Iterable[Message], field: str) -> list[dict[str, s
         return [{"role": "user", "content": messages}]
     out = []
     for i, m in enumerate(messages):
-        role, content = m.get("role"), m.get("content")
+        role, content, tool = m.get("role"), m.get("content"), m.get("tool")
         if not isinstance(role, str) or not isinstance(content, str):
             raise InvalidInput(f"{field}[{i}] needs string role and content", param=field)
-        out.append({"role": role, "content": content})
+        if tool is None:
+            out.append({"role": role, "content": content})
+        elif isinstance(tool, str):  # a tool call or result (see `Store.append`)
+            out.append({"role": role, "content": content, "tool": tool})
+        else:
+            raise InvalidInput(f"{field}[{i}].tool must be a string", param=field)
     return out
 
 

@@ -18,10 +18,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from threadloom.backends.base import Backend, SamplingParams
 from threadloom.errors import Overloaded
+
+if TYPE_CHECKING:
+    from threadloom.kvstate import StateCache, StateTag
 
 log = logging.getLogger("threadloom.scheduler")
 
@@ -31,6 +34,8 @@ Finish = Literal["stop", "length", "cancelled", "error"]
 # stored reply is re-rendered as text, and a reply cut by max_tokens may end mid-word).
 CONTINUATION_SLACK = 8
 DEFAULT_PREFILL_CHUNK = 64
+# A shorter state is cheaper to evaluate again than to save and restore.
+MIN_STATE_TOKENS = 32
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -87,6 +92,8 @@ class Job:
         self.timings = Timings()
         self.seq = -1
         self.cached = 0
+        # Set for a conversation whose state may be saved when its slot goes to another.
+        self.tag: StateTag | None = None
         # Prompt tokens the sequence holds; decoding starts when it reaches len(ids).
         self.position = 0
         self.produced = 0
@@ -111,6 +118,8 @@ class _Slot:
     owner: str | None = None
     last_used: int = 0
     job: Job | None = None
+    # The stored conversation the slot's state belongs to (None: not to be saved).
+    tag: StateTag | None = None
 
 
 class Scheduler:
@@ -123,6 +132,7 @@ class Scheduler:
         *,
         max_queue: int = 64,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        states: StateCache | None = None,
     ) -> None:
         if backend.sequences < 1:
             raise ValueError("a scheduler needs at least one slot")
@@ -134,6 +144,8 @@ class Scheduler:
         self.prefill_chunk = prefill_chunk
         # False: every request re-evaluates its whole prompt (for benchmarks).
         self.affinity = True
+        # Saved states of conversations whose slot went to another (backends that can).
+        self.states = states
         self._clock = itertools.count(1)
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
@@ -182,6 +194,9 @@ class Scheduler:
                 job.cancel.set()
             self._cond.notify()
         self._thread.join()
+        if self.states is not None:
+            for slot in self.slots:
+                self._save(slot)
         self.backend.close()
 
     # ---- the loop (scheduler thread only) ------------------------------------------------
@@ -199,7 +214,9 @@ class Scheduler:
                 done = self._closing and not self._active
             for job in refused:
                 _call(job.on_refused, Overloaded("cancelled before a slot was free"))
-            for job in admitted:
+            for job, previous in admitted:
+                if self.states is not None:
+                    self._swap_states(job, previous)
                 _call(job.on_start)
             if done:
                 return
@@ -216,20 +233,23 @@ class Scheduler:
         self._queue = deque(keep)
         return refused
 
-    def _admit(self) -> list[Job]:
+    def _admit(self) -> list[tuple[Job, _Slot]]:
+        """Gives waiting jobs free slots; returns each with a copy of its slot as it was."""
         admitted = []
         while self._queue and not self._closing and any(s.job is None for s in self.slots):
             job = self._queue.popleft()
             slot, shared = self._pick(job)
+            previous = _Slot(slot.index, slot.owner, slot.last_used, None, slot.tag)
             slot.job = job
             slot.owner = job.owner
+            slot.tag = job.tag
             slot.last_used = next(self._clock)
             job.seq = slot.index
             # At least one prompt token is evaluated, so there are logits to sample from.
             job.cached = job.position = min(shared, len(job.ids) - 1)
             job.timings.admitted = time.perf_counter()
             self._active.append(job)
-            admitted.append(job)
+            admitted.append((job, previous))
         return admitted
 
     def _pick(self, job: Job) -> tuple[_Slot, int]:
@@ -249,6 +269,41 @@ class Scheduler:
         if coldest in mine:
             return coldest, common_prefix(self.backend.held(coldest.index), job.ids)
         return coldest, 0
+
+    def _swap_states(self, job: Job, previous: _Slot) -> None:
+        """Before `job` overwrites its slot: saves the conversation the slot held if this is
+        not its continuation, and restores `job`'s own saved state if that shares more of its
+        prompt than the slot does. A failure costs only the reuse, never the request."""
+        assert self.states is not None
+        held = len(self.backend.held(job.seq))
+        if job.cached < held - CONTINUATION_SLACK:
+            self._save(previous)
+        found = self.states.find(job.owner, job.ids)
+        if found is None or found.shared <= job.cached + CONTINUATION_SLACK:
+            return
+        try:
+            payload = self.states.load(found)
+            if payload is None:
+                return
+            if not self.backend.load_state(job.seq, payload, found.ids):
+                self.states.reject(found)
+                return
+        except Exception:
+            log.exception("restoring a saved state failed")
+            return
+        job.cached = job.position = min(found.shared, len(job.ids) - 1)
+
+    def _save(self, slot: _Slot) -> None:
+        """Saves the state of the conversation `slot` holds (scheduler thread, or after it)."""
+        if self.states is None or slot.tag is None or slot.owner is None:
+            return
+        try:
+            saved = self.backend.save_state(slot.index)
+        except Exception:
+            log.exception("saving a sequence state failed")
+            return
+        if saved is not None and len(saved[0]) >= MIN_STATE_TOKENS:
+            self.states.save(slot.owner, saved[0], saved[1], slot.tag)
 
     def _step(self) -> None:
         for job in [j for j in self._active if j.cancel.is_set()]:

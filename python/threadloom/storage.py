@@ -71,7 +71,10 @@ def close_store(store: ConversationStore) -> None:
 
 def turn_messages(turns: Iterable[Turn]) -> list[Mapping[str, str | None]]:
     """Stored turns as the message dicts prompt assembly takes."""
-    return [{"role": t.role, "content": t.content, "reasoning": t.reasoning} for t in turns]
+    return [
+        {"role": t.role, "content": t.content, "reasoning": t.reasoning, "tool": t.tool}
+        for t in turns
+    ]
 
 
 def assemble(
@@ -82,6 +85,7 @@ def assemble(
     owner: str = "default",
     thread: str | None = None,
     response: str | None = None,
+    turn: str | None = None,
     cache_key: str | None = None,
     **options: Any,
 ) -> Assembly:
@@ -94,12 +98,13 @@ def assemble(
             owner=owner,
             thread=thread,
             response=response,
+            turn=turn,
             cache_key=cache_key,
             **options,
         )
     history = (
-        store.history(owner=owner, thread=thread, response=response)
-        if (thread is not None or response is not None)
+        store.history(owner=owner, thread=thread, response=response, turn=turn)
+        if (thread is not None or response is not None or turn is not None)
         else []
     )
     messages = turn_messages(history)

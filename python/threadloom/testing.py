@@ -3,10 +3,13 @@ Never a default; tests pass it to `Engine(..., backend=ScriptedFactory(...))`.""
 
 from __future__ import annotations
 
+import struct
 import time
 from collections.abc import Callable, Sequence
 
 from threadloom.backends.base import SamplingParams
+
+_STATE_MAGIC = b"SCRIPTED-STATE"
 
 
 class ScriptedBackend:
@@ -77,6 +80,25 @@ class ScriptedBackend:
         self._sampled[seq] = n + 1
         self._pending[seq] = reply[n]
         return reply[n]
+
+    def save_state(self, seq: int) -> tuple[Sequence[int], bytes] | None:
+        """The held ids are the whole state: a payload that only this backend reads."""
+        held = self._held[seq]
+        if not held:
+            return None
+        self.log.append(("save", seq, len(held)))
+        return list(held), _STATE_MAGIC + struct.pack(f"<{len(held)}I", *held)
+
+    def load_state(self, seq: int, data: bytes, ids: Sequence[int]) -> bool:
+        self._held[seq], self._pending[seq], self._replies[seq] = [], None, None
+        body = data[len(_STATE_MAGIC) :]
+        if not data.startswith(_STATE_MAGIC) or len(body) != 4 * len(ids):
+            return False
+        if list(struct.unpack(f"<{len(ids)}I", body)) != list(ids):
+            return False
+        self._held[seq] = list(ids)
+        self.log.append(("restore", seq, len(ids)))
+        return True
 
     def close(self) -> None:
         self._held = [[] for _ in self._held]

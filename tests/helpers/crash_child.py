@@ -79,6 +79,8 @@ def main() -> None:
             {"role": "user", "content": f"question {i} ✓ {padding}"},
             {"role": "assistant", "content": f"answer {i} 🧵", "reasoning": f"thinking {i}"},
         ]
+        if i % 4 == 1:  # some turns carry tool data
+            turns[1]["tool"] = f'{{"type":"function_call","call_id":"c{i}","name":"f"}}'
         if i % 3 == 2 and last_response is not None:
             # A branch after an earlier response of the default owner.
             a = store.append(
@@ -105,6 +107,7 @@ def main() -> None:
                     "role": turn["role"],
                     "content": turn["content"],
                     "reasoning": turn.get("reasoning"),
+                    "tool": turn.get("tool"),
                 }
             )
             parent = turn_id

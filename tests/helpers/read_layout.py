@@ -40,13 +40,13 @@ def parse_turn(key: bytes, value: bytes) -> dict[str, Any]:
         owner_len,
         content_len,
         reasoning_len,
-        reserved2,
+        tool_len,
     ) = HEADER.unpack_from(value, 0)
     assert kind == b"T", kind
     assert role in ROLES, role
-    assert flags & ~3 == 0, flags
-    assert reserved1 == 0 and reserved2 == 0
-    assert len(value) == 48 + owner_len + content_len + reasoning_len, "record length"
+    assert flags & ~7 == 0, flags
+    assert reserved1 == 0
+    assert len(value) == 48 + owner_len + content_len + reasoning_len + tool_len, "record length"
     has_parent = bool(flags & 1)
     if not has_parent:
         assert parent == bytes(16)
@@ -58,6 +58,12 @@ def parse_turn(key: bytes, value: bytes) -> dict[str, Any]:
     reasoning = value[at : at + reasoning_len].decode()
     if not flags & 2:
         assert reasoning_len == 0
+    at += reasoning_len
+    tool = value[at : at + tool_len].decode()
+    if flags & 4:
+        assert isinstance(json.loads(tool), dict), tool
+    else:
+        assert tool_len == 0
     return {
         "id": turn_id(key),
         "role": ROLES[role],
@@ -67,6 +73,7 @@ def parse_turn(key: bytes, value: bytes) -> dict[str, Any]:
         "owner": owner,
         "content": content,
         "reasoning": reasoning if flags & 2 else None,
+        "tool": tool if flags & 4 else None,
     }
 
 

@@ -83,6 +83,16 @@ class Backend(Protocol):
         sequence's context is full and it cannot continue."""
         ...
 
+    def save_state(self, seq: int) -> tuple[Sequence[int], bytes] | None:
+        """The evaluated tokens of `seq` and its state as bytes, for `load_state` later (also
+        in another process with the same model); None where the backend cannot."""
+        ...
+
+    def load_state(self, seq: int, data: bytes, ids: Sequence[int]) -> bool:
+        """Replaces `seq`'s state with one `save_state` gave for `ids`. False (and `seq` left
+        empty) when the data does not fit this model and context."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -130,6 +130,12 @@ class CTransformersBackend:
             raise BackendError(f"evaluating tokens failed: {e}") from e
         self._held[seq].extend(ids)
 
+    def save_state(self, seq: int) -> tuple[Sequence[int], bytes] | None:
+        return None  # ctransformers has no state API
+
+    def load_state(self, seq: int, data: bytes, ids: Sequence[int]) -> bool:
+        return False
+
     def close(self) -> None:
         self._llms = []
         self._held = []

@@ -334,6 +334,29 @@ class NewTurn:
     role: int
     content: bytes
     reasoning: bytes | None
+    tool: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        """The bytes of text the turn holds (content, reasoning and tool data)."""
+        return len(self.content) + len(self.reasoning or b"") + len(self.tool or b"")
+
+
+def _check_tool(text: str, i: int) -> None:
+    """Tool data must be a JSON object (stored as given, as the core stores it)."""
+    try:
+        value = json.loads(
+            text,
+            parse_int=_parse_number,
+            parse_float=_parse_number,
+            parse_constant=_reject_constant,
+        )
+        if _depth(value) > MAX_JSON_DEPTH:
+            raise _Invalid("recursion limit exceeded")
+    except (json.JSONDecodeError, _Invalid, ValueError, RecursionError) as e:
+        raise InvalidInput(f"turns[{i}].tool is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"turns[{i}].tool must be a JSON object")
 
 
 def _field(item: Mapping[str, Any], i: int, name: str) -> str | None:
@@ -351,8 +374,8 @@ def _field(item: Mapping[str, Any], i: int, name: str) -> str | None:
 
 
 def parse_turns(turns: Iterable[Any]) -> list[NewTurn]:
-    """The turns an append or assembly takes: dicts with role, content and optional reasoning.
-    Text is returned UTF-8 encoded, as it is stored."""
+    """The turns an append or assembly takes: dicts with role, content and optional reasoning
+    and tool data (a JSON object's text). Text is returned UTF-8 encoded, as it is stored."""
     out = []
     for i, item in enumerate(turns):
         if not isinstance(item, dict):
@@ -364,16 +387,20 @@ def parse_turns(turns: Iterable[Any]) -> list[NewTurn]:
         if content is None:
             raise InvalidInput(f"turns[{i}].content is missing")
         reasoning = _field(item, i, "reasoning")
+        tool = _field(item, i, "tool")
         if role not in ROLES:
             raise InvalidInput(
                 f"turns[{i}].role: invalid role {debug_str(role)}: "
                 "expected system, user, assistant or tool"
             )
+        if tool is not None:
+            _check_tool(tool, i)
         out.append(
             NewTurn(
                 ROLES.index(role),
                 content.encode("utf-8"),
                 None if reasoning is None else reasoning.encode("utf-8"),
+                None if tool is None else tool.encode("utf-8"),
             )
         )
     return out

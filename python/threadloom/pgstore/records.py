@@ -76,6 +76,7 @@ class Turn(msgspec.Struct, frozen=True, kw_only=True):
     reasoning: str | None
     depth: int
     created_ms: int
+    tool: str | None = None
 
     @property
     def id(self) -> str:

@@ -123,6 +123,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        4,
+        "tool data on turns: a tool call or a tool result, as JSON object text",
+        """
+        ALTER TABLE threadloom_turns ADD COLUMN tool bytea;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

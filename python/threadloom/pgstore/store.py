@@ -75,14 +75,15 @@ _RESPONSE_COLUMNS = (
 # The history ending at a turn, at most %s turns of it (the newest), oldest first.
 _WALK = """
     WITH RECURSIVE h AS (
-        SELECT id, parent, role, depth, created_ms, content, reasoning, 1 AS n
+        SELECT id, parent, role, depth, created_ms, content, reasoning, tool, 1 AS n
         FROM threadloom_turns WHERE id = %s
         UNION ALL
-        SELECT t.id, t.parent, t.role, t.depth, t.created_ms, t.content, t.reasoning, h.n + 1
+        SELECT t.id, t.parent, t.role, t.depth, t.created_ms, t.content, t.reasoning, t.tool,
+            h.n + 1
         FROM threadloom_turns t JOIN h ON t.id = h.parent
         WHERE h.n < %s
     )
-    SELECT id, parent, role, depth, created_ms, content, reasoning FROM h ORDER BY depth
+    SELECT id, parent, role, depth, created_ms, content, reasoning, tool FROM h ORDER BY depth
 """
 
 
@@ -157,7 +158,7 @@ def _response(row: tuple[Any, ...]) -> Response:
 
 
 def _turn(row: tuple[Any, ...]) -> Turn:
-    key, parent, role, depth, created, content, reasoning = row
+    key, parent, role, depth, created, content, reasoning, tool = row
     return Turn(
         key=key.bytes,
         parent_key=None if parent is None else parent.bytes,
@@ -166,7 +167,56 @@ def _turn(row: tuple[Any, ...]) -> Turn:
         reasoning=None if reasoning is None else reasoning.decode("utf-8"),
         depth=depth,
         created_ms=created,
+        tool=None if tool is None else tool.decode("utf-8"),
     )
+
+
+def _check_sizes(new: list[checks.NewTurn]) -> None:
+    for t in new:
+        if t.size > checks.MAX_TURN_BYTES:
+            raise LimitExceeded(
+                f"a turn holds {t.size} bytes of text; the limit is {checks.MAX_TURN_BYTES}"
+            )
+
+
+def _insert_turns(
+    conn: Conn,
+    owner: str,
+    parent: bytes | None,
+    depth: int,
+    new: list[checks.NewTurn],
+    last_refs: int,
+    now: int,
+) -> list[bytes]:
+    """Writes `new` as a chain after `parent` (at `depth`), each referenced by its child and
+    the last by `last_refs` holders; returns their keys. The parent's reference from the first
+    is the caller's to count."""
+    keys: list[bytes] = []
+    prev = parent
+    for _ in new:
+        prev = checks.new_turn_key(now, prev)
+        keys.append(prev)
+    conn.execute(
+        "INSERT INTO threadloom_turns "
+        "(id, parent, owner, role, depth, created_ms, refs, content, reasoning, tool) "
+        "SELECT id, parent, %s, role, depth, %s, refs, content, reasoning, tool FROM unnest("
+        "%s::uuid[], %s::uuid[], %s::smallint[], %s::integer[], %s::integer[], "
+        "%s::bytea[], %s::bytea[], %s::bytea[]) "
+        "AS x(id, parent, role, depth, refs, content, reasoning, tool)",
+        (
+            owner,
+            now,
+            [_uuid(k) for k in keys],
+            [_uuid(parent), *(_uuid(k) for k in keys[:-1])],
+            [t.role for t in new],
+            list(range(depth + 1, depth + len(new) + 1)),
+            [1] * (len(new) - 1) + [last_refs],
+            [t.content for t in new],
+            [t.reasoning for t in new],
+            [t.tool for t in new],
+        ),
+    )
+    return keys
 
 
 def _thread_not_found(thread_id: str) -> NotFound:
@@ -589,12 +639,7 @@ class PostgresStore:
         checks.validate_owner(owner)
         if not new:
             raise InvalidInput("nothing to append: turns is empty")
-        for t in new:
-            size = len(t.content) + (len(t.reasoning) if t.reasoning is not None else 0)
-            if size > checks.MAX_TURN_BYTES:
-                raise LimitExceeded(
-                    f"a turn holds {size} bytes of text; the limit is {checks.MAX_TURN_BYTES}"
-                )
+        _check_sizes(new)
         info: _Info | None = None
         if response is not None:
             info = _Info(response)
@@ -660,31 +705,9 @@ class PostgresStore:
                 f"{depth} and {len(new)} more were sent"
             )
 
-        keys: list[bytes] = []
-        prev = parent
-        for _ in new:
-            prev = checks.new_turn_key(now, prev)
-            keys.append(prev)
         # The last turn is held by the thread and/or the response; the others by their child.
         last_refs = (thread is not None) + (info is not None)
-        conn.execute(
-            "INSERT INTO threadloom_turns "
-            "(id, parent, owner, role, depth, created_ms, refs, content, reasoning) "
-            "SELECT id, parent, %s, role, depth, %s, refs, content, reasoning FROM unnest("
-            "%s::uuid[], %s::uuid[], %s::smallint[], %s::integer[], %s::integer[], "
-            "%s::bytea[], %s::bytea[]) AS x(id, parent, role, depth, refs, content, reasoning)",
-            (
-                owner,
-                now,
-                [_uuid(k) for k in keys],
-                [_uuid(parent), *(_uuid(k) for k in keys[:-1])],
-                [t.role for t in new],
-                list(range(depth + 1, new_depth + 1)),
-                [1] * (len(new) - 1) + [last_refs],
-                [t.content for t in new],
-                [t.reasoning for t in new],
-            ),
-        )
+        keys = _insert_turns(conn, owner, parent, depth, new, last_refs, now)
         last = keys[-1]
         if thread is not None:
             row = conn.execute(
@@ -745,6 +768,60 @@ class PostgresStore:
         if row is None:
             raise _turn_not_found(key)
         return int(row[0])
+
+    def rebase_thread(
+        self,
+        thread_id: str,
+        turns: Iterable[Mapping[str, str | None]] | None = None,
+        *,
+        owner: str = "default",
+        after_turn: str | None = None,
+        expected_head: str | None = None,
+    ) -> ThreadRecord:
+        """Points a thread at a new path (`turns` written after `after_turn`), in one
+        transaction; see `threadloom.Store.rebase_thread`."""
+        new = checks.parse_turns(turns or [])
+        base = None if after_turn is None else checks.parse_turn_id(after_turn)
+        expected: bytes | bool | None = False  # False: not checked; None: an empty thread
+        if expected_head is not None:
+            expected = None if expected_head == "" else checks.parse_turn_id(expected_head)
+        checks.validate_owner(owner)
+        _check_sizes(new)
+
+        def write(conn: Conn) -> ThreadRecord:
+            now = now_ms()
+            t = self._load_thread(conn, owner, thread_id, now, lock=True)
+            if t.state != "open":
+                raise StateConflict(
+                    f"thread {debug_str(thread_id)} is {t.state} and accepts no new messages"
+                )
+            old = None if t.head is None else checks.parse_turn_id(t.head)
+            if expected is not False and expected != old:
+                raise StateConflict(
+                    f"thread {debug_str(thread_id)} moved on: its head is no longer the "
+                    "expected turn"
+                )
+            # The base gains one reference: the first new turn's, or the thread's.
+            depth = 0 if base is None else self._retain(conn, base, owner)
+            new_depth = depth + len(new)
+            if new_depth > checks.MAX_THREAD_MESSAGES:
+                raise LimitExceeded(
+                    f"a conversation may hold at most {checks.MAX_THREAD_MESSAGES} messages; "
+                    f"it would have {new_depth}"
+                )
+            head = _insert_turns(conn, owner, base, depth, new, 1, now)[-1] if new else base
+            if old is not None:
+                self._release(conn, old)
+            row = conn.execute(
+                "UPDATE threadloom_threads SET head = %s, message_count = %s, "
+                "last_activity_ms = greatest(last_activity_ms, %s) "
+                f"WHERE owner = %s AND id = %s RETURNING {_THREAD_COLUMNS}",
+                (_uuid(head), new_depth, now, owner, thread_id),
+            ).fetchone()
+            assert row is not None  # locked by this transaction
+            return _thread(row)
+
+        return self._call(write, write=True)
 
     # ---- history ----------------------------------------------------------------------------
 

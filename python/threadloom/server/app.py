@@ -22,8 +22,10 @@ from threadloom.server.routes import (
     freddy,
     lmstudio,
     paddler,
+    page,
     responses,
     tokenize,
+    tree,
 )
 from threadloom.storage import describe
 
@@ -56,6 +58,8 @@ def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> 
     paddler.setup(app)
     tokenize.setup(app)
     lmstudio.setup(app)
+    tree.setup(app)
+    page.setup(app)
     metrics.setup(app)
     openapi.setup(app)
     return app
@@ -71,13 +75,18 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             config.store,
             config.model,
             slots=config.slots,
-            backend=backend,  # type: ignore[arg-type]
+            backend=backend or config.backend,  # type: ignore[arg-type]
             cache_dir=config.cache_dir,
             max_queue=config.max_queue,
             context_length=config.context_length,
             gpu_layers=config.gpu_layers,
             threads=config.threads,
             prefill_chunk=config.prefill_chunk,
+            model_name=config.alias,
+            chat_template=config.chat_template,
+            decode_group=config.decode_group,
+            kv_cache_dir=config.states_dir(),
+            kv_cache_bytes=config.kv_cache_bytes,
         )
 
     engine = await loop.run_in_executor(None, open_engine)

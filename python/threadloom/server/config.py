@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from threadloom.backends import BACKENDS, BackendName
 from threadloom.storage import describe
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -27,6 +28,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     port: int = 8000
     store: str = "./threadloom-data"
     model: str | None = None
+    backend: BackendName = "ctransformers"
+    # A built-in template name or a file; None: the model file's own.
+    chat_template: str | None = None
+    # The model's name in /v1/models and in requests; None: the file's stem.
+    alias: str | None = None
     # API key -> tenant name. Empty: no auth, every request is tenant "default".
     api_keys: dict[str, str] = msgspec.field(default_factory=dict)
     max_body_bytes: int = 1 << 20
@@ -40,6 +46,24 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # None: the engine's default (4,096 tokens, at most the model's own context).
     context_length: int | None = None
     gpu_layers: int = 0
+    # llama-cpp: sequences evaluated per llama_decode call; None: every decoding sequence.
+    decode_group: int | None = None
+    # Saved conversation states: None is `<store>-kv` beside an LMDB store (or under
+    # ~/.cache/threadloom/kv) for the llama-cpp backend, and off for the others.
+    kv_cache_dir: str | None = None
+    kv_cache_bytes: int = 2 << 30
+
+    def states_dir(self) -> str | None:
+        """Where saved conversation states go, or None when they are off."""
+        if self.kv_cache_bytes == 0:
+            return None
+        if self.kv_cache_dir is not None:
+            return self.kv_cache_dir
+        if self.backend != "llama-cpp":
+            return None
+        if "://" in self.store:
+            return str(Path.home() / ".cache" / "threadloom" / "kv")
+        return str(Path(self.store).resolve()) + "-kv"
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -56,8 +80,16 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError("prefill_chunk must be at least 1")
         if self.context_length is not None and self.context_length < 256:
             raise ConfigError("context_length must be at least 256")
+        if self.decode_group is not None and self.decode_group < 1:
+            raise ConfigError("decode_group must be at least 1")
+        if self.kv_cache_bytes < 0:
+            raise ConfigError("kv_cache_bytes must not be negative (0 turns saving off)")
         if self.gpu_layers < 0:
             raise ConfigError("gpu_layers must not be negative")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}")
+        if self.alias is not None and not self.alias.strip():
+            raise ConfigError("alias must not be empty")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for key, tenant in self.api_keys.items():
@@ -123,6 +155,17 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         "LMDB store directory (default ./threadloom-data) or postgresql:// URL",
     ),
     "model": ("THREADLOOM_MODEL", str, "GGUF model file (default: the shipped default model)"),
+    "backend": (
+        "THREADLOOM_BACKEND",
+        str,
+        "ctransformers (default) or llama-cpp (pip install 'threadloom[llama]')",
+    ),
+    "chat_template": (
+        "THREADLOOM_CHAT_TEMPLATE",
+        str,
+        "chat template for models without one: a Jinja file, or gemma, chatml or llama3",
+    ),
+    "alias": ("THREADLOOM_ALIAS", str, "the model's name in /v1/models and requests"),
     "api_keys_file": ("THREADLOOM_API_KEYS_FILE", str, "file of API keys: {key: tenant}"),
     "max_body_bytes": ("THREADLOOM_MAX_BODY_BYTES", int, "largest request body (1 MiB)"),
     "max_queue": ("THREADLOOM_MAX_QUEUE", int, "requests that may wait for a slot (64)"),
@@ -145,6 +188,21 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         "context per slot in tokens (4096, at most the model's)",
     ),
     "gpu_layers": ("THREADLOOM_GPU_LAYERS", int, "layers to offload to a CUDA GPU (0)"),
+    "decode_group": (
+        "THREADLOOM_DECODE_GROUP",
+        int,
+        "llama-cpp: sequences per llama_decode call (default all; 1 for comparisons)",
+    ),
+    "kv_cache_dir": (
+        "THREADLOOM_KV_CACHE_DIR",
+        str,
+        "where conversation states are saved (llama-cpp default: beside the store)",
+    ),
+    "kv_cache_bytes": (
+        "THREADLOOM_KV_CACHE_BYTES",
+        int,
+        "most bytes of saved conversation states, oldest out first (2 GiB; 0: off)",
+    ),
 }
 
 

@@ -14,6 +14,8 @@ What is exported:
   histograms of each generation's scheduler timings, from the same hook.
 - `threadloom_slots`, `threadloom_slots_busy`, `threadloom_queue_depth`, `threadloom_threads` and
   `threadloom_store_*` gauges, read when scraped.
+- With saved conversation states (llama-cpp): `threadloom_kv_states_{saved,restored,evicted,
+  rejected}_total` counters and the `threadloom_kv_states` / `threadloom_kv_state_bytes` gauges.
 
 Labels stay bounded whatever clients send: `route` is the matched route's template
 (`/v1/responses/{response_id}`), never the raw path, and "unmatched" for anything no route
@@ -35,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from aiohttp import web
 
 from threadloom.engine import Engine, Result
+from threadloom.kvstate import StateCache
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import Handler
 
@@ -148,6 +151,26 @@ def _gauge(name: str, help: str, value: float) -> Iterable[str]:
     yield f"{name} {_num(value)}"
 
 
+def _counter(name: str, help: str, value: float) -> Iterable[str]:
+    yield f"# HELP {name} {help}"
+    yield f"# TYPE {name} counter"
+    yield f"{name} {_num(value)}"
+
+
+def _states(states: StateCache) -> Iterable[str]:
+    stats = states.stats
+    yield from _counter("threadloom_kv_states_saved_total", "States saved.", stats.saved)
+    yield from _counter("threadloom_kv_states_restored_total", "States restored.", stats.restored)
+    yield from _counter(
+        "threadloom_kv_states_evicted_total", "States dropped for the budget.", stats.evicted
+    )
+    yield from _counter(
+        "threadloom_kv_states_rejected_total", "Damaged or refused states.", stats.rejected
+    )
+    yield from _gauge("threadloom_kv_states", "Saved conversation states.", len(states))
+    yield from _gauge("threadloom_kv_state_bytes", "Bytes of saved states.", states.bytes_held)
+
+
 class Metrics:
     """The app's metrics. Everything is updated on the event loop thread, so no locks."""
 
@@ -249,6 +272,8 @@ class Metrics:
                 )
             )
             lines.extend(_gauge("threadloom_threads", "Compute thread budget.", engine.threads))
+            if scheduler.states is not None:
+                lines.extend(_states(scheduler.states))
             for key, value in sorted(engine.store.stats().items()):
                 help = STORE_HELP.get(key, f"Store statistic {key}.")
                 lines.extend(_gauge(f"threadloom_store_{key}", help, value))

@@ -43,7 +43,9 @@ TENANT = web.RequestKey("tenant", str)  # the authenticated tenant name
 REQUEST_ID = web.RequestKey("request_id", str)
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # /openapi.json describes only what the public source says; tools fetch it before a key.
-OPEN_PATHS = frozenset({"/health", "/openapi.json"})
+OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})
+# The web page's static files (routes/web.py): the page asks for a key and sends it itself.
+OPEN_PREFIXES = ("/ui/",)
 RETRY_AFTER_S = "1"
 
 _encoder = msgspec.json.Encoder()
@@ -217,7 +219,7 @@ def auth_middleware(api_keys: Mapping[str, str]) -> Callable[..., Awaitable[web.
         if not table:
             request[TENANT] = "default"
             return await handler(request)
-        if request.path in OPEN_PATHS:
+        if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
             return await handler(request)
         key = presented_key(request)
         tenant: str | None = None

@@ -29,6 +29,7 @@ from threadloom.server.schemas import lmstudio as lm
 from threadloom.server.schemas import paddler as pd
 from threadloom.server.schemas import responses as r
 from threadloom.server.schemas import tokenize as tk
+from threadloom.server.schemas import tree as tr
 
 OPENAPI_VERSION = "3.1.0"
 REF = "#/components/schemas/{name}"
@@ -239,7 +240,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "POST",
         "/v1/conversations/{conversation_id}/items",
         "createConversationItems",
-        "Append up to 20 items to a conversation",
+        "Append up to 20 items (messages, function calls, their outputs) to a conversation",
         cv.ItemList,
         tag="conversations",
         request=cv.AddItems,
@@ -250,8 +251,8 @@ OPERATIONS: tuple[Operation, ...] = (
         "GET",
         "/v1/conversations/{conversation_id}/items/{item_id}",
         "getConversationItem",
-        "One item of a conversation",
-        cv.Item,
+        "One item of a conversation (a message, function_call or function_call_output)",
+        cv.AnyItem,
         tag="conversations",
         path_params={"conversation_id": fr.ThreadId},
         errors=(400, 404),
@@ -260,11 +261,19 @@ OPERATIONS: tuple[Operation, ...] = (
         "DELETE",
         "/v1/conversations/{conversation_id}/items/{item_id}",
         "deleteConversationItem",
-        "Not supported: turns are immutable (always 400)",
-        common.ErrorBody,
+        "Delete an item; answers the conversation",
+        cv.Conversation,
         tag="conversations",
         path_params={"conversation_id": fr.ThreadId},
-        errors=(400,),
+        errors=(400, 404, 409),
+        description=(
+            "Turns are immutable and form a tree, so the conversation moves to a new path "
+            "without the item: the items after it are stored again, under new ids, after the "
+            "item's parent, and the conversation's head moves to the last of them, in one store "
+            "transaction (deleting the newest item just moves the head back). Responses that "
+            "reached the item keep it. 404 when the item is not on the conversation's path; 409 "
+            "when the conversation is locked or archived."
+        ),
     ),
     # ---- OpenAI Chat Completions ----------------------------------------------------------
     Operation(
@@ -401,6 +410,62 @@ OPERATIONS: tuple[Operation, ...] = (
         query=fr.MessagesQuery,
         path_params={"thread_id": fr.ThreadId},
         errors=(400, 404),
+    ),
+    # ---- thread trees: branches and replies from any turn (routes/tree.py) -----------------
+    Operation(
+        "GET",
+        "/v1/threads/{thread_id}/tree",
+        "getThreadTree",
+        "Every turn of a thread and of its recorded branches, with children and branch points",
+        tr.ThreadTree,
+        tag="threads",
+        path_params={"thread_id": fr.ThreadId},
+        errors=(400, 404),
+    ),
+    Operation(
+        "GET",
+        "/v1/threads/{thread_id}/turns/{turn_id}/children",
+        "listTurnChildren",
+        "The turns that continue one turn of a thread's tree, oldest first",
+        tr.TurnChildren,
+        tag="threads",
+        path_params={"thread_id": fr.ThreadId},
+        errors=(400, 404),
+    ),
+    Operation(
+        "POST",
+        "/v1/threads/{thread_id}/continue",
+        "continueThread",
+        "Reply after the thread's head (into the thread), after any turn of its tree (a "
+        "branch) or as a new first message (`after: root`)",
+        tr.ContinueResult,
+        tag="threads",
+        request=tr.ContinueRequest,
+        stream=("ThreadReplyStreamEvent", tr.StreamEvent),
+        path_params={"thread_id": fr.ThreadId},
+        errors=GENERATION_ERRORS,
+    ),
+    # ---- the web page (routes/page.py) ------------------------------------------------------
+    Operation(
+        "GET",
+        "/",
+        "getWebPage",
+        "The web page: browse, read and continue conversations and their branch trees",
+        str,
+        tag="server",
+        media_type="text/html",
+        authenticated=False,
+    ),
+    Operation(
+        "GET",
+        "/ui/{name}",
+        "getWebAsset",
+        "A script, style sheet or image of the web page",
+        str,
+        tag="server",
+        media_type="text/plain",
+        errors=(404,),
+        authenticated=False,
     ),
 )
 

@@ -2,6 +2,7 @@
 //! template, tokenized with the model's tokenizer, and trimmed to fit the context.
 
 mod guard;
+mod tools;
 pub mod trim;
 
 use std::borrow::Cow;
@@ -85,6 +86,8 @@ struct Msg<'a> {
     role: Role,
     content: &'a str,
     reasoning: Option<&'a str>,
+    /// Tool data (a stored turn's JSON object text), rendered as `tool_calls` / `tool_call_id`.
+    tool: Option<&'a str>,
     turn: Option<TurnKey>,
 }
 
@@ -248,7 +251,8 @@ impl SegmentCache {
 
 impl PromptEngine {
     /// Loads the template, tokenizer and context length from a GGUF file's metadata.
-    pub fn from_gguf(path: &Path) -> Result<PromptEngine> {
+    /// `template`: a chat template source that replaces the file's own (base models ship none).
+    pub fn from_gguf(path: &Path, template: Option<&str>) -> Result<PromptEngine> {
         let meta = GgufMetadata::from_path(path)?;
         let tokenizer = Arc::new(Tokenizer::from_metadata(&meta)?);
         let context_length = meta.context_length().unwrap_or(2048) as usize;
@@ -259,7 +263,7 @@ impl PromptEngine {
         };
         let bos = token_text(meta.bos_token_id());
         let eos = token_text(meta.eos_token_id());
-        let (template, fallback) = match meta.chat_template() {
+        let (template, fallback) = match template.or(meta.chat_template()) {
             Some(source) => (ChatTemplate::new(source, &bos, &eos)?, false),
             None => (ChatTemplate::chatml(&bos, &eos)?, true),
         };
@@ -301,7 +305,7 @@ impl PromptEngine {
         let user = Message {
             role: "user",
             content: "",
-            reasoning_content: None,
+            ..Message::default()
         };
         let assistant = Message {
             role: "assistant",
@@ -359,6 +363,7 @@ impl PromptEngine {
                         role: v.role,
                         content: v.content,
                         reasoning: v.reasoning,
+                        tool: v.tool,
                         turn: Some(v.id),
                     })
                     .collect();
@@ -366,6 +371,7 @@ impl PromptEngine {
                     role: t.role,
                     content: &t.content,
                     reasoning: t.reasoning.as_deref(),
+                    tool: t.tool.as_deref(),
                     turn: None,
                 }));
                 let (counts, fresh) = self.content_counts(&msgs, cached)?;
@@ -398,6 +404,7 @@ impl PromptEngine {
                 role: t.role,
                 content: &t.content,
                 reasoning: t.reasoning.as_deref(),
+                tool: t.tool.as_deref(),
                 turn: None,
             })
             .collect();
@@ -448,23 +455,35 @@ impl PromptEngine {
     ) -> Result<(String, Vec<u32>)> {
         let tk = &*self.tokenizer;
         let mut guard = Guard::default();
-        let escaped: Vec<(Cow<'_, str>, Option<Cow<'_, str>>)> = kept
+        type Escaped<'m> = (Cow<'m, str>, Option<Cow<'m, str>>, tools::ToolFields);
+        let escaped: Vec<Escaped<'_>> = kept
             .iter()
             .map(|&i| {
                 let m = &msgs[i];
+                let tool = tools::fields(m.role, m.tool)
+                    .map(|(calls, id)| {
+                        (
+                            calls.map(|c| guard.escape_json(tk, &c)),
+                            id.map(|id| guard.escape(tk, &id).into_owned()),
+                        )
+                    })
+                    .unwrap_or_default();
                 (
                     guard.escape(tk, m.content),
                     m.reasoning.map(|r| guard.escape(tk, r)),
+                    tool,
                 )
             })
             .collect();
         let messages: Vec<Message<'_>> = kept
             .iter()
             .zip(&escaped)
-            .map(|(&i, (content, reasoning))| Message {
+            .map(|(&i, (content, reasoning, (calls, call_id)))| Message {
                 role: msgs[i].role.as_str(),
                 content,
                 reasoning_content: reasoning.as_deref(),
+                tool_calls: calls.clone(),
+                tool_call_id: call_id.as_deref(),
             })
             .collect();
         let tools = options.tools.as_ref().map(|t| guard.escape_json(tk, t));

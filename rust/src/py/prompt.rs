@@ -283,15 +283,18 @@ pub struct PromptEngine {
 #[pymethods]
 impl PromptEngine {
     /// Reads the chat template, vocabulary and context length from a GGUF file. A smaller
-    /// `context_length` (what the backend was loaded with) caps the model's own.
+    /// `context_length` (what the backend was loaded with) caps the model's own;
+    /// `chat_template` (a template's source) replaces the file's own.
     #[staticmethod]
-    #[pyo3(signature = (path, *, context_length=None))]
+    #[pyo3(signature = (path, *, context_length=None, chat_template=None))]
     fn from_gguf(
         py: Python<'_>,
         path: PathBuf,
         context_length: Option<usize>,
+        chat_template: Option<String>,
     ) -> PyResult<PromptEngine> {
-        let mut inner = py.detach(|| prompt::PromptEngine::from_gguf(&path))?;
+        let mut inner =
+            py.detach(|| prompt::PromptEngine::from_gguf(&path, chat_template.as_deref()))?;
         if let Some(n) = context_length {
             inner.limit_context(n);
         }

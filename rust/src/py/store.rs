@@ -414,6 +414,9 @@ pub struct Turn {
     /// The reasoning text (between `<think>` tags), if any.
     #[pyo3(get)]
     reasoning: Option<Py<PyString>>,
+    /// Tool data (a tool call or a tool result) as JSON object text, if any.
+    #[pyo3(get)]
+    tool: Option<Py<PyString>>,
     /// Position in its conversation, 1 for a root.
     #[pyo3(get)]
     depth: u32,
@@ -436,6 +439,7 @@ impl Turn {
             role: role_name(py, raw.role).clone().unbind(),
             content: text(raw.content)?,
             reasoning: raw.reasoning.map(text).transpose()?,
+            tool: raw.tool.map(text).transpose()?,
             depth: raw.depth,
             created_ms: raw.created_ms,
         })
@@ -517,9 +521,19 @@ pub(crate) fn parse_turns(turns: &Bound<'_, PyAny>) -> PyResult<Vec<NewTurn>> {
                 .map_err(|e| Error::InvalidInput(format!("turns[{i}].role: {e}")))?,
             content,
             reasoning: field("reasoning")?,
+            tool: field("tool")?,
         });
     }
     Ok(out)
+}
+
+/// `expected_head` as the callers give it: a turn id, "" for an empty thread, or None.
+fn parse_expected_head(text: Option<&str>) -> PyResult<Option<Option<ids::TurnKey>>> {
+    Ok(match text {
+        None => None,
+        Some("") => Some(None),
+        Some(id) => Some(Some(ids::parse_turn_id(id)?)),
+    })
 }
 
 pub(crate) fn anchor_from(
@@ -696,11 +710,7 @@ impl Store {
     ) -> PyResult<Appended> {
         let turns = parse_turns(turns)?;
         let anchor = anchor_from(thread, after_response, after_turn)?;
-        let expected_head = match expected_head.as_deref() {
-            None => None,
-            Some("") => Some(None),
-            Some(id) => Some(Some(ids::parse_turn_id(id)?)),
-        };
+        let expected_head = parse_expected_head(expected_head.as_deref())?;
         let options = AppendOptions {
             expected_head,
             anchor_window,
@@ -721,6 +731,32 @@ impl Store {
                 .map(|t| Py::new(py, Thread { inner: t }))
                 .transpose()?,
         })
+    }
+
+    /// Points a thread at a new path: `turns` written after `after_turn` (None: a new root),
+    /// the head moving to the last of them, or to `after_turn` when there are none (an empty
+    /// thread when neither is given), in one durable transaction. Turns never change: the old
+    /// path stays for the responses and threads that reach it. Refused (StateConflict) on a
+    /// locked or archived thread and, with `expected_head` ("" for an empty thread), when the
+    /// thread moved on.
+    #[pyo3(signature = (thread_id, turns=None, *, owner="default", after_turn=None, expected_head=None))]
+    fn rebase_thread(
+        &self,
+        py: Python<'_>,
+        thread_id: String,
+        turns: Option<&Bound<'_, PyAny>>,
+        owner: &str,
+        after_turn: Option<String>,
+        expected_head: Option<String>,
+    ) -> PyResult<Thread> {
+        let turns = turns.map(parse_turns).transpose()?.unwrap_or_default();
+        let base = after_turn.as_deref().map(ids::parse_turn_id).transpose()?;
+        let expected_head = parse_expected_head(expected_head.as_deref())?;
+        let inner = py.detach(|| {
+            self.inner
+                .rebase_thread(owner, &thread_id, base, &turns, expected_head)
+        })?;
+        Ok(Thread { inner })
     }
 
     /// The conversation ending at a thread's head, a response or a turn, oldest first; with

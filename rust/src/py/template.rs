@@ -60,6 +60,18 @@ impl ChatTemplate {
         Ok(ChatTemplate { inner })
     }
 
+    /// The source of a template that comes with threadloom (`builtin_names()`), or None.
+    #[staticmethod]
+    fn builtin_source(name: &str) -> Option<&'static str> {
+        template::builtin(name)
+    }
+
+    /// The names `builtin_source` knows.
+    #[staticmethod]
+    fn builtin_names() -> Vec<&'static str> {
+        template::BUILTIN.iter().map(|(n, _)| *n).collect()
+    }
+
     /// The ChatML template used for models that ship none.
     #[staticmethod]
     #[pyo3(signature = (*, bos_token="", eos_token="<|im_end|>"))]
@@ -99,6 +111,7 @@ impl ChatTemplate {
                     role: &m.role,
                     content: &m.content,
                     reasoning_content: m.reasoning.as_deref(),
+                    ..Message::default()
                 })
                 .collect();
             self.inner.render(&views, &options)

@@ -329,6 +329,7 @@ impl Store {
 }
 
 mod ops;
+mod rebase;
 pub use ops::HistoryBuffer;
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ fn response_not_found(id: &str) -> Error {
     Error::NotFound(format!("response {id:?} not found"))
 }
 
-fn turn_not_found(key: &TurnKey) -> Error {
+pub(super) fn turn_not_found(key: &TurnKey) -> Error {
     Error::NotFound(format!("turn {:?} not found", ids::turn_id_string(key)))
 }
 
@@ -41,6 +41,30 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 /// so a child's key is always above its parent's and keys grow along every conversation: the
 /// turns of one conversation sit close together in the B-tree, in order, and a history walk
 /// steps backwards through them (see `walk_records`). The 80 random bits keep ids unguessable.
+/// What every write checks of the turns it is given: their size, and that tool data is a JSON
+/// object.
+pub(super) fn check_turns(turns: &[NewTurn]) -> Result<()> {
+    for (i, t) in turns.iter().enumerate() {
+        let size = t.text_len();
+        if size > MAX_TURN_BYTES {
+            return Err(Error::LimitExceeded(format!(
+                "a turn holds {size} bytes of text; the limit is {MAX_TURN_BYTES}"
+            )));
+        }
+        if let Some(tool) = &t.tool {
+            let value: serde_json::Value = serde_json::from_str(tool).map_err(|e| {
+                Error::InvalidInput(format!("turns[{i}].tool is not valid JSON: {e}"))
+            })?;
+            if !value.is_object() {
+                return Err(Error::InvalidInput(format!(
+                    "turns[{i}].tool must be a JSON object"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn new_turn_key(now: i64, parent: Option<&TurnKey>) -> TurnKey {
     const RANDOM_BITS: u32 = 80;
     const TIME_MAX: u128 = (1 << 48) - 1;
@@ -56,14 +80,14 @@ pub(super) fn new_turn_key(now: i64, parent: Option<&TurnKey>) -> TurnKey {
 /// others (0 to 64 tried).
 const NEARBY: usize = 16;
 
-fn opt_turn_key(text: &Option<String>) -> Result<Option<TurnKey>> {
+pub(super) fn opt_turn_key(text: &Option<String>) -> Result<Option<TurnKey>> {
     text.as_deref().map(ids::parse_turn_id).transpose()
 }
 
 impl Store {
     // ---- record access inside a transaction -----------------------------------------------
 
-    fn load_thread(
+    pub(super) fn load_thread(
         &self,
         txn: &RoTxn<'_, WithoutTls>,
         owner: &str,
@@ -104,7 +128,11 @@ impl Store {
         Ok(r)
     }
 
-    fn load_turn<'t>(&self, txn: &'t RoTxn<'_, WithoutTls>, key: &TurnKey) -> Result<TurnView<'t>> {
+    pub(super) fn load_turn<'t>(
+        &self,
+        txn: &'t RoTxn<'_, WithoutTls>,
+        key: &TurnKey,
+    ) -> Result<TurnView<'t>> {
         let raw = self
             .turns
             .get(txn, key)?
@@ -112,19 +140,19 @@ impl Store {
         turn::parse(*key, raw)
     }
 
-    fn put_thread(&self, txn: &mut RwTxn<'_>, t: &ThreadRecord) -> Result<()> {
+    pub(super) fn put_thread(&self, txn: &mut RwTxn<'_>, t: &ThreadRecord) -> Result<()> {
         self.threads
             .put(txn, &keys::thread(&t.owner, &t.id), &to_json(t)?)?;
         Ok(())
     }
 
-    fn index_thread(&self, txn: &mut RwTxn<'_>, t: &ThreadRecord) -> Result<()> {
+    pub(super) fn index_thread(&self, txn: &mut RwTxn<'_>, t: &ThreadRecord) -> Result<()> {
         let k = keys::activity(&t.owner, t.visible, t.last_activity_ms, &t.id);
         self.activity.put(txn, &k, &[])?;
         Ok(())
     }
 
-    fn unindex_thread(&self, txn: &mut RwTxn<'_>, t: &ThreadRecord) -> Result<()> {
+    pub(super) fn unindex_thread(&self, txn: &mut RwTxn<'_>, t: &ThreadRecord) -> Result<()> {
         let k = keys::activity(&t.owner, t.visible, t.last_activity_ms, &t.id);
         self.activity.delete(txn, &k)?;
         Ok(())
@@ -140,7 +168,7 @@ impl Store {
     }
 
     /// A turn's reference count is its children plus the threads and responses pointing at it.
-    fn retain(&self, txn: &mut RwTxn<'_>, key: &TurnKey) -> Result<()> {
+    pub(super) fn retain(&self, txn: &mut RwTxn<'_>, key: &TurnKey) -> Result<()> {
         let n = self.refcount(txn, key)? + 1;
         self.refs.put(txn, key, &n.to_le_bytes())?;
         Ok(())
@@ -148,7 +176,7 @@ impl Store {
 
     /// Drops one reference and deletes every turn, walking rootwards, that nothing reaches any
     /// more. Returns how many turns were deleted.
-    fn release(&self, txn: &mut RwTxn<'_>, key: &TurnKey) -> Result<u64> {
+    pub(super) fn release(&self, txn: &mut RwTxn<'_>, key: &TurnKey) -> Result<u64> {
         let mut deleted = 0;
         let mut current = Some(*key);
         while let Some(key) = current {
@@ -386,14 +414,7 @@ impl Store {
                 "nothing to append: turns is empty".to_owned(),
             ));
         }
-        for t in turns {
-            let size = t.content.len() + t.reasoning.as_ref().map_or(0, String::len);
-            if size > MAX_TURN_BYTES {
-                return Err(Error::LimitExceeded(format!(
-                    "a turn holds {size} bytes of text; the limit is {MAX_TURN_BYTES}"
-                )));
-            }
-        }
+        check_turns(turns)?;
         let response_metadata = match response {
             Some(r) => {
                 if r.output_count as usize > turns.len() {
@@ -471,23 +492,7 @@ impl Store {
                 )));
             }
 
-            let mut turn_ids = Vec::with_capacity(turns.len());
-            let mut prev = parent;
-            for (i, t) in turns.iter().enumerate() {
-                let key = loop {
-                    let k = new_turn_key(now, prev.as_ref());
-                    if s.turns.get(txn, &k)?.is_none() {
-                        break k;
-                    }
-                };
-                let record = turn::encode(prev.as_ref(), depth + i as u32 + 1, now, owner, t);
-                s.turns.put(txn, &key, &record)?;
-                if let Some(p) = &prev {
-                    s.retain(txn, p)?;
-                }
-                turn_ids.push(key);
-                prev = Some(key);
-            }
+            let turn_ids = s.write_turns(txn, owner, parent, depth, turns, now)?;
             let last = *turn_ids.last().ok_or_else(|| {
                 Error::InvalidInput("nothing to append: turns is empty".to_owned())
             })?;
@@ -546,6 +551,37 @@ impl Store {
                 thread,
             })
         })
+    }
+
+    /// Writes `turns` as a chain after `parent` (at `depth`), each holding a reference to its
+    /// parent; returns their keys. The last one is referenced by nothing yet.
+    pub(super) fn write_turns(
+        &self,
+        txn: &mut RwTxn<'_>,
+        owner: &str,
+        parent: Option<TurnKey>,
+        depth: u32,
+        turns: &[NewTurn],
+        now: i64,
+    ) -> Result<Vec<TurnKey>> {
+        let mut turn_ids = Vec::with_capacity(turns.len());
+        let mut prev = parent;
+        for (i, t) in turns.iter().enumerate() {
+            let key = loop {
+                let k = new_turn_key(now, prev.as_ref());
+                if self.turns.get(txn, &k)?.is_none() {
+                    break k;
+                }
+            };
+            let record = turn::encode(prev.as_ref(), depth + i as u32 + 1, now, owner, t);
+            self.turns.put(txn, &key, &record)?;
+            if let Some(p) = &prev {
+                self.retain(txn, p)?;
+            }
+            turn_ids.push(key);
+            prev = Some(key);
+        }
+        Ok(turn_ids)
     }
 
     // ---- history ----------------------------------------------------------------------------

@@ -2492,3 +2492,161 @@ fn a_deleted_thread_id_is_not_revived_by_create_if_missing() {
     s.create_thread(A, Some("t"), None, true, true).unwrap();
     s.verify().unwrap();
 }
+
+// ---- rebase_thread: moving a thread's head ----------------------------------------------------
+
+/// A thread "t" holding u1 a1 (response one) u2 a2 (response two); returns the responses and
+/// the four turn keys.
+fn rebase_fixture(s: &Store) -> (String, String, Vec<TurnKey>) {
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let one = s
+        .append(
+            A,
+            &thread("t"),
+            &turns(&["u1", "a1"]),
+            Some(&completed()),
+            &no_options(),
+        )
+        .unwrap();
+    let two = s
+        .append(
+            A,
+            &thread("t"),
+            &turns(&["u2", "a2"]),
+            Some(&completed()),
+            &no_options(),
+        )
+        .unwrap();
+    let keys = [one.turn_ids, two.turn_ids].concat();
+    (one.response.unwrap().id, two.response.unwrap().id, keys)
+}
+
+#[test]
+fn rebase_drops_a_middle_turn_and_keeps_what_responses_reached() {
+    let (_d, s) = store();
+    let (one, two, keys) = rebase_fixture(&s);
+    // Drop a1: u2 and a2 are written again after u1.
+    let t = s
+        .rebase_thread(
+            A,
+            "t",
+            Some(keys[0]),
+            &turns(&["u2", "a2"]),
+            Some(Some(keys[3])),
+        )
+        .unwrap();
+    assert_eq!(t.message_count, 3);
+    assert_eq!(contents(&s, A, &thread("t")), ["u1", "u2", "a2"]);
+    assert_ne!(head_key(&t), keys[3]);
+    // The responses keep the turns they reached.
+    assert_eq!(contents(&s, A, &after_response(&one)), ["u1", "a1"]);
+    assert_eq!(
+        contents(&s, A, &after_response(&two)),
+        ["u1", "a1", "u2", "a2"]
+    );
+    assert_eq!(turn_count(&s), 6);
+    s.verify().unwrap();
+    // Once the responses go, so do the turns only they reached.
+    s.delete_response(A, &two).unwrap();
+    s.delete_response(A, &one).unwrap();
+    assert_eq!(turn_count(&s), 3);
+    s.verify().unwrap();
+}
+
+#[test]
+fn rebase_without_turns_moves_the_head_back_and_can_empty_the_thread() {
+    let (_d, s) = store();
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let keys = push(&s, A, "t", &["u1", "a1"]).turn_ids;
+    // Pop the newest turn: nothing else reached it, so it is gone.
+    let t = s.rebase_thread(A, "t", Some(keys[0]), &[], None).unwrap();
+    assert_eq!((t.message_count, head_key(&t)), (1, keys[0]));
+    assert_eq!(contents(&s, A, &thread("t")), ["u1"]);
+    assert_eq!(turn_count(&s), 1);
+    let t = s.rebase_thread(A, "t", None, &[], None).unwrap();
+    assert_eq!((t.message_count, t.head.as_deref()), (0, None));
+    assert_eq!(turn_count(&s), 0);
+    s.verify().unwrap();
+    // The empty thread takes appends again; a new root path too.
+    let t = s
+        .rebase_thread(A, "t", None, &turns(&["x", "y"]), Some(None))
+        .unwrap();
+    assert_eq!(t.message_count, 2);
+    assert_eq!(contents(&s, A, &thread("t")), ["x", "y"]);
+    s.verify().unwrap();
+}
+
+#[test]
+fn rebase_is_refused_like_an_append() {
+    let (_d, s) = store();
+    let (_, _, keys) = rebase_fixture(&s);
+    let before = contents(&s, A, &thread("t"));
+    let msg = assert_err!(
+        s.rebase_thread(A, "t", Some(keys[0]), &[], Some(Some(keys[1]))),
+        StateConflict
+    );
+    assert!(msg.contains("moved on"), "{msg}");
+    assert_err!(s.rebase_thread(B, "t", Some(keys[0]), &[], None), NotFound);
+    s.create_thread(B, Some("b"), None, true, false).unwrap();
+    // Another owner's turn is no base.
+    assert_err!(s.rebase_thread(B, "b", Some(keys[0]), &[], None), NotFound);
+    s.update_thread(A, "t", None, Some(ThreadState::Locked))
+        .unwrap();
+    let msg = assert_err!(
+        s.rebase_thread(A, "t", Some(keys[0]), &[], None),
+        StateConflict
+    );
+    assert!(msg.contains("locked"), "{msg}");
+    s.update_thread(A, "t", None, Some(ThreadState::Archived))
+        .unwrap();
+    assert_err!(
+        s.rebase_thread(A, "t", Some(keys[0]), &[], None),
+        StateConflict
+    );
+    let mut bad = user("x");
+    bad.tool = Some("[1]".into());
+    assert_err!(s.rebase_thread(A, "t", None, &[bad], None), InvalidInput);
+    assert_eq!(contents(&s, A, &thread("t")), before);
+    s.verify().unwrap();
+}
+
+#[test]
+fn tool_data_is_stored_with_its_turn() {
+    let (_d, s) = store();
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let call = r#"{"type":"function_call","call_id":"c1","name":"f","arguments":"{}"}"#;
+    let mut asked = assistant("");
+    asked.tool = Some(call.into());
+    let mut answered = NewTurn::new(Role::Tool, "42");
+    answered.tool = Some(r#"{"type":"function_call_output","call_id":"c1"}"#.into());
+    s.append(
+        A,
+        &thread("t"),
+        &[user("q"), asked, answered],
+        None,
+        &no_options(),
+    )
+    .unwrap();
+    let tools = s
+        .with_history(A, &thread("t"), |views| {
+            Ok(views
+                .iter()
+                .map(|v| v.tool.map(str::to_owned))
+                .collect::<Vec<_>>())
+        })
+        .unwrap();
+    assert_eq!(tools[0], None);
+    assert_eq!(tools[1].as_deref(), Some(call));
+    assert!(tools[2]
+        .as_deref()
+        .unwrap()
+        .contains("function_call_output"));
+    let mut bad = user("x");
+    bad.tool = Some("{".into());
+    let msg = assert_err!(
+        s.append(A, &thread("t"), &[bad], None, &no_options()),
+        InvalidInput
+    );
+    assert!(msg.contains("turns[0].tool"), "{msg}");
+    s.verify().unwrap();
+}

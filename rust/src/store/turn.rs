@@ -1,4 +1,5 @@
-//! The turn record: a fixed 48-byte header followed by the owner, content and reasoning text.
+//! The turn record: a fixed 48-byte header followed by the owner, content and reasoning text,
+//! and the tool data (a JSON object) when there is some.
 //! A record is read in place from the memory map (`TurnView` borrows it); nothing is decoded into
 //! owned strings. The layout is documented in docs/storage.md and must change with the format
 //! version.
@@ -10,6 +11,9 @@ pub const HEADER_LEN: usize = 48;
 const KIND: u8 = b'T';
 const FLAG_PARENT: u8 = 1;
 const FLAG_REASONING: u8 = 2;
+/// The record ends with tool data, its length in the header's last four bytes (zero, and the
+/// flag unset, in records written before tool data existed).
+const FLAG_TOOL: u8 = 4;
 
 /// Who wrote a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +63,9 @@ pub struct NewTurn {
     pub role: Role,
     pub content: String,
     pub reasoning: Option<String>,
+    /// A tool call (an assistant turn) or a tool result (a tool turn): a JSON object's text,
+    /// e.g. `{"type":"function_call","call_id":..,"name":..,"arguments":..}`.
+    pub tool: Option<String>,
 }
 
 impl NewTurn {
@@ -67,7 +74,15 @@ impl NewTurn {
             role,
             content: content.into(),
             reasoning: None,
+            tool: None,
         }
+    }
+
+    /// The bytes of text the turn holds (content, reasoning and tool data).
+    pub fn text_len(&self) -> usize {
+        self.content.len()
+            + self.reasoning.as_ref().map_or(0, String::len)
+            + self.tool.as_ref().map_or(0, String::len)
     }
 }
 
@@ -82,6 +97,7 @@ pub struct TurnView<'a> {
     pub owner: &'a str,
     pub content: &'a str,
     pub reasoning: Option<&'a str>,
+    pub tool: Option<&'a str>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -96,14 +112,19 @@ pub fn encode(
     turn: &NewTurn,
 ) -> Vec<u8> {
     let reasoning = turn.reasoning.as_deref().unwrap_or("");
-    let mut out =
-        Vec::with_capacity(HEADER_LEN + owner.len() + turn.content.len() + reasoning.len());
+    let tool = turn.tool.as_deref().unwrap_or("");
+    let mut out = Vec::with_capacity(
+        HEADER_LEN + owner.len() + turn.content.len() + reasoning.len() + tool.len(),
+    );
     let mut flags = 0;
     if parent.is_some() {
         flags |= FLAG_PARENT;
     }
     if turn.reasoning.is_some() {
         flags |= FLAG_REASONING;
+    }
+    if turn.tool.is_some() {
+        flags |= FLAG_TOOL;
     }
     out.extend_from_slice(&[KIND, turn.role as u8, flags, 0]);
     out.extend_from_slice(&depth.to_le_bytes());
@@ -112,10 +133,11 @@ pub fn encode(
     out.extend_from_slice(&(owner.len() as u32).to_le_bytes());
     out.extend_from_slice(&(turn.content.len() as u32).to_le_bytes());
     out.extend_from_slice(&(reasoning.len() as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&(tool.len() as u32).to_le_bytes());
     out.extend_from_slice(owner.as_bytes());
     out.extend_from_slice(turn.content.as_bytes());
     out.extend_from_slice(reasoning.as_bytes());
+    out.extend_from_slice(tool.as_bytes());
     out
 }
 
@@ -150,6 +172,7 @@ pub struct RawTurn<'a> {
     pub owner: &'a [u8],
     pub content: &'a [u8],
     pub reasoning: Option<&'a [u8]>,
+    pub tool: Option<&'a [u8]>,
 }
 
 /// Reads a record's layout in place, leaving the UTF-8 check of its text to the caller (the
@@ -172,16 +195,22 @@ pub fn parse_raw<'a>(id: TurnKey, b: &'a [u8]) -> Result<RawTurn<'a>> {
     let owner_len = u32_at(b, 32) as usize;
     let content_len = u32_at(b, 36) as usize;
     let reasoning_len = u32_at(b, 40) as usize;
+    let tool_len = u32_at(b, 44) as usize;
+    if flags & FLAG_TOOL == 0 && tool_len != 0 {
+        return Err(corrupt(&id, "tool data without its flag"));
+    }
     let end = HEADER_LEN
         .checked_add(owner_len)
         .and_then(|n| n.checked_add(content_len))
         .and_then(|n| n.checked_add(reasoning_len))
+        .and_then(|n| n.checked_add(tool_len))
         .ok_or_else(|| corrupt(&id, "lengths overflow"))?;
     if end != b.len() {
         return Err(corrupt(&id, "lengths do not match the record size"));
     }
     let content_at = HEADER_LEN + owner_len;
     let reasoning_at = content_at + content_len;
+    let tool_at = reasoning_at + reasoning_len;
     Ok(RawTurn {
         id,
         parent,
@@ -190,7 +219,8 @@ pub fn parse_raw<'a>(id: TurnKey, b: &'a [u8]) -> Result<RawTurn<'a>> {
         created_ms,
         owner: &b[HEADER_LEN..content_at],
         content: &b[content_at..reasoning_at],
-        reasoning: (flags & FLAG_REASONING != 0).then(|| &b[reasoning_at..]),
+        reasoning: (flags & FLAG_REASONING != 0).then(|| &b[reasoning_at..tool_at]),
+        tool: (flags & FLAG_TOOL != 0).then(|| &b[tool_at..]),
     })
 }
 
@@ -208,6 +238,7 @@ pub fn parse<'a>(id: TurnKey, b: &'a [u8]) -> Result<TurnView<'a>> {
         owner: text(raw.owner)?,
         content: text(raw.content)?,
         reasoning: raw.reasoning.map(text).transpose()?,
+        tool: raw.tool.map(text).transpose()?,
     })
 }
 
@@ -221,6 +252,7 @@ mod tests {
             role: Role::Assistant,
             content: "héllo 🌍".into(),
             reasoning: Some("thinking".into()),
+            tool: None,
         };
         let parent = [7u8; 16];
         let bytes = encode(Some(&parent), 3, 1234, "acme", &turn);
@@ -232,6 +264,32 @@ mod tests {
         assert_eq!(view.owner, "acme");
         assert_eq!(view.content, "héllo 🌍");
         assert_eq!(view.reasoning, Some("thinking"));
+        assert_eq!(view.tool, None);
+    }
+
+    #[test]
+    fn tool_data_round_trips() {
+        let call = r#"{"type":"function_call","call_id":"c1","name":"f","arguments":"{}"}"#;
+        let turn = NewTurn {
+            role: Role::Assistant,
+            content: String::new(),
+            reasoning: Some("why".into()),
+            tool: Some(call.into()),
+        };
+        let bytes = encode(None, 2, 5, "o", &turn);
+        let view = parse([2; 16], &bytes).unwrap();
+        assert_eq!(view.reasoning, Some("why"));
+        assert_eq!(view.tool, Some(call));
+        assert_eq!(view.content, "");
+        // A record written before tool data existed reads as before.
+        let plain = encode(None, 1, 0, "o", &NewTurn::new(Role::Tool, "42"));
+        assert_eq!(&plain[44..48], &[0; 4]);
+        assert_eq!(parse([0; 16], &plain).unwrap().tool, None);
+        // A length without the flag is damage.
+        let mut bad = plain;
+        bad[44] = 1;
+        bad.push(b'x');
+        assert!(parse([0; 16], &bad).is_err());
     }
 
     #[test]
@@ -240,6 +298,7 @@ mod tests {
             role: Role::Assistant,
             content: String::new(),
             reasoning: Some(String::new()),
+            tool: None,
         };
         let view_bytes = encode(None, 1, 0, "o", &turn);
         let view = parse([0; 16], &view_bytes).unwrap();

@@ -16,18 +16,38 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 /// The template used for models that ship none.
-pub const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+pub const CHATML: &str = include_str!("builtin/chatml.jinja");
+
+/// Templates for models whose GGUF carries none (base models), by the name `--chat-template`
+/// takes.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("chatml", CHATML),
+    ("gemma", include_str!("builtin/gemma.jinja")),
+    ("llama3", include_str!("builtin/llama3.jinja")),
+];
+
+/// A built-in template's source by name.
+pub fn builtin(name: &str) -> Option<&'static str> {
+    BUILTIN.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+}
 
 const NAME: &str = "chat";
 
 /// One message as the template sees it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Message<'a> {
     pub role: &'a str,
     pub content: &'a str,
     /// Reasoning text, for templates that render `reasoning_content` (Qwen3 and kin).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<&'a str>,
+    /// An assistant message's tool calls, as OpenAI's chat format writes them
+    /// (`[{"id", "type": "function", "function": {"name", "arguments"}}]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    /// A tool message's answer to this call id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<&'a str>,
 }
 
 /// Everything but the messages that a render takes.
@@ -215,13 +235,48 @@ mod tests {
                 role: "system",
                 content: "Be brief.",
                 reasoning_content: None,
+                ..Message::default()
             },
             Message {
                 role: "user",
                 content: "Hi",
                 reasoning_content: None,
+                ..Message::default()
             },
         ]
+    }
+
+    #[test]
+    fn gemma_folds_system_text_into_the_next_user_turn() {
+        let t = ChatTemplate::new(builtin("gemma").unwrap(), "<bos>", "<eos>").unwrap();
+        let opts = RenderOptions {
+            add_generation_prompt: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            t.render(&msgs(), &opts).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+        let reply = [Message {
+            role: "assistant",
+            content: " Hello ",
+            reasoning_content: None,
+            ..Message::default()
+        }];
+        let all: Vec<_> = msgs().into_iter().chain(reply).collect();
+        let out = t.render(&all, &RenderOptions::default()).unwrap();
+        assert!(
+            out.ends_with("<start_of_turn>model\nHello<end_of_turn>\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn every_builtin_compiles() {
+        for (name, source) in BUILTIN {
+            assert!(ChatTemplate::new(source, "", "").is_ok(), "{name}");
+        }
+        assert!(builtin("nope").is_none());
     }
 
     #[test]
@@ -284,6 +339,7 @@ mod tests {
                     role: "user",
                     content: "  hi ",
                     reasoning_content: None,
+                    ..Message::default()
                 }],
                 &RenderOptions {
                     tools: Some(tools),

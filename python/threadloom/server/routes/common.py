@@ -15,6 +15,7 @@ from threadloom.engine import Engine, Event, Finished, Result
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.schemas.common import Health, Model, ModelList
+from threadloom.server.schemas.responses import unsupported_item
 
 T = TypeVar("T")
 Events = AsyncGenerator[Event, None]
@@ -47,6 +48,18 @@ def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         raise ApiError(400, "the JSON body is nested too deeply", code="invalid_json") from None
     except UnicodeDecodeError as e:
         raise ApiError(400, f"the JSON body is not valid UTF-8: {e}", code="invalid_json") from None
+
+
+def decode_items_body(decoder: msgspec.json.Decoder[T], body: bytes, field: str) -> T:
+    """`decode_body` for a body with a list of input items under `field`: an item of a type
+    not supported here is refused naming `field[i].type`, whatever else failed to decode."""
+    try:
+        return decode_body(decoder, body)
+    except msgspec.ValidationError:
+        unsupported = unsupported_item(body, field)
+        if unsupported is not None:
+            raise unsupported from None
+        raise
 
 
 def sampling_params(

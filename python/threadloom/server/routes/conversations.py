@@ -3,11 +3,15 @@ by any dialect), its items are the thread's turns, newest at the thread's head. 
 states (a locked or archived thread refuses new items with 409), limits and retention are the
 threads' own.
 
-Items are messages; a conversation's item list reads only its page (`desc`, the default, walks
-back from the head), except `order=asc`, which reads the conversation once. Deleting one item
-is not supported (turns are immutable and shared by the responses that reached them): that
-route answers 400. An item id is checked to be the tenant's, not to lie on this conversation's
-path (ids are unguessable, and a tenant may read all of its own turns anyway)."""
+Items are messages, function calls and their outputs (schemas/items.py); a conversation's item
+list reads only its page (`desc`, the default, walks back from the head), except `order=asc`,
+which reads the conversation once. Turns are immutable and shared by the responses that
+reached them, so deleting an item moves the conversation to a new path without it: the items
+after it are stored again (new ids) after its parent, and the thread's head moves there, in one
+store transaction and in the thread's turn (`Engine.remove_turn`); responses keep the old path.
+An item id read is checked to be the tenant's, not to lie on this conversation's path (ids are
+unguessable, and a tenant may read all of its own turns anyway); a delete needs it on the path.
+"""
 
 from __future__ import annotations
 
@@ -19,10 +23,11 @@ from threadloom.errors import InvalidInput, NotFound
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT
-from threadloom.server.routes.common import decode_body, json_response
+from threadloom.server.routes.common import decode_body, decode_items_body, json_response
 from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import conversations as c
 from threadloom.server.schemas.freddy import THREAD_ID
+from threadloom.server.schemas.items import tool_item
 from threadloom.server.schemas.responses import OutputText
 
 _create = msgspec.json.Decoder(c.CreateConversation)
@@ -38,7 +43,10 @@ def conversation_object(t: Thread) -> c.Conversation:
     )
 
 
-def item(t: Turn) -> c.Item:
+def item(t: Turn) -> c.AnyItem:
+    called = tool_item(t.id, t.role, t.content, t.tool)
+    if called is not None:
+        return called
     part: c.InputText | OutputText = (
         OutputText(text=t.content) if t.role == "assistant" else c.InputText(text=t.content)
     )
@@ -61,16 +69,14 @@ def _not_found(cid: str) -> ApiError:
 async def create(request: web.Request) -> web.Response:
     engine, tenant = request.app[ENGINE], request[TENANT]
     body = await request.read()
-    req = decode_body(_create, body) if body.strip() else c.CreateConversation()
+    req = decode_items_body(_create, body, "items") if body.strip() else c.CreateConversation()
+    new = [m.turn(f"items[{i}]") for i, m in enumerate(req.items or ())]
     cid = mint_id("conv")
 
     def make() -> Thread:
         t = engine.store.create_thread(cid, owner=tenant, metadata=req.metadata or None)
-        if req.items:
-            t = (
-                engine.store.append([m.turn() for m in req.items], owner=tenant, thread=cid).thread
-                or t
-            )
+        if new:
+            t = engine.store.append(new, owner=tenant, thread=cid).thread or t
         return t
 
     return json_response(conversation_object(await engine.offload(make)))
@@ -100,7 +106,7 @@ async def update(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
     try:
-        await engine.offload(lambda: engine.store.delete_thread(cid, owner=tenant))
+        await engine.delete_thread(tenant, cid)
     except NotFound:
         raise _not_found(cid) from None
     return json_response(c.ConversationDeleted(id=cid))
@@ -174,10 +180,11 @@ async def list_items(request: web.Request) -> web.Response:
 
 async def add_items(request: web.Request) -> web.Response:
     engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
-    req = decode_body(_add, await request.read())
+    req = decode_items_body(_add, await request.read(), "items")
+    new = [m.turn(f"items[{i}]") for i, m in enumerate(req.items)]
 
     def add() -> list[Turn]:
-        appended = engine.store.append([m.turn() for m in req.items], owner=tenant, thread=cid)
+        appended = engine.store.append(new, owner=tenant, thread=cid)
         return engine.store.history(owner=tenant, thread=cid, limit=len(appended.turn_ids))
 
     try:
@@ -206,13 +213,18 @@ async def get_item(request: web.Request) -> web.Response:
 
 
 async def delete_item(request: web.Request) -> web.Response:
-    raise ApiError(
-        400,
-        "deleting one item is not supported: a conversation's turns are immutable and shared "
-        "by the responses that reached them; continue from an earlier response instead",
-        param="item_id",
-        code="unsupported_operation",
-    )
+    """Takes an item out of the conversation and answers the conversation. The items after it
+    come back under new ids (the conversation moves to a new path of the turn tree); responses
+    that reached the item keep it."""
+    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    item_id = request.match_info["item_id"]
+    try:
+        t = await engine.remove_turn(tenant, cid, item_id)
+    except NotFound:
+        raise _not_found(cid) from None
+    if t is None:
+        raise ApiError(404, f"item {item_id!r} not found", param="item_id", code="not_found")
+    return json_response(conversation_object(t))
 
 
 def setup(app: web.Application) -> None:

@@ -371,7 +371,11 @@ async def update_thread(request: web.Request) -> web.Response:
 
 
 async def delete_thread(request: web.Request) -> web.Response:
-    await _load(request, lambda s, tid, owner: s.delete_thread(tid, owner=owner))
+    engine, tid = request.app[ENGINE], _path_thread_id(request)
+    try:
+        await engine.delete_thread(request[TENANT], tid)
+    except NotFound as e:
+        raise _named(e, "threadId") from None
     return json_response(f.DeletedThread(id=request.match_info["thread_id"]))
 
 

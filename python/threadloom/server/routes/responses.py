@@ -22,7 +22,7 @@ from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT
 from threadloom.server.routes import background, compat
 from threadloom.server.routes.common import (
-    decode_body,
+    decode_items_body,
     final_result,
     json_response,
     sampling_params,
@@ -30,6 +30,7 @@ from threadloom.server.routes.common import (
 from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import responses as s
 from threadloom.server.schemas.freddy import THREAD_ID
+from threadloom.server.schemas.items import FunctionCallItem, FunctionCallOutputItem, tool_item
 
 _create = msgspec.json.Decoder(s.CreateResponse)
 _ID = re.compile(s.RESPONSE_ID_PATTERN)
@@ -59,7 +60,7 @@ def _inputs(req: s.CreateResponse) -> list[dict[str, str]]:
     if isinstance(req.input, str):
         out.append({"role": "user", "content": req.input})
     else:
-        out.extend(item.turn() for item in req.input)
+        out.extend(item.turn(f"input[{i}]") for i, item in enumerate(req.input))
     return out
 
 
@@ -199,7 +200,7 @@ def _stream_kwargs(req: s.CreateResponse, tenant: str, sampling: SamplingParams)
 async def create_response(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     tenant = request[TENANT]
-    req = decode_body(_create, await request.read())
+    req = decode_items_body(_create, await request.read(), "input")
     refuse_unsupported(req, compat.RESPONSES)
     if req.background and (req.stream or not req.store):
         raise ApiError(400, "background needs store true and stream false", param="background")
@@ -410,7 +411,7 @@ async def delete_response(request: web.Request) -> web.Response:
     rid = _response_id(request)
     tenant = request[TENANT]
     try:
-        await engine.offload(lambda: engine.store.delete_response(rid, owner=tenant))
+        await engine.delete_response(tenant, rid)
     except NotFound:
         raise ApiError(
             404, f"response {rid!r} not found", param="response_id", code="not_found"
@@ -423,8 +424,10 @@ async def input_items(request: web.Request) -> web.Response:
     rid = _response_id(request)
     query = msgspec.convert(dict(request.query), s.InputItemsQuery, strict=False)
     _, inputs, _ = await _lookup(engine, request[TENANT], rid)
-    items = [
-        s.InputItem(id=t.id, role=t.role, content=[s.InputTextPart(text=t.content)]) for t in inputs
+    items: list[s.InputItem | FunctionCallItem | FunctionCallOutputItem] = [
+        tool_item(t.id, t.role, t.content, t.tool)
+        or s.InputItem(id=t.id, role=t.role, content=[s.InputTextPart(text=t.content)])
+        for t in inputs
     ]
     if query.order == "desc":
         items.reverse()
@@ -448,7 +451,7 @@ async def input_tokens(request: web.Request) -> web.Response:
     """`POST /v1/responses/input_tokens`: the body of a create; the prompt tokens it would use,
     history behind `previous_response_id` and trimming included. Generates and stores nothing."""
     engine = request.app[ENGINE]
-    req = decode_body(_create, await request.read())
+    req = decode_items_body(_create, await request.read(), "input")
     refuse_unsupported(req, compat.RESPONSES)
     check_model(req.model, engine)
     sampling = _sampling(req, engine)

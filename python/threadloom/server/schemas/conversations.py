@@ -8,14 +8,15 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from threadloom.server.schemas.responses import InputMessage, Metadata, OutputText
+from threadloom.server.schemas.items import FunctionCallItem, FunctionCallOutputItem
+from threadloom.server.schemas.responses import InputItemParam, Metadata, OutputText
 
 # Items one create or add call may carry (OpenAI's limit).
 MAX_NEW_ITEMS = 20
 
 
 class CreateConversation(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    items: Annotated[list[InputMessage], Meta(max_length=MAX_NEW_ITEMS)] | None = None
+    items: Annotated[list[InputItemParam], Meta(max_length=MAX_NEW_ITEMS)] | None = None
     metadata: Metadata | None = None
 
 
@@ -24,7 +25,7 @@ class UpdateConversation(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tru
 
 
 class AddItems(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    items: Annotated[list[InputMessage], Meta(min_length=1, max_length=MAX_NEW_ITEMS)]
+    items: Annotated[list[InputItemParam], Meta(min_length=1, max_length=MAX_NEW_ITEMS)]
 
 
 class ItemsQuery(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -63,9 +64,13 @@ class Item(msgspec.Struct, tag="message", tag_field="type", kw_only=True):
     content: list[InputText | OutputText]
 
 
+# What a conversation's item is: a message, or a function call or its output.
+AnyItem = Item | FunctionCallItem | FunctionCallOutputItem
+
+
 class ItemList(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
-    data: list[Item]
+    data: list[AnyItem]
     first_id: str | None
     last_id: str | None
     has_more: bool

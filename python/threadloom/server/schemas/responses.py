@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from threadloom.errors import InvalidInput
+from threadloom.server.schemas import items
 from threadloom.server.schemas.limits import MAX_ITEMS
 
 # Ids come from the store: "resp_" and 128 random bits in Crockford's base 32 (lower case).
@@ -35,25 +37,98 @@ class OutputTextPartIn(
     logprobs: list[Any] | None = None
 
 
-class InputMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    role: Literal["user", "system", "developer", "assistant"]
-    content: str | list[InputTextPart | OutputTextPartIn]
-    type: Literal["message"] = "message"
-    id: str | None = None
-    status: Literal["in_progress", "completed", "incomplete"] | None = None
+ITEM_TYPES = ("message", items.FUNCTION_CALL, items.FUNCTION_CALL_OUTPUT)
+# Which fields belong to which item type (besides type, id and status).
+_FIELDS = {
+    "message": ("role", "content"),
+    items.FUNCTION_CALL: ("call_id", "name", "arguments", "namespace"),
+    items.FUNCTION_CALL_OUTPUT: ("call_id", "output", "name", "namespace"),
+}
+_REQUIRED = {
+    "message": ("role", "content"),
+    items.FUNCTION_CALL: ("call_id", "name", "arguments"),
+    items.FUNCTION_CALL_OUTPUT: ("output",),
+}
 
-    def turn(self) -> dict[str, str]:
-        """The message as a stored turn (`developer` is the system role to the templates)."""
-        return {"role": "system" if self.role == "developer" else self.role, "content": self.text()}
+
+class InputItemParam(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One input item: a message (`type` may be left out), a `function_call` or a
+    `function_call_output` (checked by `turn`, which names the offending field)."""
+
+    type: Literal["message", "function_call", "function_call_output"] = "message"
+    id: str | None = None
+    status: items.ItemStatus | None = None
+    role: Literal["user", "system", "developer", "assistant"] | None = None
+    content: str | list[InputTextPart | OutputTextPartIn] | None = None
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    namespace: str | None = None
+    output: str | list[InputTextPart] | None = None
+
+    def turn(self, where: str) -> dict[str, str]:
+        """The item as a stored turn (`developer` is the system role to the templates);
+        `where` (`input[3]`) names the item in errors."""
+        for name in _REQUIRED[self.type]:
+            if getattr(self, name) is None:
+                raise InvalidInput(
+                    f"{where}.{name} is required in a {self.type} item", param=f"{where}.{name}"
+                )
+        for name in ("role", "content", "call_id", "name", "arguments", "namespace", "output"):
+            if getattr(self, name) is not None and name not in _FIELDS[self.type]:
+                raise InvalidInput(
+                    f"{where}.{name} does not belong in a {self.type} item",
+                    param=f"{where}.{name}",
+                )
+        if self.type == items.FUNCTION_CALL:
+            assert self.call_id is not None and self.name is not None
+            assert self.arguments is not None
+            return items.call_turn(
+                self.call_id, self.name, self.arguments, self.status, self.namespace
+            )
+        if self.type == items.FUNCTION_CALL_OUTPUT:
+            return items.output_turn(
+                self.call_id, _text(self.output), self.status, self.name, self.namespace
+            )
+        role = "system" if self.role == "developer" else self.role
+        return {"role": role or "user", "content": self.text()}
 
     def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "".join(part.text for part in self.content)
+        return _text(self.content)
+
+
+_Content = str | list[InputTextPart | OutputTextPartIn] | list[InputTextPart] | None
+
+
+def _text(content: _Content) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(part.text for part in content)
+
+
+def unsupported_item(body: bytes, field: str) -> InvalidInput | None:
+    """After a body failed to decode: the clearer error when the cause is an item type that is
+    not supported (`items[2].type`), else None."""
+    try:
+        value = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
+        return None
+    given = value.get(field) if isinstance(value, dict) else None
+    if not isinstance(given, list):
+        return None
+    for i, item in enumerate(given):
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if isinstance(kind, str) and kind not in ITEM_TYPES:
+            return InvalidInput(
+                f"{field}[{i}].type: {kind!r} items are not supported; supported: "
+                + ", ".join(ITEM_TYPES),
+                param=f"{field}[{i}].type",
+            )
+    return None
 
 
 class CreateResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    input: str | Annotated[list[InputMessage], Meta(min_length=1, max_length=MAX_ITEMS)]
+    input: str | Annotated[list[InputItemParam], Meta(min_length=1, max_length=MAX_ITEMS)]
     model: str | None = None
     instructions: str | None = None
     previous_response_id: ResponseId | None = None
@@ -185,7 +260,7 @@ class InputItem(msgspec.Struct, tag="message", tag_field="type", kw_only=True):
 
 class InputItemList(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
-    data: list[InputItem]
+    data: list[InputItem | items.FunctionCallItem | items.FunctionCallOutputItem]
     first_id: str | None
     last_id: str | None
     has_more: bool

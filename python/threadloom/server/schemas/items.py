@@ -1,0 +1,114 @@
+"""Function-call items (`function_call`, `function_call_output`) of the Responses and
+Conversations APIs, as stored turns and back. A `function_call` is an assistant turn with no
+content whose tool data (a JSON object, the store's `tool` field) holds the call; a
+`function_call_output` is a `tool` turn whose content is the output and whose tool data holds
+the call id. Chat templates see them as OpenAI's chat format does: the assistant message's
+`tool_calls` and the tool message's `tool_call_id` (rust/src/prompt/tools.rs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+FUNCTION_CALL = "function_call"
+FUNCTION_CALL_OUTPUT = "function_call_output"
+
+
+class _Tool(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A turn's tool data as stored (unknown keys are ignored when read back)."""
+
+    type: str
+    call_id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    namespace: str | None = None
+    status: ItemStatus | None = None
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(_Tool).decode
+
+
+class FunctionCallItem(msgspec.Struct, tag=FUNCTION_CALL, tag_field="type", kw_only=True):
+    id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: ItemStatus
+    namespace: str | None = None
+
+
+class FunctionCallOutputItem(
+    msgspec.Struct, tag=FUNCTION_CALL_OUTPUT, tag_field="type", kw_only=True
+):
+    id: str
+    call_id: str | None
+    output: str
+    status: ItemStatus
+    name: str | None = None
+    namespace: str | None = None
+
+
+def call_turn(
+    call_id: str, name: str, arguments: str, status: str | None, namespace: str | None
+) -> dict[str, str]:
+    """A `function_call` item as the turn to store."""
+    tool = _Tool(
+        type=FUNCTION_CALL,
+        call_id=call_id,
+        name=name,
+        arguments=arguments,
+        namespace=namespace,
+        status=status,  # type: ignore[arg-type]
+    )
+    return {"role": "assistant", "content": "", "tool": _encode(tool).decode()}
+
+
+def output_turn(
+    call_id: str | None, output: str, status: str | None, name: str | None, namespace: str | None
+) -> dict[str, str]:
+    """A `function_call_output` item as the turn to store."""
+    tool = _Tool(
+        type=FUNCTION_CALL_OUTPUT,
+        call_id=call_id,
+        name=name,
+        namespace=namespace,
+        status=status,  # type: ignore[arg-type]
+    )
+    return {"role": "tool", "content": output, "tool": _encode(tool).decode()}
+
+
+def tool_item(
+    turn_id: str, role: str, content: str, tool: str | None
+) -> FunctionCallItem | FunctionCallOutputItem | None:
+    """The function-call item a stored turn is, or None for a message. A `tool` turn is always
+    an output (one stored without tool data has no call id)."""
+    data: _Tool | None = None
+    if tool is not None:
+        try:
+            data = _decode(tool)
+        except msgspec.DecodeError:  # also ValidationError
+            data = None
+    status = (data.status if data is not None else None) or "completed"
+    if role == "assistant" and data is not None and data.type == FUNCTION_CALL:
+        return FunctionCallItem(
+            id=turn_id,
+            call_id=data.call_id or "",
+            name=data.name or "",
+            arguments=data.arguments or "",
+            status=status,
+            namespace=data.namespace,
+        )
+    if role == "tool":
+        known = data is not None and data.type == FUNCTION_CALL_OUTPUT
+        return FunctionCallOutputItem(
+            id=turn_id,
+            call_id=data.call_id if known and data is not None else None,
+            output=content,
+            status=status,
+            name=data.name if known and data is not None else None,
+            namespace=data.namespace if known and data is not None else None,
+        )
+    return None

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout
@@ -146,7 +147,9 @@ async def chat_turn(
     req = Request(sent=time.perf_counter())
     answer: list[str] = []
     chunks = 0
-    async with session.post(f"{url}/v1/chat/completions", json=body) as r:
+    # llama-server closes a kept-alive connection after a stream: one connection per request.
+    headers = {"Connection": "close"}
+    async with session.post(f"{url}/v1/chat/completions", json=body, headers=headers) as r:
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
         async for raw in r.content:
@@ -223,7 +226,8 @@ def measure_command(
 ) -> dict[int, list[Level]]:
     """Starts a server with `command`, waits for `url`/health, runs every level against it
     (after a warm-up conversation), then stops it with SIGTERM."""
-    proc = subprocess.Popen(command, cwd=cwd)
+    log = open(os.path.join(cwd or tempfile.gettempdir(), "server.log"), "w")  # noqa: SIM115
+    proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     try:
         health = asyncio.run(wait_ready(url, proc))
         print(f"{command[0]} ...: {json.dumps(health)[:200]}")
@@ -234,9 +238,14 @@ def measure_command(
             for n in levels:
                 results[n].append(asyncio.run(run_level(url, n, turns, offset, turn)))
                 offset += n
+    except BaseException:
+        log.flush()
+        print(Path(log.name).read_text()[-3000:], file=sys.stderr)
+        raise
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        log.close()
     return results
 
 

@@ -119,7 +119,7 @@ def llama_server(
 ) -> tuple[list[str], str]:
     port = free_port()
     command = [binary, "-m", model, "--port", str(port), "-np", str(slots), "-t", str(threads)]
-    command += ["-c", str(4096 * slots), "-ngl", str(gpu), "--log-disable"]
+    command += ["-c", str(4096 * slots), "-ngl", str(gpu)]
     return command, f"http://127.0.0.1:{port}"
 
 

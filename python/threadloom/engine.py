@@ -65,6 +65,7 @@ class Engine:
         model_name: str | None = None,
         chat_template: str | None = None,
         decode_group: int | None = None,
+        kv_cache_type: str = "f16",
         kv_cache_dir: str | os.PathLike[str] | None = None,
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
         progress: bool | None = None,
@@ -91,6 +92,7 @@ class Engine:
                 gpu_layers=gpu_layers,
                 threads=self.threads,
                 decode_group=decode_group,
+                kv_cache_type=kv_cache_type,
                 progress=sys.stderr.isatty() if progress is None else progress,
             )
         self.backend_name = backend.name
@@ -109,7 +111,7 @@ class Engine:
         self._eog = frozenset(self.tokenizer.eog_ids)
         states = None
         if kv_cache_dir is not None and kv_cache_bytes > 0:
-            settings = f"{backend.name}/{self.context_length}"
+            settings = f"{backend.name}/{self.context_length}/{kv_cache_type}"
             fingerprint = file_fingerprint(self.model_path, settings)
             states = StateCache(Path(kv_cache_dir), fingerprint, kv_cache_bytes)
         self.scheduler = Scheduler(

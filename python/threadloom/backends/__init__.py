@@ -25,6 +25,7 @@ def load_backend(
     gpu_layers: int,
     threads: int,
     decode_group: int | None,
+    kv_cache_type: str,
     progress: bool,
 ) -> BackendFactory:
     """The factory of a backend named by `--backend`."""
@@ -37,6 +38,7 @@ def load_backend(
             gpu_layers=gpu_layers,
             threads=threads,
             decode_group=decode_group,
+            kv_type=kv_cache_type,
         )
     if name != "ctransformers":
         raise InvalidInput(f"backend must be one of {', '.join(BACKENDS)}", param="backend")

@@ -54,8 +54,9 @@ class _Seq:
 
 
 class Sampler:
-    """Picks the next token from one row of logits: ctransformers' order (repetition penalty
-    over the recent tokens, then top-k, top-p and temperature), greedy at temperature 0."""
+    """Picks the next token from one row of logits (which it may change): ctransformers' order
+    (repetition penalty over the recent tokens, then top-k, top-p and temperature), greedy at
+    temperature 0."""
 
     @staticmethod
     def pick(
@@ -65,7 +66,8 @@ class Sampler:
         rng: np.random.Generator | None,
     ) -> int:
         if params.repetition_penalty != 1.0 and recent:
-            logits = logits.copy()
+            # In place: the row is llama.cpp's output buffer, which only this step reads and
+            # the next llama_decode overwrites (copying 262k floats per token is not free).
             seen = np.unique(np.asarray(recent, dtype=np.int64))
             values = logits[seen]
             penalty = params.repetition_penalty
@@ -297,13 +299,16 @@ class LlamaCppFactory:
         gpu_layers: int = 0,
         threads: int | None = None,
         decode_group: int | None = None,
+        kv_type: str = "f16",
     ) -> None:
-        load_library()
+        self._lib = load_library()
+        _kv_type(self._lib, kv_type)  # a bad name fails at start, not at the first load
         self.model_path = model_path
         self.context_length = context_length
         self.gpu_layers = gpu_layers
         self.threads = threads
         self.decode_group = decode_group
+        self.kv_type = kv_type
 
     def __call__(self, sequences: int) -> LlamaCppBackend:
         return LlamaCppBackend(
@@ -313,4 +318,5 @@ class LlamaCppFactory:
             gpu_layers=self.gpu_layers,
             threads=self.threads,
             decode_group=self.decode_group,
+            kv_type=self.kv_type,
         )

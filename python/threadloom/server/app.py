@@ -85,6 +85,7 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             model_name=config.alias,
             chat_template=config.chat_template,
             decode_group=config.decode_group,
+            kv_cache_type=config.kv_cache_type,
             kv_cache_dir=config.states_dir(),
             kv_cache_bytes=config.kv_cache_bytes,
         )

@@ -51,6 +51,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # Saved conversation states: None is `<store>-kv` beside an LMDB store (or under
     # ~/.cache/threadloom/kv) for the llama-cpp backend, and off for the others.
     kv_cache_dir: str | None = None
+    # llama-cpp: the KV cache's element type, "f16" or "q8_0" (half the bytes).
+    kv_cache_type: str = "f16"
     kv_cache_bytes: int = 2 << 30
 
     def states_dir(self) -> str | None:
@@ -82,6 +84,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError("context_length must be at least 256")
         if self.decode_group is not None and self.decode_group < 1:
             raise ConfigError("decode_group must be at least 1")
+        if self.kv_cache_type not in ("f16", "q8_0"):
+            raise ConfigError("kv_cache_type must be f16 or q8_0")
         if self.kv_cache_bytes < 0:
             raise ConfigError("kv_cache_bytes must not be negative (0 turns saving off)")
         if self.gpu_layers < 0:
@@ -192,6 +196,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         "THREADLOOM_DECODE_GROUP",
         int,
         "llama-cpp: sequences per llama_decode call (default all; 1 for comparisons)",
+    ),
+    "kv_cache_type": (
+        "THREADLOOM_KV_CACHE_TYPE",
+        str,
+        "llama-cpp: KV cache element type, f16 (default) or q8_0 (half the memory)",
     ),
     "kv_cache_dir": (
         "THREADLOOM_KV_CACHE_DIR",

@@ -11,16 +11,9 @@ row against a concurrent delete. Turns are freed by the same reference counting 
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import psycopg
-import psycopg_pool
-from psycopg import errors as pgerrors
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from threadloom._core import ResponseInfo, Retention
 from threadloom.errors import (
@@ -28,41 +21,21 @@ from threadloom.errors import (
     LimitExceeded,
     NotFound,
     StateConflict,
-    StoreError,
     StoreFormatError,
-    StoreUnavailable,
 )
 from threadloom.pgstore import checks
+from threadloom.pgstore import rows as rowmap
 from threadloom.pgstore.checks import Anchor, debug_str
+from threadloom.pgstore.connection import Conn, Database, now_ms
 from threadloom.pgstore.records import Appended, Response, ThreadPage, Turn
 from threadloom.pgstore.records import Thread as ThreadRecord
 from threadloom.pgstore.schema import migrate
-from threadloom.storage import describe
 
 __all__ = ["PostgresStore"]
 
-R = TypeVar("R")
-Conn = psycopg.Connection[Any]
 
 ROLE_NAMES = checks.ROLES
 SWEEP_BATCH = 512
-# Deadlocks (two sweeps releasing crossing chains) and serialization failures are retried.
-RETRIES = 5
-# How long a call waits for a connection while the database is known to be down.
-OUTAGE_WAIT_S = 1.0
-RECONNECT_S = 5.0
-SESSION_LIMITS = {"statement_timeout": "30s", "lock_timeout": "10s"}
-# Options of the URL's query that configure the pool rather than libpq.
-POOL_OPTIONS = ("pool_size", "pool_timeout")
-DEFAULT_CONNECT = {
-    "connect_timeout": "5",
-    # Notice a peer that vanished (a network partition, not a clean shutdown) within ~25 s.
-    "keepalives": "1",
-    "keepalives_idle": "10",
-    "keepalives_interval": "5",
-    "keepalives_count": "3",
-    "application_name": "threadloom",
-}
 
 _THREAD_COLUMNS = (
     "owner, id, head, metadata, state, visible, created_ms, last_activity_ms, message_count"
@@ -87,163 +60,15 @@ _WALK = """
 """
 
 
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _split_url(url: str) -> tuple[str, dict[str, str]]:
-    """Separates the pool options from the libpq URL and adds the connection defaults."""
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    pool = {k: query.pop(k) for k in POOL_OPTIONS if k in query}
-    for key, value in DEFAULT_CONNECT.items():
-        query.setdefault(key, value)
-    return urlunsplit(parts._replace(query=urlencode(query))), pool
-
-
-def _configure(conn: Conn) -> None:
-    """Session limits for every new connection, where neither the URL nor the role set one:
-    a stuck peer holding a row lock, or a runaway query, fails the call (503) instead of
-    holding a request forever."""
-    for name, value in SESSION_LIMITS.items():
-        row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
-        if row is not None and row[0] == "0":
-            conn.execute(f"SET {name} = '{value}'")
-
-
-def _uuid(key: bytes | None) -> uuid.UUID | None:
-    return None if key is None else uuid.UUID(bytes=key)
-
-
-def _turn_id(value: uuid.UUID | None) -> str | None:
-    return None if value is None else checks.turn_id_string(value.bytes)
-
-
-def _thread(row: tuple[Any, ...]) -> ThreadRecord:
-    owner, tid, head, metadata, state, visible, created, activity, count = row
-    return ThreadRecord(
-        id=tid,
-        owner=owner,
-        head=_turn_id(head),
-        metadata_json=metadata,
-        state=state,
-        visible=visible,
-        created_ms=created,
-        last_activity_ms=activity,
-        message_count=count,
-    )
-
-
-def _response(row: tuple[Any, ...]) -> Response:
-    (rid, owner, status, model, last, parent, n_in, n_out, thread_id, previous, prompt,
-     completion, cached, error, created, metadata) = row  # fmt: skip
-    return Response(
-        id=rid,
-        owner=owner,
-        status=status,
-        model=model,
-        last_turn=checks.turn_id_string(last.bytes),
-        parent_turn=_turn_id(parent),
-        input_count=n_in,
-        output_count=n_out,
-        thread_id=thread_id,
-        previous_response_id=previous,
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        cached_tokens=cached,
-        error=error,
-        created_ms=created,
-        metadata_json=metadata,
-    )
-
-
-def _turn(row: tuple[Any, ...]) -> Turn:
-    key, parent, role, depth, created, content, reasoning, tool = row
-    return Turn(
-        key=key.bytes,
-        parent_key=None if parent is None else parent.bytes,
-        role=ROLE_NAMES[role],
-        content=content.decode("utf-8"),
-        reasoning=None if reasoning is None else reasoning.decode("utf-8"),
-        depth=depth,
-        created_ms=created,
-        tool=None if tool is None else tool.decode("utf-8"),
-    )
-
-
-def _check_sizes(new: list[checks.NewTurn]) -> None:
-    for t in new:
-        if t.size > checks.MAX_TURN_BYTES:
-            raise LimitExceeded(
-                f"a turn holds {t.size} bytes of text; the limit is {checks.MAX_TURN_BYTES}"
-            )
-
-
-def _insert_turns(
-    conn: Conn,
-    owner: str,
-    parent: bytes | None,
-    depth: int,
-    new: list[checks.NewTurn],
-    last_refs: int,
-    now: int,
-) -> list[bytes]:
-    """Writes `new` as a chain after `parent` (at `depth`), each referenced by its child and
-    the last by `last_refs` holders; returns their keys. The parent's reference from the first
-    is the caller's to count."""
-    keys: list[bytes] = []
-    prev = parent
-    for _ in new:
-        prev = checks.new_turn_key(now, prev)
-        keys.append(prev)
-    conn.execute(
-        "INSERT INTO threadloom_turns "
-        "(id, parent, owner, role, depth, created_ms, refs, content, reasoning, tool) "
-        "SELECT id, parent, %s, role, depth, %s, refs, content, reasoning, tool FROM unnest("
-        "%s::uuid[], %s::uuid[], %s::smallint[], %s::integer[], %s::integer[], "
-        "%s::bytea[], %s::bytea[], %s::bytea[]) "
-        "AS x(id, parent, role, depth, refs, content, reasoning, tool)",
-        (
-            owner,
-            now,
-            [_uuid(k) for k in keys],
-            [_uuid(parent), *(_uuid(k) for k in keys[:-1])],
-            [t.role for t in new],
-            list(range(depth + 1, depth + len(new) + 1)),
-            [1] * (len(new) - 1) + [last_refs],
-            [t.content for t in new],
-            [t.reasoning for t in new],
-            [t.tool for t in new],
-        ),
-    )
-    return keys
-
-
-def _thread_not_found(thread_id: str) -> NotFound:
-    return NotFound(f"thread {debug_str(thread_id)} not found")
-
-
-def _response_not_found(response_id: str) -> NotFound:
-    return NotFound(f"response {debug_str(response_id)} not found")
-
-
-def _turn_not_found(key: bytes) -> NotFound:
-    return NotFound(f"turn {debug_str(checks.turn_id_string(key))} not found")
-
-
-def _ms(seconds: float) -> int:
-    return round(seconds * 1000)
-
-
 class _Policy:
     """The retention rules in milliseconds: the PostgreSQL mirror of rust/src/store/retention.rs.
     Every expiry decision of this store goes through here."""
 
     def __init__(self, retention: Retention) -> None:
-        self.thread_inactivity = _ms(retention.thread_inactivity_s)
-        self.thread_max_age = _ms(retention.thread_max_age_s)
-        self.response_ttl = _ms(retention.response_ttl_s)
-        self.anchor_window = _ms(retention.anchor_window_s)
+        self.thread_inactivity = rowmap.ms(retention.thread_inactivity_s)
+        self.thread_max_age = rowmap.ms(retention.thread_max_age_s)
+        self.response_ttl = rowmap.ms(retention.response_ttl_s)
+        self.anchor_window = rowmap.ms(retention.anchor_window_s)
 
     def thread_expired(self, created: int, activity: int, now: int) -> bool:
         return now - activity > self.thread_inactivity or now - created > self.thread_max_age
@@ -286,101 +111,21 @@ class PostgresStore:
         pool_size: int | None = None,
         timeout: float | None = None,
     ) -> None:
-        conninfo, options = _split_url(url)
-        try:
-            size = pool_size or int(options.get("pool_size", 10))
-            wait = timeout or float(options.get("pool_timeout", 5.0))
-        except ValueError:
-            raise InvalidInput("pool_size and pool_timeout in the URL must be numbers") from None
-        if size < 1 or wait <= 0:
-            raise InvalidInput("pool_size must be at least 1 and pool_timeout positive")
-        self._url = describe(url)
+        self._db = Database(url, pool_size=pool_size, timeout=timeout)
+        self._url = self._db.url
         self._retention = retention or Retention()
         self._policy = _Policy(self._retention)
-        self._closed = threading.Event()
-        self._outage = threading.Event()
-        self._timeout = wait
-        self._pool: psycopg_pool.ConnectionPool[Conn] = psycopg_pool.ConnectionPool(
-            conninfo,
-            min_size=1,
-            max_size=size,
-            timeout=wait,
-            kwargs={"autocommit": True},
-            configure=_configure,
-            name="threadloom",
-            open=False,
-            # A reconnection attempt backs off (1, 2, 4 s) and gives up after this long; the
-            # next call then starts a fresh one. Keeps the wait for a returning database short.
-            reconnect_timeout=RECONNECT_S,
-        )
         try:
-            self._pool.open(wait=False)
-            self._version = self._call(migrate)
+            self._version = self._db.call(migrate)
         except BaseException:
-            self._pool.close(timeout=1.0)
+            self._db.close(timeout=1.0)
             raise
 
     # ---- plumbing ---------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[Conn], R], *, write: bool = False) -> R:
-        """Runs `fn` on a pooled connection (in one transaction when `write`), mapping
-        database errors onto the store's exceptions. A connection found dead (the server
-        restarted) is replaced and the call retried; a failure while committing is not retried,
-        since the commit may have happened."""
-        attempt = 0
-        while True:
-            attempt += 1
-            committing = False
-            # While the database is known to be down, refuse fast instead of holding every
-            # request for the full pool timeout; the pool keeps reconnecting meanwhile.
-            wait = OUTAGE_WAIT_S if self._outage.is_set() else self._timeout
-            try:
-                with self._pool.connection(timeout=wait) as conn:
-                    if not write:
-                        result = fn(conn)
-                    else:
-                        with conn.transaction():
-                            result = fn(conn)
-                            committing = True
-                self._outage.clear()
-                return result
-            except (pgerrors.DeadlockDetected, pgerrors.SerializationFailure) as e:
-                if attempt < RETRIES:
-                    continue
-                raise StoreUnavailable(f"the database kept aborting the transaction: {e}") from e
-            except psycopg_pool.PoolClosed as e:
-                raise StoreError("the store is closed") from e
-            except psycopg_pool.PoolTimeout as e:
-                self._outage.set()
-                raise StoreUnavailable(
-                    f"the PostgreSQL store at {self._url} is unavailable: no connection within "
-                    f"{wait:g} s"
-                ) from e
-            except pgerrors.QueryCanceled as e:
-                raise StoreUnavailable(f"the PostgreSQL store timed out: {e}") from e
-            except psycopg.OperationalError as e:
-                if self._closed.is_set():
-                    raise StoreError("the store is closed") from e
-                if not committing and attempt == 1:
-                    # The server went away under this connection (a restart, a failover): the
-                    # other pooled connections died with it. Drop them and try once more.
-                    self._pool.check()
-                    continue
-                self._outage.set()
-                raise StoreUnavailable(
-                    f"the PostgreSQL store at {self._url} is unavailable: {e}"
-                ) from e
-            except psycopg.DataError as e:
-                raise InvalidInput(f"the database refused a value: {e}") from e
-            except pgerrors.DataCorrupted as e:
-                raise StoreFormatError(str(e)) from e
-            except psycopg.Error as e:
-                raise StoreError(f"PostgreSQL store error: {e}") from e
-
     def close(self) -> None:
         """Closes the connection pool. The store cannot be used afterwards."""
-        self._closed.set()
-        self._pool.close()
+        self._db.close()
 
     def __enter__(self) -> PostgresStore:
         return self
@@ -403,7 +148,7 @@ class PostgresStore:
     @property
     def format_version(self) -> int:
         """The schema version (the highest migration applied)."""
-        row = self._call(
+        row = self._db.call(
             lambda c: c.execute("SELECT max(version) FROM threadloom_schema").fetchone()
         )
         return int(row[0]) if row else 0
@@ -421,10 +166,10 @@ class PostgresStore:
             (owner, thread_id),
         ).fetchone()
         if row is None:
-            raise _thread_not_found(thread_id)
-        t = _thread(row)
+            raise rowmap.thread_not_found(thread_id)
+        t = rowmap.thread(row)
         if self._policy.thread_expired(t.created_ms, t.last_activity_ms, now):
-            raise _thread_not_found(thread_id)
+            raise rowmap.thread_not_found(thread_id)
         return t
 
     def _load_response(
@@ -437,11 +182,11 @@ class PostgresStore:
             (response_id,),
         ).fetchone()
         if row is None:
-            raise _response_not_found(response_id)
-        r = _response(row)
+            raise rowmap.response_not_found(response_id)
+        r = rowmap.response(row)
         # Another tenant's response reads exactly like a missing one.
         if r.owner != owner or self._policy.response_expired(r.created_ms, now):
-            raise _response_not_found(response_id)
+            raise rowmap.response_not_found(response_id)
         return r
 
     def _remove_thread(self, conn: Conn, t: ThreadRecord) -> int:
@@ -459,7 +204,7 @@ class PostgresStore:
 
     @staticmethod
     def _release(conn: Conn, key: bytes) -> int:
-        row = conn.execute("SELECT threadloom_release(%s)", (_uuid(key),)).fetchone()
+        row = conn.execute("SELECT threadloom_release(%s)", (rowmap.to_uuid(key),)).fetchone()
         return int(row[0]) if row else 0
 
     # ---- threads ----------------------------------------------------------------------------
@@ -495,7 +240,7 @@ class PostgresStore:
                 ).fetchone()
                 if row is not None:
                     self._clear_tombstone(conn, owner, tid, exist_ok)
-                    return _thread(row)
+                    return rowmap.thread(row)
                 old = conn.execute(
                     f"SELECT {_THREAD_COLUMNS} FROM threadloom_threads "
                     "WHERE owner = %s AND id = %s FOR UPDATE",
@@ -503,7 +248,7 @@ class PostgresStore:
                 ).fetchone()
                 if old is None:
                     continue  # deleted since the insert saw it: insert again
-                t = _thread(old)
+                t = rowmap.thread(old)
                 if not self._policy.thread_expired(t.created_ms, t.last_activity_ms, now):
                     if exist_ok:
                         return t
@@ -512,7 +257,7 @@ class PostgresStore:
                 # tombstone) before deciding on reuse.
                 self._remove_thread(conn, t)
 
-        return self._call(create, write=True)
+        return self._db.call(create, write=True)
 
     @staticmethod
     def _clear_tombstone(conn: Conn, owner: str, tid: str, exist_ok: bool) -> None:
@@ -527,7 +272,7 @@ class PostgresStore:
 
     def get_thread(self, thread_id: str, *, owner: str = "default") -> ThreadRecord:
         """The thread, or NotFound (also for another owner's or an expired thread)."""
-        return self._call(lambda c: self._load_thread(c, owner, thread_id, now_ms()))
+        return self._db.call(lambda c: self._load_thread(c, owner, thread_id, now_ms()))
 
     def list_threads(
         self,
@@ -543,7 +288,7 @@ class PostgresStore:
             raise InvalidInput(f"limit must be between 1 and 1000, got {limit}")
         bound: tuple[int, str] | None = None
         if after is not None:
-            bound = _parse_cursor(after)
+            bound = rowmap.parse_cursor(after)
 
         def page(conn: Conn) -> ThreadPage:
             live_activity, live_created = self._policy.thread_cutoffs(now_ms())
@@ -558,11 +303,11 @@ class PostgresStore:
             sql += " ORDER BY last_activity_ms DESC, id LIMIT %s"
             args.append(limit + 1)
             rows = conn.execute(sql, args).fetchall()
-            threads = [_thread(r) for r in rows[:limit]]
-            cursor = _cursor(threads[-1]) if len(rows) > limit else None
+            threads = [rowmap.thread(r) for r in rows[:limit]]
+            cursor = rowmap.cursor(threads[-1]) if len(rows) > limit else None
             return ThreadPage(threads=threads, next_cursor=cursor)
 
-        return self._call(page)
+        return self._db.call(page)
 
     def update_thread(
         self,
@@ -602,9 +347,9 @@ class PostgresStore:
                 ),
             ).fetchone()
             assert row is not None  # the row is locked by this transaction
-            return _thread(row)
+            return rowmap.thread(row)
 
-        return self._call(update, write=True)
+        return self._db.call(update, write=True)
 
     def delete_thread(self, thread_id: str, *, owner: str = "default") -> None:
         """Deletes the thread and every turn that no other thread or live response reaches."""
@@ -613,7 +358,7 @@ class PostgresStore:
             t = self._load_thread(conn, owner, thread_id, now_ms(), lock=True)
             self._remove_thread(conn, t)
 
-        self._call(delete, write=True)
+        self._db.call(delete, write=True)
 
     # ---- appends ----------------------------------------------------------------------------
 
@@ -639,10 +384,10 @@ class PostgresStore:
         checks.validate_owner(owner)
         if not new:
             raise InvalidInput("nothing to append: turns is empty")
-        _check_sizes(new)
-        info: _Info | None = None
+        rowmap.check_sizes(new)
+        info: rowmap.InfoRow | None = None
         if response is not None:
-            info = _Info(response)
+            info = rowmap.InfoRow(response)
             if info.output_count > len(new):
                 raise InvalidInput(
                     f"output_count {info.output_count} exceeds the {len(new)} turns appended"
@@ -656,7 +401,7 @@ class PostgresStore:
         def write(conn: Conn) -> Appended:
             return self._append(conn, owner, anchor, new, info, expected, anchor_window)
 
-        return self._call(write, write=True)
+        return self._db.call(write, write=True)
 
     def _append(
         self,
@@ -664,7 +409,7 @@ class PostgresStore:
         owner: str,
         anchor: Anchor,
         new: list[checks.NewTurn],
-        info: _Info | None,
+        info: rowmap.InfoRow | None,
         expected: bytes | bool | None,
         windowed: bool,
     ) -> Appended:
@@ -707,17 +452,17 @@ class PostgresStore:
 
         # The last turn is held by the thread and/or the response; the others by their child.
         last_refs = (thread is not None) + (info is not None)
-        keys = _insert_turns(conn, owner, parent, depth, new, last_refs, now)
+        keys = rowmap.insert_turns(conn, owner, parent, depth, new, last_refs, now)
         last = keys[-1]
         if thread is not None:
             row = conn.execute(
                 "UPDATE threadloom_threads SET head = %s, message_count = %s, "
                 "last_activity_ms = greatest(last_activity_ms, %s) "
                 f"WHERE owner = %s AND id = %s RETURNING {_THREAD_COLUMNS}",
-                (_uuid(last), new_depth, now, owner, thread.id),
+                (rowmap.to_uuid(last), new_depth, now, owner, thread.id),
             ).fetchone()
             assert row is not None  # locked by this transaction
-            thread = _thread(row)
+            thread = rowmap.thread(row)
 
         record: Response | None = None
         if info is not None:
@@ -732,8 +477,8 @@ class PostgresStore:
                     owner,
                     info.status,
                     info.model,
-                    _uuid(last),
-                    _uuid(parent),
+                    rowmap.to_uuid(last),
+                    rowmap.to_uuid(parent),
                     len(new) - n_out,
                     n_out,
                     thread.id if thread is not None else None,
@@ -749,7 +494,7 @@ class PostgresStore:
             if row is None:
                 # A reused id would let one response overwrite another's record.
                 raise StateConflict(f"response {rid} already exists")
-            record = _response(row)
+            record = rowmap.response(row)
         return Appended(
             turn_ids=[checks.turn_id_string(k) for k in keys], response=record, thread=thread
         )
@@ -760,13 +505,13 @@ class PostgresStore:
         runs first and deletes it, or sees the reference); returns the turn's depth. With
         `owner`, another owner's turn is NotFound."""
         sql = "UPDATE threadloom_turns SET refs = refs + 1 WHERE id = %s"
-        args: list[Any] = [_uuid(key)]
+        args: list[Any] = [rowmap.to_uuid(key)]
         if owner is not None:
             sql += " AND owner = %s"
             args.append(owner)
         row = conn.execute(sql + " RETURNING depth", args).fetchone()
         if row is None:
-            raise _turn_not_found(key)
+            raise rowmap.turn_not_found(key)
         return int(row[0])
 
     def rebase_thread(
@@ -786,7 +531,7 @@ class PostgresStore:
         if expected_head is not None:
             expected = None if expected_head == "" else checks.parse_turn_id(expected_head)
         checks.validate_owner(owner)
-        _check_sizes(new)
+        rowmap.check_sizes(new)
 
         def write(conn: Conn) -> ThreadRecord:
             now = now_ms()
@@ -809,19 +554,19 @@ class PostgresStore:
                     f"a conversation may hold at most {checks.MAX_THREAD_MESSAGES} messages; "
                     f"it would have {new_depth}"
                 )
-            head = _insert_turns(conn, owner, base, depth, new, 1, now)[-1] if new else base
+            head = rowmap.insert_turns(conn, owner, base, depth, new, 1, now)[-1] if new else base
             if old is not None:
                 self._release(conn, old)
             row = conn.execute(
                 "UPDATE threadloom_threads SET head = %s, message_count = %s, "
                 "last_activity_ms = greatest(last_activity_ms, %s) "
                 f"WHERE owner = %s AND id = %s RETURNING {_THREAD_COLUMNS}",
-                (_uuid(head), new_depth, now, owner, thread_id),
+                (rowmap.to_uuid(head), new_depth, now, owner, thread_id),
             ).fetchone()
             assert row is not None  # locked by this transaction
-            return _thread(row)
+            return rowmap.thread(row)
 
-        return self._call(write, write=True)
+        return self._db.call(write, write=True)
 
     # ---- history ----------------------------------------------------------------------------
 
@@ -841,7 +586,7 @@ class PostgresStore:
             raise InvalidInput("give one of thread, response and turn")
         if limit is not None and limit < 0:
             raise InvalidInput("limit must not be negative")
-        return self._call(lambda c: self._history(c, owner, anchor, limit))
+        return self._db.call(lambda c: self._history(c, owner, anchor, limit))
 
     def _history(self, conn: Conn, owner: str, anchor: Anchor, limit: int | None) -> list[Turn]:
         now = now_ms()
@@ -851,36 +596,36 @@ class PostgresStore:
             if t.head is None:
                 return []
             start = checks.parse_turn_id(t.head)
-            gone = _thread_not_found(anchor.thread)
+            gone = rowmap.thread_not_found(anchor.thread)
         elif anchor.kind == "response":
             r = self._load_response(conn, owner, anchor.response, now)
             start = checks.parse_turn_id(r.last_turn)
-            gone = _response_not_found(anchor.response)
+            gone = rowmap.response_not_found(anchor.response)
         else:
             checks.validate_owner(owner)
             start = anchor.turn
             row = conn.execute(
-                "SELECT owner FROM threadloom_turns WHERE id = %s", (_uuid(start),)
+                "SELECT owner FROM threadloom_turns WHERE id = %s", (rowmap.to_uuid(start),)
             ).fetchone()
             if row is None or row[0] != owner:
-                raise _turn_not_found(start)
-            gone = _turn_not_found(start)
+                raise rowmap.turn_not_found(start)
+            gone = rowmap.turn_not_found(start)
         # One statement sees one snapshot: the whole history, or (when a concurrent delete
         # won the race since the lookup above) nothing.
         if limit == 0:
             return []
         with conn.cursor(binary=True) as cur:
             most = checks.MAX_THREAD_MESSAGES if limit is None else limit
-            rows = cur.execute(_WALK, (_uuid(start), most)).fetchall()
+            rows = cur.execute(_WALK, (rowmap.to_uuid(start), most)).fetchall()
         if not rows:
             raise gone
-        return [_turn(r) for r in rows]
+        return [rowmap.turn(r) for r in rows]
 
     # ---- responses --------------------------------------------------------------------------
 
     def get_response(self, response_id: str, *, owner: str = "default") -> Response:
         """The response, or NotFound (also for another owner's or an expired one)."""
-        return self._call(lambda c: self._load_response(c, owner, response_id, now_ms()))
+        return self._db.call(lambda c: self._load_response(c, owner, response_id, now_ms()))
 
     def delete_response(self, response_id: str, *, owner: str = "default") -> None:
         """Deletes the response and the turns only it reached."""
@@ -890,7 +635,7 @@ class PostgresStore:
             conn.execute("DELETE FROM threadloom_responses WHERE id = %s", (r.id,))
             self._release(conn, checks.parse_turn_id(r.last_turn))
 
-        self._call(delete, write=True)
+        self._db.call(delete, write=True)
 
     # ---- pending responses -------------------------------------------------------------------
 
@@ -898,7 +643,7 @@ class PostgresStore:
         """Records an announced response whose generation runs."""
         checks.validate_owner(owner)
         checks.validate_response_id(response_id)
-        self._call(
+        self._db.call(
             lambda c: c.execute(
                 "INSERT INTO threadloom_pending (owner, id, payload) VALUES (%s, %s, %s) "
                 "ON CONFLICT (owner, id) DO UPDATE SET payload = EXCLUDED.payload",
@@ -910,7 +655,7 @@ class PostgresStore:
     def remove_pending(self, response_id: str, *, owner: str) -> None:
         checks.validate_owner(owner)
         checks.validate_response_id(response_id)
-        self._call(
+        self._db.call(
             lambda c: c.execute(
                 "DELETE FROM threadloom_pending WHERE owner = %s AND id = %s",
                 (owner, response_id),
@@ -921,7 +666,7 @@ class PostgresStore:
     def get_pending(self, response_id: str, *, owner: str) -> bytes | None:
         checks.validate_owner(owner)
         checks.validate_response_id(response_id)
-        row = self._call(
+        row = self._db.call(
             lambda c: c.execute(
                 "SELECT payload FROM threadloom_pending WHERE owner = %s AND id = %s",
                 (owner, response_id),
@@ -931,7 +676,7 @@ class PostgresStore:
 
     def pending(self) -> list[tuple[str, str, bytes]]:
         """Every pending record as (owner, response id, payload)."""
-        rows = self._call(
+        rows = self._db.call(
             lambda c: c.execute(
                 "SELECT owner, id, payload FROM threadloom_pending ORDER BY owner, id"
             ).fetchall()
@@ -954,7 +699,7 @@ class PostgresStore:
                 "LIMIT %s FOR UPDATE SKIP LOCKED",
                 (live_activity, live_created, SWEEP_BATCH),
             ).fetchall()
-            turns = sum(self._remove_thread(conn, _thread(row)) for row in threads)
+            turns = sum(self._remove_thread(conn, rowmap.thread(row)) for row in threads)
             dead = conn.execute(
                 "DELETE FROM threadloom_responses WHERE id IN (SELECT id FROM "
                 "threadloom_responses WHERE created_ms < %s LIMIT %s FOR UPDATE SKIP LOCKED) "
@@ -965,7 +710,7 @@ class PostgresStore:
             return len(threads), len(dead), turns
 
         while True:
-            n_threads, n_responses, n_turns = self._call(batch, write=True)
+            n_threads, n_responses, n_turns = self._db.call(batch, write=True)
             totals["threads"] += n_threads
             totals["responses"] += n_responses
             totals["turns"] += n_turns
@@ -995,7 +740,7 @@ class PostgresStore:
                 "map_bytes": size,
             }
 
-        return self._call(count)
+        return self._db.call(count)
 
     def verify(self) -> None:
         """Checks the reference counts and parent links against the records, in one snapshot;
@@ -1008,51 +753,7 @@ class PostgresStore:
             finally:
                 conn.execute("ROLLBACK")
 
-        self._call(check)
-
-
-class _Info:
-    """The fields of a `ResponseInfo`, read once."""
-
-    def __init__(self, info: ResponseInfo) -> None:
-        if not isinstance(info, ResponseInfo):
-            raise TypeError(f"response must be a ResponseInfo, not {type(info).__name__}")
-        self.id: str | None = info.id
-        self.model = info.model
-        self.status = info.status
-        self.output_count = info.output_count
-        self.prompt_tokens = info.prompt_tokens
-        self.completion_tokens = info.completion_tokens
-        self.cached_tokens = info.cached_tokens
-        self.error = info.error
-        self.metadata: str | None = info.metadata_json
-
-
-# ---- list cursors: the LMDB store's, so a cursor means the same on both ------------------------
-
-_U64 = (1 << 64) - 1
-_I64_MAX = (1 << 63) - 1
-
-
-def _cursor(t: ThreadRecord) -> str:
-    inverted = _U64 - max(t.last_activity_ms, 0)
-    return (inverted.to_bytes(8, "big") + t.id.encode("utf-8")).hex()
-
-
-def _parse_cursor(text: str) -> tuple[int, str]:
-    """(last activity ms, thread id) of the last thread of the previous page."""
-    bad = InvalidInput(f"invalid cursor {debug_str(text)}")
-    if len(text) % 2 or not all(c in "0123456789abcdefABCDEF" for c in text):
-        raise bad
-    raw = bytes.fromhex(text)
-    if len(raw) <= 8:
-        raise bad
-    try:
-        thread_id = raw[8:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad from None
-    ms = _U64 - int.from_bytes(raw[:8], "big")
-    return min(ms, _I64_MAX), thread_id
+        self._db.call(check)
 
 
 def _verify(conn: Conn) -> None:

@@ -154,3 +154,24 @@ def drop_pg_schema(base_url: str, schema: str) -> None:
 
     with psycopg.connect(base_url, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def stream_then_cancel(engine: Any, inputs: Any, tokens: int, **options: Any) -> str:
+    """Streams a reply from `engine` and walks away after `tokens` text pieces (as a client
+    that disconnects does); returns the text it saw. The engine stores the rest as incomplete."""
+    import asyncio
+
+    from threadloom.engine import TokenEvent
+
+    async def run() -> str:
+        got: list[str] = []
+        agen = engine.stream(inputs, **options)
+        async for event in agen:
+            if isinstance(event, TokenEvent):
+                got.append(event.text)
+                if len(got) >= tokens:
+                    break
+        await agen.aclose()
+        return "".join(got)
+
+    return asyncio.run(run())

@@ -7,8 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import stream_then_cancel
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine, TokenEvent
+from threadloom.engine import Engine
 from threadloom.errors import ModelNotInstalled
 
 GREEDY = SamplingParams(max_tokens=24)
@@ -28,7 +29,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
 
 
 def ask(engine: Engine, text: str, **kwargs: object) -> str:
-    return engine.respond_sync(text, sampling=GREEDY, **kwargs).text  # type: ignore[arg-type]
+    return engine.respond_sync(text, sampling=GREEDY, **kwargs).text
 
 
 def test_greedy_answer_is_sensible_and_deterministic(engine: Engine) -> None:
@@ -73,22 +74,13 @@ def test_branch_and_store_false(engine: Engine) -> None:
 
 
 def test_cancelled_stream_is_stored_incomplete(engine: Engine) -> None:
-    async def run() -> str:
-        got: list[str] = []
-        agen = engine.stream(
-            [SYSTEM, {"role": "user", "content": "Write a long story about a dragon."}],
-            thread="story",
-            sampling=SamplingParams(max_tokens=200),
-        )
-        async for event in agen:
-            if isinstance(event, TokenEvent):
-                got.append(event.text)
-                if len(got) >= 5:
-                    break
-        await agen.aclose()
-        return "".join(got)
-
-    partial = asyncio.run(run())
+    partial = stream_then_cancel(
+        engine,
+        [SYSTEM, {"role": "user", "content": "Write a long story about a dragon."}],
+        5,
+        thread="story",
+        sampling=SamplingParams(max_tokens=200),
+    )
     thread = engine.store.get_thread("story")
     last = engine.store.history(thread="story")[-1]
     assert last.role == "assistant" and last.content.startswith(partial)

@@ -8,9 +8,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from support import stream_then_cancel
 from threadloom._core import PromptEngine
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine, TokenEvent
+from threadloom.engine import Engine
 from threadloom.errors import ModelFormatError
 from threadloom.models import resolve_chat_template
 
@@ -149,22 +150,13 @@ def test_branch_and_store_false(engine: Engine) -> None:
 
 
 def test_cancelled_stream_is_stored_incomplete(engine: Engine) -> None:
-    async def run() -> str:
-        got: list[str] = []
-        agen = engine.stream(
-            "Write a long story about a dragon.",
-            thread="story",
-            sampling=SamplingParams(max_tokens=200),
-        )
-        async for event in agen:
-            if isinstance(event, TokenEvent):
-                got.append(event.text)
-                if len(got) >= 5:
-                    break
-        await agen.aclose()
-        return "".join(got)
-
-    partial = asyncio.run(run())
+    partial = stream_then_cancel(
+        engine,
+        "Write a long story about a dragon.",
+        5,
+        thread="story",
+        sampling=SamplingParams(max_tokens=200),
+    )
     history = engine.store.history(thread="story")
     assert [t.role for t in history] == ["user", "assistant"]
     assert history[-1].content.startswith(partial)

@@ -15,7 +15,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 from aiohttp import web
 
-from threadloom.events import Event, Finished, Result, TokenEvent
+from threadloom.events import Event, Finished, Result, Started, TokenEvent
 from threadloom.server.errors import ApiError
 from threadloom.server.middleware import request_id, to_api_error
 
@@ -28,6 +28,19 @@ SSE_HEADERS = {
 _encoder = msgspec.json.Encoder()
 T = TypeVar("T")
 log = logging.getLogger("threadloom.server")
+
+
+async def started(events: AsyncGenerator[Event, None]) -> Started:
+    """The generation's first event. The anchor is checked and the prompt assembled before it,
+    so whatever fails here fails before any byte goes out (a plain JSON error, nothing stored);
+    the generator is closed then, and the error passes on for the route to name."""
+    try:
+        first = await anext(events)
+    except BaseException:
+        await events.aclose()
+        raise
+    assert isinstance(first, Started)
+    return first
 
 
 def opened(response: web.StreamResponse | None) -> web.StreamResponse:

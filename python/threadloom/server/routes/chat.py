@@ -10,7 +10,7 @@ import msgspec
 from aiohttp import web
 
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine, Result, Started, TokenEvent
+from threadloom.engine import Engine, Result, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
@@ -77,12 +77,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         owner=request[TENANT],
         sampling=sampling,
     )
-    try:
-        first = await anext(events)
-    except BaseException:
-        await events.aclose()
-        raise
-    assert isinstance(first, Started)
+    await sse.started(events)
     ident, created = mint_id("chatcmpl"), int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine, Result, Started, TokenEvent
+from threadloom.engine import Engine, Result, TokenEvent
 from threadloom.errors import NotFound, StateConflict
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
@@ -157,15 +157,10 @@ async def _start(events: Events, anchor_param: str) -> None:
     """The first event: the anchor is checked and the prompt assembled before any byte is sent,
     so these failures are plain JSON errors and nothing has been stored."""
     try:
-        first = await anext(events)
+        await sse.started(events)
     except (NotFound, StateConflict) as e:
-        await events.aclose()
         status, code = (404, "not_found") if isinstance(e, NotFound) else (409, "conflict")
         raise ApiError(status, str(e), param=anchor_param, code=code) from None
-    except BaseException:
-        await events.aclose()
-        raise
-    assert isinstance(first, Started)
 
 
 async def chat(request: web.Request) -> web.StreamResponse:

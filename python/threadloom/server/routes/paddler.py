@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Result, Started, TokenEvent
+from threadloom.engine import Result, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
@@ -83,12 +83,7 @@ async def continue_from_conversation_history(request: web.Request) -> web.Stream
         # Paddler streams the model's raw tokens, thinking block and all.
         split_reasoning=False,
     )
-    try:
-        first = await anext(events)  # errors before generation starts keep their HTTP status
-    except BaseException:
-        await events.aclose()
-        raise
-    assert isinstance(first, Started)
+    first = await sse.started(events)  # errors before generation keep their HTTP status
     return await sse.serve_stream(request, events, _PaddlerStream(request_id, first.slot))
 
 

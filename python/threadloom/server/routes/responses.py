@@ -219,15 +219,10 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             ) from None
     events = engine.stream(inputs, **_stream_kwargs(req, tenant, sampling))
     try:
-        first = await anext(events)  # errors before generation starts are plain JSON errors
+        first = await sse.started(events)
     except NotFound as e:
-        await events.aclose()
         param = "conversation" if cid is not None else "previous_response_id"
         raise ApiError(404, str(e), param=param, code="not_found") from None
-    except BaseException:
-        await events.aclose()
-        raise
-    assert isinstance(first, Started)
     draft.started(first)
     if req.background:
         background.start(request, draft.id, events)

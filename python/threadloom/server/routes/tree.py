@@ -24,7 +24,6 @@ from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.middleware import TENANT
 from threadloom.server.routes.common import (
-    Events,
     decode_body,
     final_result,
     json_response,
@@ -139,18 +138,6 @@ def _anchor(point: _Point) -> dict[str, Any]:
     return {"after_turn": point.after} if point.after is not None else {}
 
 
-async def _started(events: Events) -> Started:
-    """The first event: the anchor is checked and the prompt assembled before any byte goes
-    out, so failures here are plain JSON errors and nothing is stored."""
-    try:
-        first = await anext(events)
-    except BaseException:
-        await events.aclose()
-        raise
-    assert isinstance(first, Started)
-    return first
-
-
 def _reply(point: _Point, r: Result) -> s.ContinueResult:
     u = r.usage
     return s.ContinueResult(
@@ -197,7 +184,7 @@ async def continue_thread(request: web.Request) -> web.StreamResponse:
     point = await _point(engine, tenant, tid, req.after)
     inputs = [{"role": m.role, "content": m.content} for m in req.input]
     events = engine.stream(inputs, owner=tenant, sampling=sampling, **_anchor(point))
-    started = await _started(events)
+    started = await sse.started(events)
     if not point.into_thread and started.response_id is not None:
         # Recorded before the first token: a reply stopped half-way is still in the tree.
         await engine.register_branch(tenant, tid, started.response_id, point.after)

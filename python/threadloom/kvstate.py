@@ -121,11 +121,15 @@ class StateCache:
                     best = Found(e.name, e.ids, n)
         return best
 
-    def load(self, found: Found) -> bytes | None:
-        """The payload of a state `find` returned, checked; None when it is gone or damaged."""
+    def load(self, found: Found) -> memoryview | None:
+        """The payload of a state `find` returned, checked; None when it is gone or damaged.
+        A writable view into the file's bytes as read (a state is megabytes: no copies)."""
         path = self.directory / found.name
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                data = bytearray(os.fstat(f.fileno()).st_size)
+                if f.readinto(data) != len(data):
+                    raise OSError("the file changed while it was read")
         except OSError:
             self._drop(found.name)
             return None
@@ -246,14 +250,14 @@ class StateCache:
             path.unlink(missing_ok=True)
             return None
 
-    def _check(self, data: bytes) -> bytes | None:
+    def _check(self, data: bytearray) -> memoryview | None:
         try:
             magic, n = _PREFIX.unpack_from(data)
             if magic != MAGIC:
                 return None
             header = json.loads(data[_PREFIX.size : _PREFIX.size + n])
             start = _PREFIX.size + n + 4 * int(header["tokens"])
-            payload = data[start:]
+            payload = memoryview(data)[start:]
             if header["fingerprint"] != self.fingerprint or len(payload) != header["payload"]:
                 return None
             return payload if zlib.crc32(payload) == header["crc32"] else None

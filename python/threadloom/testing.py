@@ -7,7 +7,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 
-from threadloom.backends.base import SamplingParams
+from threadloom.backends.base import SamplingParams, StateData
 
 _STATE_MAGIC = b"SCRIPTED-STATE"
 
@@ -89,10 +89,11 @@ class ScriptedBackend:
         self.log.append(("save", seq, len(held)))
         return list(held), _STATE_MAGIC + struct.pack(f"<{len(held)}I", *held)
 
-    def load_state(self, seq: int, data: bytes, ids: Sequence[int]) -> bool:
+    def load_state(self, seq: int, data: StateData, ids: Sequence[int]) -> bool:
         self._held[seq], self._pending[seq], self._replies[seq] = [], None, None
-        body = data[len(_STATE_MAGIC) :]
-        if not data.startswith(_STATE_MAGIC) or len(body) != 4 * len(ids):
+        raw = bytes(data)
+        body = raw[len(_STATE_MAGIC) :]
+        if not raw.startswith(_STATE_MAGIC) or len(body) != 4 * len(ids):
             return False
         if list(struct.unpack(f"<{len(ids)}I", body)) != list(ids):
             return False

@@ -20,6 +20,10 @@ MAX_STOPS = 16
 MAX_STOP_CHARS = 256
 
 
+# A saved state's bytes as `load_state` takes them: a writable view is used without a copy.
+StateData = bytes | bytearray | memoryview
+
+
 class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     """How to pick tokens. Greedy by default: the 4-bit 135M default model drifts into nonsense
     at higher temperatures."""
@@ -88,7 +92,7 @@ class Backend(Protocol):
         in another process with the same model); None where the backend cannot."""
         ...
 
-    def load_state(self, seq: int, data: bytes, ids: Sequence[int]) -> bool:
+    def load_state(self, seq: int, data: StateData, ids: Sequence[int]) -> bool:
         """Replaces `seq`'s state with one `save_state` gave for `ids`. False (and `seq` left
         empty) when the data does not fit this model and context."""
         ...

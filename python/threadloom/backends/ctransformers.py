@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from threadloom.backends.base import SamplingParams, physical_cores
+from threadloom.backends.base import SamplingParams, StateData, physical_cores
 from threadloom.errors import BackendError
 
 # Never a token id: a prompt ending in it shares exactly the kept prefix with any state.
@@ -133,7 +133,7 @@ class CTransformersBackend:
     def save_state(self, seq: int) -> tuple[Sequence[int], bytes] | None:
         return None  # ctransformers has no state API
 
-    def load_state(self, seq: int, data: bytes, ids: Sequence[int]) -> bool:
+    def load_state(self, seq: int, data: StateData, ids: Sequence[int]) -> bool:
         return False
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from threadloom.backends.base import SamplingParams, physical_cores
+from threadloom.backends.base import SamplingParams, StateData, physical_cores
 from threadloom.errors import BackendError, ModelFormatError
 
 log = logging.getLogger("threadloom.backends.llama_cpp")
@@ -257,11 +257,13 @@ class LlamaCppBackend:
             return None
         return s.ids[: s.evaluated], bytes(memoryview(buf)[:written])
 
-    def load_state(self, seq: int, data: bytes, ids: Sequence[int]) -> bool:
+    def load_state(self, seq: int, data: StateData, ids: Sequence[int]) -> bool:
         lib = self._lib
         lib.llama_memory_seq_rm(self._mem, seq, -1, -1)
         self._seqs[seq] = _Seq()
-        src = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        array = ctypes.c_uint8 * len(data)
+        writable = isinstance(data, memoryview) and not data.readonly
+        src = array.from_buffer(data) if writable else array.from_buffer_copy(data)
         read = int(lib.llama_state_seq_set_data(self._ctx, src, len(data), seq))
         # The state must cover exactly `ids`: positions 0 .. len(ids) - 1.
         if read != len(data) or lib.llama_memory_seq_pos_max(self._mem, seq) != len(ids) - 1:

@@ -53,37 +53,34 @@ class _Seq:
     rng: np.random.Generator | None = None
 
 
-class Sampler:
-    """Picks the next token from one row of logits (which it may change): ctransformers' order
+def pick_token(
+    logits: npt.NDArray[np.float32],
+    recent: Sequence[int],
+    params: SamplingParams,
+    rng: np.random.Generator | None,
+) -> int:
+    """The next token from one row of logits (which it may change): ctransformers' order
     (repetition penalty over the recent tokens, then top-k, top-p and temperature), greedy at
     temperature 0."""
-
-    @staticmethod
-    def pick(
-        logits: npt.NDArray[np.float32],
-        recent: Sequence[int],
-        params: SamplingParams,
-        rng: np.random.Generator | None,
-    ) -> int:
-        if params.repetition_penalty != 1.0 and recent:
-            # In place: the row is llama.cpp's output buffer, which only this step reads and
-            # the next llama_decode overwrites (copying 262k floats per token is not free).
-            seen = np.unique(np.asarray(recent, dtype=np.int64))
-            values = logits[seen]
-            penalty = params.repetition_penalty
-            logits[seen] = np.where(values > 0, values / penalty, values * penalty)
-        if params.temperature <= 0.0 or rng is None:
-            return int(np.argmax(logits))
-        k = params.top_k if 0 < params.top_k < logits.shape[0] else logits.shape[0]
-        top = np.argpartition(logits, -k)[-k:] if k < logits.shape[0] else np.arange(k)
-        top = top[np.argsort(logits[top])[::-1]]
-        scaled = logits[top].astype(np.float64) / params.temperature
-        probs = np.exp(scaled - scaled[0])
-        probs /= probs.sum()
-        if params.top_p < 1.0:
-            keep = int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1
-            top, probs = top[:keep], probs[:keep] / probs[:keep].sum()
-        return int(top[rng.choice(len(top), p=probs)])
+    if params.repetition_penalty != 1.0 and recent:
+        # In place: the row is llama.cpp's output buffer, which only this step reads and
+        # the next llama_decode overwrites (copying 262k floats per token is not free).
+        seen = np.unique(np.asarray(recent, dtype=np.int64))
+        values = logits[seen]
+        penalty = params.repetition_penalty
+        logits[seen] = np.where(values > 0, values / penalty, values * penalty)
+    if params.temperature <= 0.0 or rng is None:
+        return int(np.argmax(logits))
+    k = params.top_k if 0 < params.top_k < logits.shape[0] else logits.shape[0]
+    top = np.argpartition(logits, -k)[-k:] if k < logits.shape[0] else np.arange(k)
+    top = top[np.argsort(logits[top])[::-1]]
+    scaled = logits[top].astype(np.float64) / params.temperature
+    probs = np.exp(scaled - scaled[0])
+    probs /= probs.sum()
+    if params.top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(probs), params.top_p)) + 1
+        top, probs = top[:keep], probs[:keep] / probs[:keep].sum()
+    return int(top[rng.choice(len(top), p=probs)])
 
 
 class LlamaCppBackend:
@@ -198,7 +195,7 @@ class LlamaCppBackend:
                 if s.rng is None and params.temperature > 0.0:
                     s.rng = np.random.default_rng(None if params.seed < 0 else params.seed)
                 logits = self._logits(rows[seq])
-                s.sampled = Sampler.pick(logits, s.ids[-PENALTY_WINDOW:], params, s.rng)
+                s.sampled = pick_token(logits, s.ids[-PENALTY_WINDOW:], params, s.rng)
                 out[n] = s.sampled
         return out
 

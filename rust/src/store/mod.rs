@@ -328,9 +328,13 @@ impl Store {
     }
 }
 
+mod append;
+mod history;
+mod maintenance;
 mod ops;
 mod rebase;
-pub use ops::HistoryBuffer;
+mod responses;
+pub use history::HistoryBuffer;
 
 #[cfg(test)]
 mod tests;

@@ -5,13 +5,14 @@ token ids (the llama.cpp backend's real states: tests/test_llama_states.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import threadloom
 from threadloom.engine import Engine
-from threadloom.kvstate import StateCache, StateTag
+from threadloom.kvstate import StateCache, StateTag, file_fingerprint
 from threadloom.testing import ScriptedBackend, ScriptedFactory
 
 EOS = 2
@@ -214,3 +215,24 @@ def test_store_false_conversations_are_never_saved(tmp_path: Path) -> None:
         assert engine.scheduler.states is not None and len(engine.scheduler.states) == 0
     finally:
         engine.close()
+
+
+def test_model_fingerprint_is_remembered_until_the_file_changes(tmp_path: Path) -> None:
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"weights" * 1000)
+    memo = tmp_path / "model.json"
+    plain = file_fingerprint(model, "llama-cpp/4096/f16")
+    assert file_fingerprint(model, "llama-cpp/4096/f16", memo) == plain
+    assert file_fingerprint(model, "llama-cpp/4096/q8_0", memo) != plain
+    # An unchanged file is not read again: a doctored digest in the memo is believed...
+    record = json.loads(memo.read_bytes())
+    memo.write_text(json.dumps({**record, "sha256": "0" * 64}))
+    assert file_fingerprint(model, "llama-cpp/4096/f16", memo) != plain
+    # ...until the file changes (size or modification time), when it is hashed afresh.
+    model.write_bytes(b"other weights" * 1000)
+    changed = file_fingerprint(model, "llama-cpp/4096/f16", memo)
+    assert changed == file_fingerprint(model, "llama-cpp/4096/f16")
+    assert changed != plain
+    # A damaged memo is recomputed, not trusted.
+    memo.write_text("{not json")
+    assert file_fingerprint(model, "llama-cpp/4096/f16", memo) == changed

@@ -278,7 +278,7 @@ def test_owner_isolation(store: Store) -> None:
         store.history(owner="bob", response=response_id)
     with pytest.raises(NotFound):
         store.append(
-            [msg("x")], owner="bob", after_response=response_id, response=ResponseInfo("m")
+            [msg("x")], owner="bob", previous_response_id=response_id, response=ResponseInfo("m")
         )
     with pytest.raises(NotFound):
         store.history(owner="bob", turn=turn_id)
@@ -673,9 +673,9 @@ def test_turn_text_limit(store: Store) -> None:
 @pytest.mark.parametrize(
     "anchors",
     [
-        {"thread": "t", "after_response": missing_response_id()},
+        {"thread": "t", "previous_response_id": missing_response_id()},
         {"thread": "t", "after_turn": missing_turn_id()},
-        {"after_response": missing_response_id(), "after_turn": missing_turn_id()},
+        {"previous_response_id": missing_response_id(), "after_turn": missing_turn_id()},
     ],
 )
 def test_two_anchors_are_invalid(store: Store, anchors: dict[str, str]) -> None:
@@ -693,7 +693,7 @@ def test_append_outside_a_thread_needs_a_response(store: Store) -> None:
         store.append([msg("x")], after_turn=a.turn_ids[0])
     assert a.response is not None
     with pytest.raises(InvalidInput, match="under a response"):
-        store.append([msg("x")], after_response=a.response.id)
+        store.append([msg("x")], previous_response_id=a.response.id)
     assert store.stats()["turns"] == 1
 
 
@@ -800,10 +800,10 @@ def test_branching_after_a_response(store: Store) -> None:
     b = store.append(msgs("q2", "a2"), thread="t", response=ResponseInfo("m"))
     assert a.response is not None and b.response is not None
     left = store.append(
-        msgs("left q", "left a"), after_response=a.response.id, response=ResponseInfo("m")
+        msgs("left q", "left a"), previous_response_id=a.response.id, response=ResponseInfo("m")
     )
     right = store.append(
-        msgs("right q", "right a"), after_response=a.response.id, response=ResponseInfo("m")
+        msgs("right q", "right a"), previous_response_id=a.response.id, response=ResponseInfo("m")
     )
     assert left.response is not None and right.response is not None
     assert left.thread is None
@@ -822,7 +822,9 @@ def test_branching_after_a_response(store: Store) -> None:
     assert lh[2].depth == 3
     # Continue a branch further.
     deeper = store.append(
-        [msg("deeper")], after_response=left.response.id, response=ResponseInfo("m", output_count=0)
+        [msg("deeper")],
+        previous_response_id=left.response.id,
+        response=ResponseInfo("m", output_count=0),
     )
     assert deeper.response is not None
     assert contents(store.history(response=deeper.response.id))[-2:] == ["left a", "deeper"]
@@ -881,7 +883,7 @@ def test_invalid_response_ids(store: Store, bad: str) -> None:
     with pytest.raises(InvalidInput, match="invalid response id"):
         store.history(response=bad)
     with pytest.raises(InvalidInput, match="invalid response id"):
-        store.append([msg("x")], after_response=bad, response=ResponseInfo("m"))
+        store.append([msg("x")], previous_response_id=bad, response=ResponseInfo("m"))
 
 
 def test_missing_response(store: Store) -> None:
@@ -890,7 +892,7 @@ def test_missing_response(store: Store) -> None:
         lambda: store.get_response(rid),
         lambda: store.delete_response(rid),
         lambda: store.history(response=rid),
-        lambda: store.append([msg("x")], after_response=rid, response=ResponseInfo("m")),
+        lambda: store.append([msg("x")], previous_response_id=rid, response=ResponseInfo("m")),
     ):
         with pytest.raises(NotFound, match="not found"):
             op()
@@ -911,10 +913,13 @@ def test_failed_response_is_not_an_anchor(store: Store) -> None:
     assert contents(store.history(response=failed)) == ["q", "partial"]
     before = snapshot(store)
     with pytest.raises(StateConflict, match="failed"):
-        store.append([msg("again")], after_response=failed, response=ResponseInfo("m"))
+        store.append([msg("again")], previous_response_id=failed, response=ResponseInfo("m"))
     with pytest.raises(StateConflict, match="failed"):
         store.append(
-            [msg("again")], after_response=failed, response=ResponseInfo("m"), anchor_window=True
+            [msg("again")],
+            previous_response_id=failed,
+            response=ResponseInfo("m"),
+            anchor_window=True,
         )
     assert snapshot(store) == before
     # Incomplete responses are anchors.
@@ -922,7 +927,7 @@ def test_failed_response_is_not_an_anchor(store: Store) -> None:
         [msg("cut off")], after_turn=a.turn_ids[0], response=ResponseInfo("m", status="incomplete")
     )
     assert b.response is not None
-    c = store.append([msg("go on")], after_response=b.response.id, response=ResponseInfo("m"))
+    c = store.append([msg("go on")], previous_response_id=b.response.id, response=ResponseInfo("m"))
     assert contents(store.history(response=c.response.id if c.response else "")) == [
         "q",
         "cut off",
@@ -933,7 +938,9 @@ def test_failed_response_is_not_an_anchor(store: Store) -> None:
 def test_delete_response(store: Store) -> None:
     a = store.append(msgs("q", "a"), response=ResponseInfo("m"))
     assert a.response is not None
-    b = store.append(msgs("q2", "a2"), after_response=a.response.id, response=ResponseInfo("m"))
+    b = store.append(
+        msgs("q2", "a2"), previous_response_id=a.response.id, response=ResponseInfo("m")
+    )
     assert b.response is not None
     assert store.stats()["turns"] == 4
     store.delete_response(a.response.id)
@@ -1094,13 +1101,13 @@ def test_message_limit_on_branches(nearly_full: Full) -> None:
     resp = nearly_full.response  # its last turn is at depth 9,998
     before = snapshot(store)
     with pytest.raises(LimitExceeded):
-        store.append(msgs("a", "b", "c"), after_response=resp, response=ResponseInfo("m"))
+        store.append(msgs("a", "b", "c"), previous_response_id=resp, response=ResponseInfo("m"))
     with pytest.raises(LimitExceeded):
         store.append(
             msgs("a", "b", "c"), after_turn=nearly_full.ids[-1], response=ResponseInfo("m")
         )
     assert snapshot(store) == before
-    ok = store.append(msgs("a", "b"), after_response=resp, response=ResponseInfo("m"))
+    ok = store.append(msgs("a", "b"), previous_response_id=resp, response=ResponseInfo("m"))
     assert ok.response is not None
     assert len(store.history(response=ok.response.id)) == MAX_MESSAGES
     # A branch lower down has room again.
@@ -1123,17 +1130,17 @@ def test_anchor_window(make_store: MakeStore) -> None:
     assert a.response is not None
     rid = a.response.id
     store.append(
-        [msg("in time")], after_response=rid, response=ResponseInfo("m"), anchor_window=True
+        [msg("in time")], previous_response_id=rid, response=ResponseInfo("m"), anchor_window=True
     )
     time.sleep(0.45)
     before = snapshot(store)
     with pytest.raises(NotFound, match="window"):
         store.append(
-            [msg("late")], after_response=rid, response=ResponseInfo("m"), anchor_window=True
+            [msg("late")], previous_response_id=rid, response=ResponseInfo("m"), anchor_window=True
         )
     assert snapshot(store) == before
     # Without the window (other dialects) the anchor is still fine, and so are reads.
-    store.append([msg("late ok")], after_response=rid, response=ResponseInfo("m"))
+    store.append([msg("late ok")], previous_response_id=rid, response=ResponseInfo("m"))
     assert store.get_response(rid).id == rid
 
 
@@ -1181,7 +1188,9 @@ def test_expired_thread_keeps_turns_of_live_responses(make_store: MakeStore) -> 
     assert store.get_response(a.response.id).thread_id == "t"
     assert store.sweep() == {"threads": 1, "responses": 0, "turns": 2}
     assert contents(store.history(response=a.response.id)) == ["q", "a"]
-    cont = store.append([msg("go on")], after_response=a.response.id, response=ResponseInfo("m"))
+    cont = store.append(
+        [msg("go on")], previous_response_id=a.response.id, response=ResponseInfo("m")
+    )
     assert cont.response is not None
     assert contents(store.history(response=cont.response.id)) == ["q", "a", "go on"]
     store.verify()
@@ -1260,7 +1269,7 @@ def test_response_ttl(make_store: MakeStore) -> None:
         with pytest.raises(NotFound):
             store.history(response=rid)
         with pytest.raises(NotFound):
-            store.append([msg("x")], after_response=rid, response=ResponseInfo("m"))
+            store.append([msg("x")], previous_response_id=rid, response=ResponseInfo("m"))
         with pytest.raises(NotFound):
             store.delete_response(rid)
     # The thread is not expired and keeps its turns; the branch turn goes with its response.
@@ -1429,17 +1438,21 @@ ERROR_CASES: list[tuple[str, Callable[[World], object], type[Exception]]] = [
     ("append bad role", lambda w: w.store.append([msg("x", "robot")], thread="open"), InvalidInput),
     (
         "append after failed",
-        lambda w: w.store.append([msg("x")], after_response=w.failed, response=R),
+        lambda w: w.store.append([msg("x")], previous_response_id=w.failed, response=R),
         StateConflict,
     ),
     (
         "append after missing response",
-        lambda w: w.store.append([msg("x")], after_response=missing_response_id(), response=R),
+        lambda w: w.store.append(
+            [msg("x")], previous_response_id=missing_response_id(), response=R
+        ),
         NotFound,
     ),
     (
         "append after response of other owner",
-        lambda w: w.store.append([msg("x")], owner="bob", after_response=w.response, response=R),
+        lambda w: w.store.append(
+            [msg("x")], owner="bob", previous_response_id=w.response, response=R
+        ),
         NotFound,
     ),
     (

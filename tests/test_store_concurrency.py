@@ -126,7 +126,7 @@ def test_threads_branch_read_and_delete_concurrently(store: Store) -> None:
             else:
                 a = store.append(
                     [msg(f"{i}-{k}"), msg("reply", "assistant")],
-                    after_response=anchor,
+                    previous_response_id=anchor,
                     response=ResponseInfo("m"),
                 )
             assert a.response is not None

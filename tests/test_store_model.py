@@ -384,7 +384,7 @@ class StoreMachine(RuleBasedStateMachine):
             return self.store.append(
                 turns,
                 owner=owner,
-                after_response=rid,
+                previous_response_id=rid,
                 response=ResponseInfo("model-x", status=status),
             )
 

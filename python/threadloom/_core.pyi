@@ -2,11 +2,16 @@
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from os import PathLike
+from pathlib import Path
 from typing import Any, Final, Literal, final
+
+from threadloom.store_counts import StoreStats, SweepCounts
 
 __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_THREAD_MESSAGES",
+    "MAX_TURN_BYTES",
+    "ROLES",
     "Appended",
     "Assembly",
     "ChatTemplate",
@@ -19,8 +24,23 @@ __all__ = [
     "ThreadPage",
     "Tokenizer",
     "Turn",
+    "check_state_change",
     "convert_for_ctransformers",
     "new_response_id",
+    "new_thread_id",
+    "new_turn_key",
+    "normalize_metadata",
+    "parse_anchor",
+    "parse_thread_cursor",
+    "parse_thread_state",
+    "parse_turn_id",
+    "parse_turns",
+    "quote",
+    "thread_cursor",
+    "turn_id_string",
+    "validate_owner",
+    "validate_response_id",
+    "validate_thread_id",
 ]
 
 _Metadata = Mapping[str, Any] | str | bytes | None
@@ -28,14 +48,22 @@ _Role = Literal["system", "user", "assistant", "tool"]
 _ThreadState = Literal["open", "locked", "archived"]
 _ResponseStatus = Literal["completed", "incomplete", "failed"]
 _Strategy = Literal["tokens", "window", "none"]
+_AnchorKind = Literal["root", "thread", "response", "turn"]
+_Messages = Iterable[Mapping[str, str | None]]
 
 MAX_THREAD_MESSAGES: Final[int]
 """Messages one conversation (root to newest turn) may hold."""
 MAX_METADATA_BYTES: Final[int]
 """Largest metadata object, in bytes of compact JSON."""
+MAX_TURN_BYTES: Final[int]
+"""Largest turn, in bytes of text (content, reasoning and tool data)."""
+ROLES: Final[tuple[_Role, _Role, _Role, _Role]]
+"""Role names in the order of their stored index."""
 
 @final
 class Retention:
+    """How long threads and responses live, in seconds; the rules every store applies."""
+
     def __new__(
         cls,
         *,
@@ -45,16 +73,30 @@ class Retention:
         anchor_window_s: float = 86_400.0,
     ) -> Retention: ...
     @property
-    def thread_inactivity_s(self) -> float: ...
+    def thread_inactivity_s(self) -> float:
+        """A thread with no new message for this long expires."""
     @property
-    def thread_max_age_s(self) -> float: ...
+    def thread_max_age_s(self) -> float:
+        """A thread older than this expires."""
     @property
-    def response_ttl_s(self) -> float: ...
+    def response_ttl_s(self) -> float:
+        """Responses expire this long after creation."""
     @property
-    def anchor_window_s(self) -> float: ...
+    def anchor_window_s(self) -> float:
+        """The window in which a response may be continued where a dialect enforces one."""
+    def thread_expired(self, thread: Thread, now_ms: int) -> bool: ...
+    def thread_cutoffs(self, now_ms: int) -> tuple[int, int]:
+        """(oldest live last activity, oldest live creation), Unix ms."""
+    def response_expired(self, response: Response, now_ms: int) -> bool: ...
+    def response_cutoff(self, now_ms: int) -> int:
+        """The oldest live response's creation time, Unix ms."""
+    def check_anchor(self, response: Response, now_ms: int, windowed: bool) -> None:
+        """StateConflict for a failed response; NotFound outside the window when `windowed`."""
 
 @final
 class ResponseInfo:
+    """What to record about the response an `append` stores."""
+
     def __new__(
         cls,
         model: str,
@@ -75,7 +117,8 @@ class ResponseInfo:
     @property
     def status(self) -> _ResponseStatus: ...
     @property
-    def output_count(self) -> int: ...
+    def output_count(self) -> int:
+        """How many of the appended turns are outputs (at the end)."""
     @property
     def prompt_tokens(self) -> int: ...
     @property
@@ -87,16 +130,29 @@ class ResponseInfo:
     @property
     def metadata_json(self) -> str | None: ...
 
-def new_response_id() -> str: ...
-
 @final
 class Thread:
+    """A thread: a named, mutable pointer to the newest turn of a conversation."""
+
+    def __new__(
+        cls,
+        id: str,
+        owner: str,
+        head: str | None,
+        metadata_json: str,
+        state: str,
+        visible: bool,
+        created_ms: int,
+        last_activity_ms: int,
+        message_count: int,
+    ) -> Thread: ...
     @property
     def id(self) -> str: ...
     @property
     def owner(self) -> str: ...
     @property
-    def head(self) -> str | None: ...
+    def head(self) -> str | None:
+        """The newest turn's id, or None for an empty thread."""
     @property
     def metadata(self) -> dict[str, Any]: ...
     @property
@@ -114,6 +170,27 @@ class Thread:
 
 @final
 class Response:
+    """A stored response: the turns one generation added, its status and usage."""
+
+    def __new__(
+        cls,
+        id: str,
+        owner: str,
+        status: str,
+        model: str,
+        last_turn: str,
+        parent_turn: str | None,
+        input_count: int,
+        output_count: int,
+        thread_id: str | None,
+        previous_response_id: str | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int,
+        error: str | None,
+        created_ms: int,
+        metadata_json: str,
+    ) -> Response: ...
     @property
     def id(self) -> str: ...
     @property
@@ -123,9 +200,11 @@ class Response:
     @property
     def model(self) -> str: ...
     @property
-    def last_turn(self) -> str: ...
+    def last_turn(self) -> str:
+        """Its last turn (the output), `msg_...`."""
     @property
-    def parent_turn(self) -> str | None: ...
+    def parent_turn(self) -> str | None:
+        """The turn its inputs follow, or None when it started a conversation."""
     @property
     def input_count(self) -> int: ...
     @property
@@ -146,11 +225,28 @@ class Response:
     def created_ms(self) -> int: ...
     @property
     def metadata(self) -> dict[str, Any]: ...
+    @property
+    def metadata_json(self) -> str: ...
 
 @final
 class Turn:
+    """One turn of a history."""
+
+    def __new__(
+        cls,
+        *,
+        key: bytes,
+        parent_key: bytes | None,
+        role: _Role,
+        content: str,
+        reasoning: str | None,
+        tool: str | None,
+        depth: int,
+        created_ms: int,
+    ) -> Turn: ...
     @property
-    def id(self) -> str: ...
+    def id(self) -> str:
+        """`msg_...`."""
     @property
     def parent_id(self) -> str | None: ...
     @property
@@ -160,14 +256,21 @@ class Turn:
     @property
     def reasoning(self) -> str | None: ...
     @property
-    def tool(self) -> str | None: ...
+    def tool(self) -> str | None:
+        """A tool call or result as JSON object text, if any."""
     @property
-    def depth(self) -> int: ...
+    def depth(self) -> int:
+        """Position in its conversation, 1 for a root."""
     @property
     def created_ms(self) -> int: ...
 
 @final
 class Appended:
+    """What an append wrote."""
+
+    def __new__(
+        cls, turn_ids: list[str], response: Response | None, thread: Thread | None
+    ) -> Appended: ...
     @property
     def turn_ids(self) -> list[str]: ...
     @property
@@ -177,13 +280,56 @@ class Appended:
 
 @final
 class ThreadPage:
+    """One page of `list_threads`, most recently active first."""
+
+    def __new__(cls, threads: list[Thread], next_cursor: str | None) -> ThreadPage: ...
     @property
     def threads(self) -> list[Thread]: ...
     @property
-    def next_cursor(self) -> str | None: ...
+    def next_cursor(self) -> str | None:
+        """Pass as `after` for the next page; None on the last."""
+
+# ---- the store's rules, shared with the PostgreSQL store -----------------------------------
+
+def new_response_id() -> str:
+    """A new `resp_` id, for naming a response before it is stored."""
+
+def new_thread_id() -> str: ...
+def new_turn_key(now_ms: int, parent: bytes | None = None) -> bytes:
+    """A new 16-byte turn key, its time field above the parent's."""
+
+def turn_id_string(key: bytes) -> str: ...
+def parse_turn_id(text: str) -> bytes: ...
+def validate_thread_id(thread_id: str) -> None: ...
+def validate_response_id(response_id: str) -> None: ...
+def validate_owner(owner: str) -> None: ...
+def parse_thread_state(text: str) -> _ThreadState: ...
+def check_state_change(old: str, new: str) -> None:
+    """StateConflict unless a thread may go from `old` to `new`."""
+
+def normalize_metadata(value: _Metadata) -> str | None:
+    """Metadata checked and re-encoded compactly as the store keeps it; None stays None."""
+
+def parse_turns(
+    turns: _Messages,
+) -> list[tuple[int, bytes, bytes | None, bytes | None]]:
+    """(role index, content, reasoning, tool), checked as every write checks turns."""
+
+def parse_anchor(
+    thread: str | None = None, response: str | None = None, turn: str | None = None
+) -> tuple[_AnchorKind, Any]:
+    """("root", None), ("thread", id), ("response", id) or ("turn", key)."""
+
+def thread_cursor(last_activity_ms: int, thread_id: str) -> str: ...
+def parse_thread_cursor(cursor: str) -> tuple[int, str]: ...
+def quote(text: str) -> str:
+    """`text` quoted as the core's error messages quote names."""
 
 @final
 class Store:
+    """The conversation store: an LMDB file of turns, responses and threads. Every method
+    releases the GIL while it touches the store; several threads and processes may share it."""
+
     def __new__(
         cls,
         path: str | PathLike[str],
@@ -193,7 +339,8 @@ class Store:
         retention: Retention | None = None,
     ) -> Store: ...
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path:
+        """The store's directory."""
     @property
     def retention(self) -> Retention: ...
     @property
@@ -223,7 +370,8 @@ class Store:
         owner: str = "default",
         metadata: _Metadata = None,
         state: str | None = None,
-    ) -> Thread: ...
+    ) -> Thread:
+        """Replaces the metadata and/or changes the state (open <-> locked, -> archived)."""
     def delete_thread(self, thread_id: str, *, owner: str = "default") -> None: ...
     def append(
         self,
@@ -231,7 +379,7 @@ class Store:
         *,
         owner: str = "default",
         thread: str | None = None,
-        after_response: str | None = None,
+        previous_response_id: str | None = None,
         after_turn: str | None = None,
         response: ResponseInfo | None = None,
         expected_head: str | None = None,
@@ -265,9 +413,11 @@ class Store:
     def get_pending(self, response_id: str, *, owner: str) -> bytes | None: ...
     def pending(self) -> list[tuple[str, str, bytes]]:
         """Every pending record as (owner, response id, payload)."""
-    def sweep(self) -> dict[str, int]: ...
-    def stats(self) -> dict[str, int]: ...
-    def verify(self) -> None: ...
+    def sweep(self) -> SweepCounts:
+        """Deletes expired threads and responses; returns how many of each, and turns."""
+    def stats(self) -> StoreStats: ...
+    def verify(self) -> None:
+        """Checks internal consistency; raises StoreFormatError on the first problem."""
 
 @final
 class ChatTemplate:
@@ -373,6 +523,22 @@ class PromptEngine:
         tools: str | None = None,
         cache_key: str | None = None,
     ) -> Assembly: ...
+    def assemble_history(
+        self,
+        history: Iterable[Turn],
+        inputs: _Messages,
+        *,
+        owner: str = "default",
+        strategy: _Strategy = "tokens",
+        window: int | None = None,
+        budget: int | None = None,
+        max_tokens: int = 256,
+        add_generation_prompt: bool = True,
+        enable_thinking: bool | None = None,
+        tools: str | None = None,
+        cache_key: str | None = None,
+    ) -> Assembly:
+        """A history another store read, then `inputs`, assembled as `assemble` does."""
     def assemble_messages(
         self,
         messages: Iterable[Mapping[str, str | None]],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 
@@ -13,22 +13,25 @@ from threadloom.errors import ThreadloomError
 from threadloom.events import Result, Usage
 from threadloom.request import Request
 
-if TYPE_CHECKING:
-    from threadloom.engine import Engine
+# One request to its finished result (`Engine.respond`).
+Respond = Callable[[Request], Awaitable[Result]]
 
 
 def run_batch(
-    engine: Engine,
+    respond: Respond,
+    model_name: str,
     requests: Sequence[Request | Mapping[str, Any]],
     concurrency: int,
     show: bool,
 ) -> list[Result]:
+    """Runs `requests` through `respond`, `concurrency` at a time; a failure becomes a failed
+    `Result` of `model_name`."""
     items = [r if isinstance(r, Request) else msgspec.convert(r, Request) for r in requests]
-    return asyncio.run(_batch(engine, items, concurrency, show))
+    return asyncio.run(_batch(respond, model_name, items, concurrency, show))
 
 
 async def _batch(
-    engine: Engine, items: list[Request], concurrency: int, show: bool
+    respond: Respond, model_name: str, items: list[Request], concurrency: int, show: bool
 ) -> list[Result]:
     gate = asyncio.Semaphore(concurrency)
     done = 0
@@ -37,7 +40,7 @@ async def _batch(
         nonlocal done
         async with gate:
             try:
-                return await engine.respond(r)
+                return await respond(r)
             except ThreadloomError as e:
                 return Result(
                     status="failed",
@@ -45,7 +48,7 @@ async def _batch(
                     reasoning=None,
                     finish_reason="error",
                     usage=Usage(0, 0, 0),
-                    model=engine.model_name,
+                    model=model_name,
                     error=f"{type(e).__name__}: {e}",
                 )
             finally:

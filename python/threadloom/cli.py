@@ -42,7 +42,7 @@ def _demo(args: argparse.Namespace) -> int:
             {"role": "user", "content": "Actually, it is green."},
             {"role": "assistant", "content": "Noted: green."},
         ],
-        after_response=first.response.id,
+        previous_response_id=first.response.id,
         response=ResponseInfo("demo"),
     )
     assert branch.response is not None

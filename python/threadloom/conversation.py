@@ -78,7 +78,7 @@ class Conversations:
                 req.thread,
                 owner=owner,
                 exist_ok=True,
-                visible=not req.hidden,
+                visible=req.visible,
                 metadata=req.thread_metadata or None,
             )
             head = t.head
@@ -112,17 +112,19 @@ class Conversations:
         )
         return Prepared(assembly, destination)
 
-    def _previous(self, response_id: str, owner: str, anchor_window: bool) -> Response:
+    def _previous(self, previous_response_id: str, owner: str, anchor_window: bool) -> Response:
         """The response to continue, checked (existence, ownership, status, window) before any
         model time is spent."""
-        r = self.store.get_response(response_id, owner=owner)
+        r = self.store.get_response(previous_response_id, owner=owner)
         if r.status == "failed":
-            raise StateConflict(f"response {response_id} has status failed and cannot be continued")
+            raise StateConflict(
+                f"response {previous_response_id} has status failed and cannot be continued"
+            )
         window_s = self.store.retention.anchor_window_s
         if anchor_window and time.time() * 1000 - r.created_ms > window_s * 1000:
             # The store refuses it too, but only when storing, after the generation.
             raise NotFound(
-                f"response {response_id} is older than the {window_s:.0f} s window "
+                f"response {previous_response_id} is older than the {window_s:.0f} s window "
                 "for continuing a response"
             )
         return r
@@ -227,7 +229,7 @@ class Conversations:
             appended = self.store.append(
                 turns,
                 owner=owner,
-                after_response=to.previous_response_id,
+                previous_response_id=to.previous_response_id,
                 response=info,
                 anchor_window=to.anchor_window,
             )
@@ -243,6 +245,11 @@ class Conversations:
     def announce(self, owner: str, to: Destination, response_id: str) -> None:
         """Records the response as running before its id is announced."""
         self.store.put_pending(response_id, msgspec.json.encode(to), owner=owner)
+
+    def pending(self, owner: str, response_id: str) -> Destination | None:
+        """The pending record of an announced response still generating, if there is one."""
+        payload = self.store.get_pending(response_id, owner=owner)
+        return None if payload is None else msgspec.json.decode(payload, type=Destination)
 
     def recover(self) -> int:
         """Stores every response a previous process announced and did not live to store, as

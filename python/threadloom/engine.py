@@ -16,20 +16,20 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from threadloom import branches
-from threadloom._core import Assembly, ChatTemplate, PromptEngine, Thread, new_response_id
+from threadloom._core import Assembly, Thread, new_response_id
 from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
 from threadloom.batch import run_batch
 from threadloom.bridge import LoopBridge
-from threadloom.conversation import Conversations, Prepared
-from threadloom.errors import BackendError, InvalidInput, ModelFormatError, NotFound
+from threadloom.conversation import Conversations, Destination, Prepared
+from threadloom.errors import BackendError, InvalidInput, NotFound
 from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
 from threadloom.generation import ENDED, Signal, TextJob
-from threadloom.kvstate import StateCache, StateTag, file_fingerprint
+from threadloom.kvstate import StateCache, StateTag
 from threadloom.request import Message, Request, make_request
 from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, Scheduler
 from threadloom.serial import KeyedLocks
-from threadloom.storage import ConversationStore, close_store, open_store
+from threadloom.storage import ConversationStore, StoreStats, close_store, open_store
 from threadloom.summarize import Summarizer
 
 __all__ = ["Engine", "Event", "Finished", "Request", "Result", "Started", "TokenEvent", "Usage"]
@@ -70,7 +70,7 @@ class Engine:
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
         progress: bool | None = None,
     ) -> None:
-        from threadloom.models import default_model_path, resolve_chat_template
+        from threadloom.models import default_model_path, prompt_engine
 
         if slots < 1:
             raise InvalidInput("slots must be at least 1")
@@ -96,24 +96,20 @@ class Engine:
                 progress=sys.stderr.isatty() if progress is None else progress,
             )
         self.backend_name = backend.name
-        self.prompt = PromptEngine.from_gguf(
+        self.prompt = prompt_engine(
             self.model_path,
-            context_length=context_length or getattr(backend, "context_length", None),
-            chat_template=resolve_chat_template(chat_template),
+            context_length or getattr(backend, "context_length", None),
+            chat_template,
         )
-        if self.prompt.template_is_fallback and chat_template is None:
-            raise ModelFormatError(
-                f"{self.model_path.name} has no chat template (a base model?); give one with "
-                f"--chat-template: a file, or one of {', '.join(ChatTemplate.builtin_names())}"
-            )
         self.context_length = self.prompt.context_length
         self.tokenizer = self.prompt.tokenizer
         self._eog = frozenset(self.tokenizer.eog_ids)
         states = None
         if kv_cache_dir is not None and kv_cache_bytes > 0:
             settings = f"{backend.name}/{self.context_length}/{kv_cache_type}"
-            fingerprint = file_fingerprint(self.model_path, settings)
-            states = StateCache(Path(kv_cache_dir), fingerprint, kv_cache_bytes)
+            states = StateCache.for_model(
+                self.model_path, settings, Path(kv_cache_dir), kv_cache_bytes
+            )
         self.scheduler = Scheduler(
             backend(slots), max_queue=max_queue, prefill_chunk=prefill_chunk, states=states
         )
@@ -124,7 +120,9 @@ class Engine:
         # Called on the event loop with every finished generation (cancelled and failed ones
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
-        self.conversations = Conversations(opened, self.prompt, Summarizer(self), self.model_name)
+        self.conversations = Conversations(
+            opened, self.prompt, Summarizer(self.prompt, self.generate_text), self.model_name
+        )
         recovered = self.conversations.recover()
         if recovered:
             log.warning(
@@ -237,7 +235,8 @@ class Engine:
         back in input order; a request that fails yields a failed `Result`, never an
         exception that sinks the batch."""
         show = sys.stderr.isatty() if progress is None else progress
-        return run_batch(self, requests, concurrency or len(self.scheduler.slots), show)
+        slots = len(self.scheduler.slots)
+        return run_batch(self.respond, self.model_name, requests, concurrency or slots, show)
 
     async def assemble_prompt(self, inputs: str | Iterable[Message], **options: Any) -> Assembly:
         """The prompt `stream` would give the model for the same arguments (same checks, same
@@ -281,6 +280,19 @@ class Engine:
         await self.offload(lambda: self.store.delete_response(response_id, owner=owner))
         if self.scheduler.states is not None:
             self.scheduler.states.forget(response=response_id)
+
+    async def with_store(self, work: Callable[[ConversationStore], T]) -> T:
+        """Runs `work(store)` in the engine's worker threads: the routes' one way to the store
+        (a read, or several calls in one hop), never on the event loop."""
+        return await self.offload(lambda: work(self.store))
+
+    async def pending_response(self, owner: str, response_id: str) -> Destination | None:
+        """Where an announced response that is still generating goes; None when there is none."""
+        return await self.offload(lambda: self.conversations.pending(owner, response_id))
+
+    async def store_stats(self) -> StoreStats:
+        """The store's `stats()` (for /metrics), read in the engine's worker threads."""
+        return await self.offload(self.store.stats)
 
     def _prune_states(self, states: StateCache) -> None:
         """Drops saved states whose response is gone (deleted or swept while the server was

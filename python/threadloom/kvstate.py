@@ -23,14 +23,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from threadloom.scheduler import MIN_STATE_TOKENS, common_prefix
-
 log = logging.getLogger("threadloom.kvstate")
 
 MAGIC = b"TLKVST01"
 # magic, header length; then the JSON header, the token ids (u32) and the payload.
 _PREFIX = struct.Struct("<8sI")
 SUFFIX = ".kv"
+
+# A shorter state is cheaper to evaluate again than to save and restore.
+MIN_STATE_TOKENS = 32
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens `a` and `b` share."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 @dataclass(frozen=True)
@@ -68,20 +78,62 @@ class StateStats:
     rejected: int = 0
 
 
-def file_fingerprint(path: Path, settings: str) -> str:
+def file_fingerprint(path: Path, settings: str, remember: Path | None = None) -> str:
     """The model file's SHA-256 together with the settings the state depends on (backend,
-    cache type): a state made with anything else must not be restored."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    digest.update(b"\0" + settings.encode())
-    return digest.hexdigest()
+    cache type): a state made with anything else must not be restored. With `remember` (a
+    file), the model's digest is kept there with its size and modification time, so a start
+    with an unchanged model does not read gigabytes again."""
+    stat = path.stat()
+    seen = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    digest = _remembered_digest(remember, seen)
+    if digest is None:
+        sha = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                sha.update(chunk)
+        digest = sha.hexdigest()
+        if remember is not None:
+            _write_atomically(remember, json.dumps({**seen, "sha256": digest}).encode())
+    return hashlib.sha256(f"{digest}\0{settings}".encode()).hexdigest()
+
+
+def _write_atomically(path: Path, data: bytes) -> bool:
+    """Writes a temporary file, then renames it over `path`: readers see all or nothing."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("could not write %s: %s", path, err)
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _remembered_digest(remember: Path | None, seen: dict[str, object]) -> str | None:
+    if remember is None:
+        return None
+    try:
+        record = json.loads(remember.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or any(record.get(k) != v for k, v in seen.items()):
+        return None
+    digest = record.get("sha256")
+    return digest if isinstance(digest, str) else None
 
 
 class StateCache:
     """Saved sequence states in `directory`, at most `budget` bytes. Thread safe: the scheduler
     saves and restores, the engine's workers forget deleted conversations."""
+
+    @classmethod
+    def for_model(cls, model: Path, settings: str, directory: Path, budget: int) -> StateCache:
+        """The states in `directory` made with this model file and these settings; other
+        models' states there are left alone."""
+        directory.mkdir(parents=True, exist_ok=True)
+        return cls(directory, file_fingerprint(model, settings, directory / "model.json"), budget)
 
     def __init__(self, directory: Path, fingerprint: str, budget: int) -> None:
         self.directory = directory
@@ -131,13 +183,13 @@ class StateCache:
                 if f.readinto(data) != len(data):
                     raise OSError("the file changed while it was read")
         except OSError:
-            self._drop(found.name)
+            self._discard(found.name)
             return None
         payload = self._check(data)
         if payload is None:
             log.warning("ignoring damaged saved state %s", found.name)
             self.stats.rejected += 1
-            self._drop(found.name, unlink=True)
+            self._discard(found.name)
             return None
         with self._lock:
             entry = self._entries.get(found.name)
@@ -150,7 +202,7 @@ class StateCache:
         """The backend refused a payload that passed the checks: never offer it again."""
         log.warning("the backend refused saved state %s; removing it", found.name)
         self.stats.rejected += 1
-        self._drop(found.name, unlink=True)
+        self._discard(found.name)
 
     def save(self, owner: str, ids: Sequence[int], payload: bytes, tag: StateTag) -> None:
         """Writes a state (atomically) and drops what it supersedes and what exceeds the
@@ -178,14 +230,7 @@ class StateCache:
         )
         if len(blob) > self.budget:
             return
-        tmp = self.directory / (name + ".tmp")
-        try:
-            with tmp.open("wb") as f:
-                f.write(blob)
-            os.replace(tmp, self.directory / name)
-        except OSError as err:
-            log.warning("could not save a conversation state: %s", err)
-            tmp.unlink(missing_ok=True)
+        if not _write_atomically(self.directory / name, blob):
             return
         with self._lock:
             # A saved prefix of this state is superseded: restoring this one and cutting it
@@ -264,11 +309,10 @@ class StateCache:
         except (ValueError, KeyError, TypeError, struct.error):
             return None
 
-    def _drop(self, name: str, *, unlink: bool = False) -> None:
+    def _discard(self, name: str) -> None:
+        """A state that cannot be used (gone, damaged or refused): forgotten and deleted."""
         with self._lock:
-            self._entries.pop(name, None)
-        if unlink:
-            (self.directory / name).unlink(missing_ok=True)
+            self._remove(name)
 
     def _remove(self, name: str) -> None:
         """Lock held."""

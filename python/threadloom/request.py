@@ -45,7 +45,8 @@ class Request(msgspec.Struct, kw_only=True):
     # The stored response's metadata; a thread created by this request gets `thread_metadata`.
     metadata: dict[str, Any] | None = None
     thread_metadata: dict[str, Any] | None = None
-    hidden: bool = False
+    # Whether a thread this request creates is listed (the store's `visible`).
+    visible: bool = True
     add_generation_prompt: bool = True
     split_reasoning: bool = True
 

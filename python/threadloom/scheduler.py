@@ -18,13 +18,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from threadloom.backends.base import Backend, SamplingParams
 from threadloom.errors import Overloaded
-
-if TYPE_CHECKING:
-    from threadloom.kvstate import StateCache, StateTag
+from threadloom.kvstate import MIN_STATE_TOKENS, StateCache, StateTag, common_prefix
 
 log = logging.getLogger("threadloom.scheduler")
 
@@ -34,16 +32,6 @@ Finish = Literal["stop", "length", "cancelled", "error"]
 # stored reply is re-rendered as text, and a reply cut by max_tokens may end mid-word).
 CONTINUATION_SLACK = 8
 DEFAULT_PREFILL_CHUNK = 64
-# A shorter state is cheaper to evaluate again than to save and restore.
-MIN_STATE_TOKENS = 32
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 @dataclass

@@ -1,40 +1,122 @@
 """Choosing the conversation store: an LMDB directory (the default) or a PostgreSQL database.
 
 `open_store("./data")` opens the LMDB `threadloom.Store`; `open_store("postgresql://...")` opens
-a `PostgresStore` with the same methods, records and errors. Everything above the store (the
-engine, the server, the CLI) goes through here and works with either.
+a `PostgresStore`. Both satisfy `ConversationStore` and return the core's record classes.
+Everything above the store (the engine, the server, the CLI) goes through here.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeAlias, cast
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
+from typing import Any, Protocol
 
-from threadloom._core import Assembly, PromptEngine, Retention, Store, Turn
+from threadloom._core import (
+    Appended,
+    Assembly,
+    PromptEngine,
+    Response,
+    ResponseInfo,
+    Retention,
+    Store,
+    Thread,
+    ThreadPage,
+    Turn,
+)
 from threadloom.errors import InvalidInput
+from threadloom.locations import describe, is_postgres_url
+from threadloom.store_counts import StoreStats, SweepCounts
 
-# Either backend. `PostgresStore` mirrors `Store` method for method and its records mirror the
-# core's attribute for attribute, so callers are typed against the core's classes alone.
-ConversationStore: TypeAlias = Store
+__all__ = [
+    "ConversationStore",
+    "StoreStats",
+    "SweepCounts",
+    "assemble",
+    "close_store",
+    "describe",
+    "is_postgres_url",
+    "open_store",
+    "turn_messages",
+]
 
-POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
+class ConversationStore(Protocol):
+    """What a conversation store offers; `threadloom.Store` (LMDB) and `PostgresStore` both
+    do, with the same arguments, records and errors (see `threadloom.Store` for each)."""
 
-def is_postgres_url(spec: str | os.PathLike[str]) -> bool:
-    return isinstance(spec, str) and spec.startswith(POSTGRES_SCHEMES)
-
-
-def describe(spec: str | os.PathLike[str]) -> str:
-    """The store location for logs and errors: a path, or a URL without its password."""
-    if not is_postgres_url(spec):
-        return os.fspath(spec)
-    parts = urlsplit(str(spec))
-    if parts.password is None:
-        return str(spec)
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    @property
+    def path(self) -> str | Path: ...
+    @property
+    def retention(self) -> Retention: ...
+    @property
+    def format_version(self) -> int: ...
+    def create_thread(
+        self,
+        thread_id: str | None = None,
+        *,
+        owner: str = "default",
+        metadata: Mapping[str, Any] | str | bytes | None = None,
+        visible: bool = True,
+        exist_ok: bool = False,
+    ) -> Thread: ...
+    def get_thread(self, thread_id: str, *, owner: str = "default") -> Thread: ...
+    def list_threads(
+        self,
+        *,
+        owner: str = "default",
+        visible: bool = True,
+        limit: int = 20,
+        after: str | None = None,
+    ) -> ThreadPage: ...
+    def update_thread(
+        self,
+        thread_id: str,
+        *,
+        owner: str = "default",
+        metadata: Mapping[str, Any] | str | bytes | None = None,
+        state: str | None = None,
+    ) -> Thread: ...
+    def delete_thread(self, thread_id: str, *, owner: str = "default") -> None: ...
+    def append(
+        self,
+        turns: Iterable[Mapping[str, str | None]],
+        *,
+        owner: str = "default",
+        thread: str | None = None,
+        previous_response_id: str | None = None,
+        after_turn: str | None = None,
+        response: ResponseInfo | None = None,
+        expected_head: str | None = None,
+        anchor_window: bool = False,
+    ) -> Appended: ...
+    def rebase_thread(
+        self,
+        thread_id: str,
+        turns: Iterable[Mapping[str, str | None]] | None = None,
+        *,
+        owner: str = "default",
+        after_turn: str | None = None,
+        expected_head: str | None = None,
+    ) -> Thread: ...
+    def history(
+        self,
+        *,
+        owner: str = "default",
+        thread: str | None = None,
+        response: str | None = None,
+        turn: str | None = None,
+        limit: int | None = None,
+    ) -> list[Turn]: ...
+    def get_response(self, response_id: str, *, owner: str = "default") -> Response: ...
+    def delete_response(self, response_id: str, *, owner: str = "default") -> None: ...
+    def put_pending(self, response_id: str, payload: bytes, *, owner: str) -> None: ...
+    def remove_pending(self, response_id: str, *, owner: str) -> None: ...
+    def get_pending(self, response_id: str, *, owner: str) -> bytes | None: ...
+    def pending(self) -> list[tuple[str, str, bytes]]: ...
+    def sweep(self) -> SweepCounts: ...
+    def stats(self) -> StoreStats: ...
+    def verify(self) -> None: ...
 
 
 def open_store(
@@ -59,7 +141,7 @@ def open_store(
             "a postgresql:// store needs the PostgreSQL driver: "
             f"pip install 'threadloom[postgres]' ({e})"
         ) from None
-    return cast(Store, PostgresStore(str(spec), retention=retention))
+    return PostgresStore(str(spec), retention=retention)
 
 
 def close_store(store: ConversationStore) -> None:
@@ -86,33 +168,17 @@ def assemble(
     thread: str | None = None,
     response: str | None = None,
     turn: str | None = None,
-    cache_key: str | None = None,
     **options: Any,
 ) -> Assembly:
-    """`PromptEngine.assemble` from either store. LMDB is read in place by the Rust core (no
-    copy, token counts cached in the store); other stores hand over the history they return."""
+    """`PromptEngine.assemble` from either store: LMDB is read in place by the Rust core (no
+    copy, token counts cached in the store); another store's history is handed over, and the
+    core assembles it by the same rules."""
     if isinstance(store, Store):
         return prompt.assemble(
-            store,
-            inputs,
-            owner=owner,
-            thread=thread,
-            response=response,
-            turn=turn,
-            cache_key=cache_key,
-            **options,
+            store, inputs, owner=owner, thread=thread, response=response, turn=turn, **options
         )
+    anchored = thread is not None or response is not None or turn is not None
     history = (
-        store.history(owner=owner, thread=thread, response=response, turn=turn)
-        if (thread is not None or response is not None or turn is not None)
-        else []
+        store.history(owner=owner, thread=thread, response=response, turn=turn) if anchored else []
     )
-    messages = turn_messages(history)
-    new = list(inputs)
-    messages.extend(new)
-    # The same prefix-cache key the Rust path picks: the thread, else the conversation's root.
-    key = cache_key or (history[0].id if history else None)
-    # The new inputs are never trimmed, as on the LMDB path.
-    return prompt.assemble_messages(
-        messages, owner=owner, cache_key=key, protected=len(new), **options
-    )
+    return prompt.assemble_history(history, inputs, owner=owner, **options)

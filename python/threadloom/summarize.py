@@ -12,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from threadloom.backends.base import SamplingParams
 
 if TYPE_CHECKING:
-    from threadloom._core import Assembly
-    from threadloom.engine import Engine
+    from threadloom._core import Assembly, PromptEngine
+
+# A blocking generation for the summarizer's own use: prompt ids, sampler settings and owner
+# in, text out, nothing stored (`Engine.generate_text`; called from a worker thread).
+GenerateText = Callable[[Sequence[int], SamplingParams, str], str]
 
 SUMMARY_TOKENS = 192
 # The transcript handed to the summarizer keeps its newest part when it is longer than this share
@@ -35,10 +38,12 @@ CACHE_SIZE = 1024
 
 
 class Summarizer:
-    """Writes and caches summaries of the turns a `tokens` trim would drop."""
+    """Writes and caches summaries of the turns a `tokens` trim would drop, with the model's
+    prompt engine (templates, tokenizer, context) and `generate` (the model)."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+    def __init__(self, prompt: PromptEngine, generate: GenerateText) -> None:
+        self._prompt = prompt
+        self._generate = generate
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -70,7 +75,7 @@ class Summarizer:
         system = "\n\n".join([*systems, f"{SUMMARY_HEADER}\n{summary}"])
         messages = [{"role": "system", "content": system}, *kept, *new]
         # Still too long (a huge new input): the token budget trims the kept turns further.
-        return self._engine.prompt.assemble_messages(
+        return self._prompt.assemble_messages(
             messages, owner=owner, protected=len(new), **{**kwargs, "strategy": "tokens"}
         )
 
@@ -90,14 +95,14 @@ class Summarizer:
         return text
 
     def _write(self, turns: Sequence[Mapping[str, str | None]], owner: str) -> str:
-        engine = self._engine
         transcript = "\n".join(f"{t['role']}: {t['content']}" for t in turns)
-        limit = int(engine.context_length * TRANSCRIPT_SHARE) - SUMMARY_TOKENS
+        limit = int(self._prompt.context_length * TRANSCRIPT_SHARE) - SUMMARY_TOKENS
         # Counted as the prompt will tokenize it: turn markers inside turns stay text.
-        tokens = engine.tokenizer.encode(transcript, parse_special=False)
+        tokenizer = self._prompt.tokenizer
+        tokens = tokenizer.encode(transcript, parse_special=False)
         if len(tokens) > limit:
-            transcript = engine.tokenizer.decode(tokens[len(tokens) - limit :])
-        prompt = engine.prompt.assemble_messages(
+            transcript = tokenizer.decode(tokens[len(tokens) - limit :])
+        prompt = self._prompt.assemble_messages(
             [
                 {"role": "system", "content": INSTRUCTIONS},
                 {"role": "user", "content": transcript},
@@ -107,7 +112,7 @@ class Summarizer:
             max_tokens=SUMMARY_TOKENS,
         )
         params = SamplingParams(max_tokens=SUMMARY_TOKENS)
-        return engine.generate_text(prompt.ids, params, owner).strip()
+        return self._generate(prompt.ids, params, owner).strip()
 
 
 def _nth_non_system(history: Sequence[Mapping[str, str | None]], n: int) -> int:

@@ -20,10 +20,16 @@ mod _core {
     #[pymodule_export]
     use crate::py::prompt::{Assembly, PromptEngine, Tokenizer};
     #[pymodule_export]
-    use crate::py::store::{
-        new_response_id, Appended, Response, ResponseInfo, Retention, Store, Thread, ThreadPage,
-        Turn,
+    use crate::py::records::{Appended, Response, ResponseInfo, Thread, ThreadPage, Turn};
+    #[pymodule_export]
+    use crate::py::rules::{
+        check_state_change, new_response_id, new_thread_id, new_turn_key, normalize_metadata,
+        parse_anchor, parse_thread_cursor, parse_thread_state, parse_turn_id, parse_turns, quote,
+        thread_cursor, turn_id_string, validate_owner, validate_response_id, validate_thread_id,
+        Retention,
     };
+    #[pymodule_export]
+    use crate::py::store::Store;
     #[pymodule_export]
     use crate::py::template::ChatTemplate;
 
@@ -34,6 +40,9 @@ mod _core {
         // the store would refuse): the same numbers the store enforces.
         m.add("MAX_THREAD_MESSAGES", crate::store::MAX_THREAD_MESSAGES)?;
         m.add("MAX_METADATA_BYTES", crate::store::MAX_METADATA_BYTES)?;
+        m.add("MAX_TURN_BYTES", crate::store::MAX_TURN_BYTES)?;
+        // Role names in the order of their stored index (`parse_turns` gives the index).
+        m.add("ROLES", ("system", "user", "assistant", "tool"))?;
         Ok(())
     }
 }

@@ -84,7 +84,9 @@ def main() -> None:
         if i % 3 == 2 and last_response is not None:
             # A branch after an earlier response of the default owner.
             a = store.append(
-                turns[:1], after_response=last_response, response=ResponseInfo("m", output_count=0)
+                turns[:1],
+                previous_response_id=last_response,
+                response=ResponseInfo("m", output_count=0),
             )
             parent = last_response_turn
             owner = "default"

@@ -15,7 +15,7 @@ import psycopg_pool
 from psycopg import errors as pgerrors
 
 from threadloom.errors import InvalidInput, StoreError, StoreFormatError, StoreUnavailable
-from threadloom.storage import describe
+from threadloom.locations import describe
 
 R = TypeVar("R")
 Conn = psycopg.Connection[Any]

@@ -1,18 +1,25 @@
-"""The PostgreSQL store's records to and from table rows, the turn inserts every append
-shares, list cursors and the not-found errors."""
+"""The PostgreSQL store's rows to and from the core's records: the column lists, the mappers,
+the keyed reads every operation starts from (expired and other owners' records read as
+missing), and the not-found errors."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Any
 
-from threadloom._core import ResponseInfo
-from threadloom.errors import InvalidInput, LimitExceeded, NotFound
-from threadloom.pgstore import checks
-from threadloom.pgstore.checks import debug_str
+from threadloom import _core
+from threadloom._core import Response, ResponseInfo, Retention, Thread, Turn, quote
+from threadloom.errors import NotFound
 from threadloom.pgstore.connection import Conn
-from threadloom.pgstore.records import Response, Turn
-from threadloom.pgstore.records import Thread as ThreadRecord
+
+THREAD_COLUMNS = (
+    "owner, id, head, metadata, state, visible, created_ms, last_activity_ms, message_count"
+)
+RESPONSE_COLUMNS = (
+    "id, owner, status, model, last_turn, parent_turn, input_count, output_count, thread_id, "
+    "previous_response_id, prompt_tokens, completion_tokens, cached_tokens, error, created_ms, "
+    "metadata"
+)
 
 
 def to_uuid(key: bytes | None) -> uuid.UUID | None:
@@ -20,12 +27,12 @@ def to_uuid(key: bytes | None) -> uuid.UUID | None:
 
 
 def turn_id(value: uuid.UUID | None) -> str | None:
-    return None if value is None else checks.turn_id_string(value.bytes)
+    return None if value is None else _core.turn_id_string(value.bytes)
 
 
-def thread(row: tuple[Any, ...]) -> ThreadRecord:
+def thread(row: tuple[Any, ...]) -> Thread:
     owner, tid, head, metadata, state, visible, created, activity, count = row
-    return ThreadRecord(
+    return Thread(
         id=tid,
         owner=owner,
         head=turn_id(head),
@@ -46,7 +53,7 @@ def response(row: tuple[Any, ...]) -> Response:
         owner=owner,
         status=status,
         model=model,
-        last_turn=checks.turn_id_string(last.bytes),
+        last_turn=_core.turn_id_string(last.bytes),
         parent_turn=turn_id(parent),
         input_count=n_in,
         output_count=n_out,
@@ -66,86 +73,74 @@ def turn(row: tuple[Any, ...]) -> Turn:
     return Turn(
         key=key.bytes,
         parent_key=None if parent is None else parent.bytes,
-        role=checks.ROLES[role],
+        role=_core.ROLES[role],
         content=content.decode("utf-8"),
         reasoning=None if reasoning is None else reasoning.decode("utf-8"),
+        tool=None if tool is None else tool.decode("utf-8"),
         depth=depth,
         created_ms=created,
-        tool=None if tool is None else tool.decode("utf-8"),
     )
-
-
-def check_sizes(new: list[checks.NewTurn]) -> None:
-    for t in new:
-        if t.size > checks.MAX_TURN_BYTES:
-            raise LimitExceeded(
-                f"a turn holds {t.size} bytes of text; the limit is {checks.MAX_TURN_BYTES}"
-            )
-
-
-def insert_turns(
-    conn: Conn,
-    owner: str,
-    parent: bytes | None,
-    depth: int,
-    new: list[checks.NewTurn],
-    last_refs: int,
-    now: int,
-) -> list[bytes]:
-    """Writes `new` as a chain after `parent` (at `depth`), each referenced by its child and
-    the last by `last_refs` holders; returns their keys. The parent's reference from the first
-    is the caller's to count."""
-    keys: list[bytes] = []
-    prev = parent
-    for _ in new:
-        prev = checks.new_turn_key(now, prev)
-        keys.append(prev)
-    conn.execute(
-        "INSERT INTO threadloom_turns "
-        "(id, parent, owner, role, depth, created_ms, refs, content, reasoning, tool) "
-        "SELECT id, parent, %s, role, depth, %s, refs, content, reasoning, tool FROM unnest("
-        "%s::uuid[], %s::uuid[], %s::smallint[], %s::integer[], %s::integer[], "
-        "%s::bytea[], %s::bytea[], %s::bytea[]) "
-        "AS x(id, parent, role, depth, refs, content, reasoning, tool)",
-        (
-            owner,
-            now,
-            [to_uuid(k) for k in keys],
-            [to_uuid(parent), *(to_uuid(k) for k in keys[:-1])],
-            [t.role for t in new],
-            list(range(depth + 1, depth + len(new) + 1)),
-            [1] * (len(new) - 1) + [last_refs],
-            [t.content for t in new],
-            [t.reasoning for t in new],
-            [t.tool for t in new],
-        ),
-    )
-    return keys
 
 
 def thread_not_found(thread_id: str) -> NotFound:
-    return NotFound(f"thread {debug_str(thread_id)} not found")
+    return NotFound(f"thread {quote(thread_id)} not found")
 
 
 def response_not_found(response_id: str) -> NotFound:
-    return NotFound(f"response {debug_str(response_id)} not found")
+    return NotFound(f"response {quote(response_id)} not found")
 
 
 def turn_not_found(key: bytes) -> NotFound:
-    return NotFound(f"turn {debug_str(checks.turn_id_string(key))} not found")
+    return NotFound(f"turn {quote(_core.turn_id_string(key))} not found")
 
 
-def ms(seconds: float) -> int:
-    return round(seconds * 1000)
+def load_thread(
+    conn: Conn, retention: Retention, owner: str, thread_id: str, now: int, *, lock: bool = False
+) -> Thread:
+    """The live thread, or NotFound; `lock` holds its row until the transaction ends."""
+    _core.validate_owner(owner)
+    _core.validate_thread_id(thread_id)
+    row = conn.execute(
+        f"SELECT {THREAD_COLUMNS} FROM threadloom_threads WHERE owner = %s AND id = %s"
+        + (" FOR UPDATE" if lock else ""),
+        (owner, thread_id),
+    ).fetchone()
+    if row is None:
+        raise thread_not_found(thread_id)
+    t = thread(row)
+    if retention.thread_expired(t, now):
+        raise thread_not_found(thread_id)
+    return t
+
+
+def load_response(
+    conn: Conn, retention: Retention, owner: str, response_id: str, now: int, *, lock: str = ""
+) -> Response:
+    """The owner's live response, or NotFound; `lock` is a row-locking clause."""
+    _core.validate_owner(owner)
+    _core.validate_response_id(response_id)
+    row = conn.execute(
+        f"SELECT {RESPONSE_COLUMNS} FROM threadloom_responses WHERE id = %s {lock}",
+        (response_id,),
+    ).fetchone()
+    if row is None:
+        raise response_not_found(response_id)
+    r = response(row)
+    # Another tenant's response reads exactly like a missing one.
+    if r.owner != owner or retention.response_expired(r, now):
+        raise response_not_found(response_id)
+    return r
 
 
 class InfoRow:
-    """The fields of a `ResponseInfo`, read once."""
+    """The fields of a `ResponseInfo`, read once, its metadata checked."""
 
     def __init__(self, info: ResponseInfo) -> None:
         if not isinstance(info, ResponseInfo):
             raise TypeError(f"response must be a ResponseInfo, not {type(info).__name__}")
         self.id: str | None = info.id
+        if self.id is not None:
+            _core.validate_response_id(self.id)
         self.model = info.model
         self.status = info.status
         self.output_count = info.output_count
@@ -153,31 +148,4 @@ class InfoRow:
         self.completion_tokens = info.completion_tokens
         self.cached_tokens = info.cached_tokens
         self.error = info.error
-        self.metadata: str | None = info.metadata_json
-
-
-# ---- list cursors: the LMDB store's, so a cursor means the same on both ------------------------
-
-_U64 = (1 << 64) - 1
-_I64_MAX = (1 << 63) - 1
-
-
-def cursor(t: ThreadRecord) -> str:
-    inverted = _U64 - max(t.last_activity_ms, 0)
-    return (inverted.to_bytes(8, "big") + t.id.encode("utf-8")).hex()
-
-
-def parse_cursor(text: str) -> tuple[int, str]:
-    """(last activity ms, thread id) of the last thread of the previous page."""
-    bad = InvalidInput(f"invalid cursor {debug_str(text)}")
-    if len(text) % 2 or not all(c in "0123456789abcdefABCDEF" for c in text):
-        raise bad
-    raw = bytes.fromhex(text)
-    if len(raw) <= 8:
-        raise bad
-    try:
-        thread_id = raw[8:].decode("utf-8")
-    except UnicodeDecodeError:
-        raise bad from None
-    ms = _U64 - int.from_bytes(raw[:8], "big")
-    return min(ms, _I64_MAX), thread_id
+        self.metadata = _core.normalize_metadata(info.metadata_json) or "{}"

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from threadloom.backends.base import BackendFactory
 from threadloom.engine import Engine
-from threadloom.server import metrics, openapi
+from threadloom.server import openapi
 from threadloom.server.config import ServerConfig, redacted
 from threadloom.server.keys import BACKEND, CONFIG, ENGINE
 from threadloom.server.middleware import add_request_id, auth_middleware, error_middleware
@@ -22,6 +22,7 @@ from threadloom.server.routes import (
     conversations,
     freddy,
     lmstudio,
+    metrics,
     paddler,
     page,
     responses,

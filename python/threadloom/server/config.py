@@ -96,8 +96,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError("alias must not be empty")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
-        for key, tenant in self.api_keys.items():
-            if not key or not tenant:
+        for key, owner in self.api_keys.items():
+            if not key or not owner:
                 raise ConfigError("API keys and tenant names must not be empty")
         if not self.api_keys and not is_loopback(self.host):
             raise ConfigError(
@@ -133,12 +133,12 @@ def parse_api_keys(text: str) -> dict[str, str]:
         entry = raw.strip()
         if not entry or entry.startswith("#"):
             continue
-        key, sep, tenant = entry.partition("=")
-        if not sep or not key.strip() or not tenant.strip():
+        key, sep, owner = entry.partition("=")
+        if not sep or not key.strip() or not owner.strip():
             raise ConfigError(
                 f"API keys: entry {n} is not key=tenant (the key itself is not shown)"
             )
-        keys[key.strip()] = tenant.strip()
+        keys[key.strip()] = owner.strip()
     return keys
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from aiohttp import web
+
 
 class ApiError(Exception):
     """A client-facing error with its HTTP status, error type, parameter and code."""
@@ -23,6 +27,10 @@ class ApiError(Exception):
         self.param = param
         self.code = code
         self.headers = headers or {}
+
+
+# Builds a dialect's error body (anything msgspec encodes) from the mapped error.
+ErrorFormatter = Callable[[web.Request, ApiError], object]
 
 
 def not_found(what: str, ident: str, param: str | None = None) -> ApiError:

@@ -1,12 +1,38 @@
-"""Typed keys for what the app holds."""
+"""Typed keys for what the app holds (`web.AppKey`) and what a request carries
+(`web.RequestKey`): every one of them is defined here."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncGenerator
+
 from aiohttp import web
 
-from threadloom.engine import Engine
+from threadloom.engine import Engine, Event, Result
 from threadloom.server.config import ServerConfig
+from threadloom.server.errors import ErrorFormatter
+from threadloom.server.metrics import Metrics
+
+# ---- the app -----------------------------------------------------------------------------
 
 CONFIG = web.AppKey("config", ServerConfig)
 ENGINE = web.AppKey("engine", Engine)
 BACKEND = web.AppKey("backend", object)  # a BackendFactory, or None for the real model
+METRICS = web.AppKey("metrics", Metrics)  # server/routes/metrics.py
+# Route path (the resource's canonical form, e.g. "/v1/things/{id}") -> its error formatter
+# (`middleware.register_error_format`).
+ERROR_FORMATS = web.AppKey("error_formats", dict[str, ErrorFormatter])
+# A background response (routes/background.py): the task generating it and the engine's event
+# stream it drains, under (owner, response id).
+Running = tuple["asyncio.Task[Result]", AsyncGenerator[Event, None]]
+RUNNING = web.AppKey("background_responses", dict[tuple[str, str], Running])
+
+# ---- a request ---------------------------------------------------------------------------
+
+OWNER = web.RequestKey("owner", str)  # the authenticated tenant: the store's `owner`
+# Names one request in the logs and in the `X-Request-Id` response header: the client's own id
+# when it sent a sane one, else a fresh one.
+REQUEST_ID = web.RequestKey("request_id", str)
+# Paddler's request id (routes/paddler.py): it ties every frame of one request together, error
+# frames from the middleware too.
+PADDLER_REQUEST_ID = web.RequestKey("paddler_request_id", str)

@@ -29,17 +29,14 @@ with no keys configured the server only listens on loopback, where everything is
 
 from __future__ import annotations
 
-import asyncio
 import bisect
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 from aiohttp import web
 
 from threadloom.engine import Engine, Result
 from threadloom.kvstate import StateCache
-from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import Handler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # From a cached /health (milliseconds) to a long generation streamed to the end (minutes).
@@ -245,7 +242,9 @@ class Metrics:
         if result.decode_tokens_per_s is not None:
             self.decode_speed.observe((), result.decode_tokens_per_s)
 
-    def render(self, engine: Engine | None) -> str:
+    def render(self, engine: Engine | None, store_stats: Mapping[str, object] | None = None) -> str:
+        """The exposition text. `store_stats` is the store's `stats()`, which the caller reads
+        off the event loop (`Engine.store_stats`)."""
         lines: list[str] = []
         for metric in (
             self.requests,
@@ -274,58 +273,13 @@ class Metrics:
             lines.extend(_gauge("threadloom_threads", "Compute thread budget.", engine.threads))
             if scheduler.states is not None:
                 lines.extend(_states(scheduler.states))
-            for key, value in sorted(engine.store.stats().items()):
+            for key, value in sorted((store_stats or {}).items()):
                 help = STORE_HELP.get(key, f"Store statistic {key}.")
-                lines.extend(_gauge(f"threadloom_store_{key}", help, value))
+                lines.extend(_gauge(f"threadloom_store_{key}", help, cast(int, value)))
         lines.append("")
         return "\n".join(lines)
-
-
-METRICS = web.AppKey("metrics", Metrics)
 
 
 def route_template(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else UNMATCHED
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost, so it sees the status the error middleware settled on (401s included)."""
-    metrics = request.app.get(METRICS)
-    if metrics is None:
-        return await handler(request)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as e:  # redirects and the like, which the error middleware passes
-        status = e.status
-        raise
-    except asyncio.CancelledError:
-        status = CLIENT_CLOSED
-        raise
-    finally:
-        metrics.record_request(
-            request.method, route_template(request), status, time.perf_counter() - started
-        )
-
-
-async def metrics_handler(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render(request.app.get(ENGINE))
-    return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
-
-
-def setup(app: web.Application) -> None:
-    """Adds the registry, `GET /metrics` and the engine hook; the app also needs
-    `metrics_middleware` in its middleware list."""
-    metrics = app[METRICS] = Metrics()
-
-    async def observe_engine(app: web.Application) -> None:
-        # Runs after the engine context opened it (cleanup contexts start first).
-        app[ENGINE].on_finished.append(metrics.record_generation)
-
-    app.on_startup.append(observe_engine)
-    app.router.add_get("/metrics", metrics_handler)

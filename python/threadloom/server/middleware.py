@@ -27,20 +27,13 @@ from threadloom.errors import (
     StoreUnavailable,
     ThreadloomError,
 )
-from threadloom.server.errors import ApiError
+from threadloom.server.errors import ApiError, ErrorFormatter
+from threadloom.server.keys import ERROR_FORMATS, OWNER, REQUEST_ID
 from threadloom.server.schemas.common import ErrorBody, ErrorDetail
 
 log = logging.getLogger("threadloom.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# Builds a dialect's error body (anything msgspec encodes) from the mapped error.
-ErrorFormatter = Callable[[web.Request, ApiError], object]
-# Route path (the resource's canonical form, e.g. "/v1/things/{id}") -> its error formatter.
-ERROR_FORMATS = web.AppKey("error_formats", dict[str, ErrorFormatter])
-TENANT = web.RequestKey("tenant", str)  # the authenticated tenant name
-# Names one request in the logs and in the `X-Request-Id` response header: the client's own id
-# when it sent a sane one, else a fresh one.
-REQUEST_ID = web.RequestKey("request_id", str)
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # /openapi.json describes only what the public source says; tools fetch it before a key.
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})
@@ -210,25 +203,25 @@ def presented_key(request: web.Request) -> str | None:
 
 
 def auth_middleware(api_keys: Mapping[str, str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Sets `request[TENANT]`. With no keys configured, everyone is tenant "default"."""
+    """Sets `request[OWNER]`. With no keys configured, everyone is owner "default"."""
     # Compare digests so every comparison has the same length; check every key, no early exit.
-    table = [(_digest(k), tenant) for k, tenant in api_keys.items()]
+    table = [(_digest(k), owner) for k, owner in api_keys.items()]
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not table:
-            request[TENANT] = "default"
+            request[OWNER] = "default"
             return await handler(request)
         if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
             return await handler(request)
         key = presented_key(request)
-        tenant: str | None = None
+        owner: str | None = None
         if key is not None:
             digest = _digest(key)
             for candidate, name in table:
                 if hmac.compare_digest(digest, candidate):
-                    tenant = name
-        if tenant is None:
+                    owner = name
+        if owner is None:
             raise ApiError(
                 401,
                 "missing or invalid API key" if key is None else "invalid API key",
@@ -236,7 +229,7 @@ def auth_middleware(api_keys: Mapping[str, str]) -> Callable[..., Awaitable[web.
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        request[TENANT] = tenant
+        request[OWNER] = owner
         return await handler(request)
 
     return middleware

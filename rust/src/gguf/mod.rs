@@ -147,31 +147,41 @@ impl GgufMetadata {
     /// Checks the types of the well-known keys and the tensor table, so the accessors below can
     /// return plain slices and never have to report an error.
     fn validate(&self) -> Result<()> {
-        let expect = |key: &str, ok: fn(&Value) -> bool, want: &str| -> Result<()> {
-            match self.get(key) {
-                Some(v) if !ok(v) => Err(format_err(format!(
-                    "key '{key}' should be {want}, found {:?}",
-                    v.value_type()
-                ))),
-                _ => Ok(()),
-            }
-        };
+        self.validate_key_types()?;
+        // The accessors used here rely on the key types just checked.
+        self.validate_vocab_lengths()?;
+        self.validate_tensors()
+    }
+
+    /// Fails when `key` is present with a value that `ok` refuses; `want` names what it takes.
+    fn expect_key(&self, key: &str, ok: fn(&Value) -> bool, want: &str) -> Result<()> {
+        match self.get(key) {
+            Some(v) if !ok(v) => Err(format_err(format!(
+                "key '{key}' should be {want}, found {:?}",
+                v.value_type()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The well-known keys, each of the type its accessor returns.
+    fn validate_key_types(&self) -> Result<()> {
         let is_str = |v: &Value| v.as_str().is_some();
         let is_int = |v: &Value| v.as_i64().is_some();
         let is_bool = |v: &Value| v.as_bool().is_some();
         let is_strs = |v: &Value| v.as_array().and_then(Array::as_strings).is_some();
-        expect(keys::ARCHITECTURE, is_str, "a string")?;
-        expect(keys::CHAT_TEMPLATE, is_str, "a string")?;
-        expect(keys::TOKENIZER_MODEL, is_str, "a string")?;
-        expect(keys::TOKENIZER_PRE, is_str, "a string")?;
-        expect(keys::TOKENS, is_strs, "an array of strings")?;
-        expect(keys::MERGES, is_strs, "an array of strings")?;
-        expect(
+        self.expect_key(keys::ARCHITECTURE, is_str, "a string")?;
+        self.expect_key(keys::CHAT_TEMPLATE, is_str, "a string")?;
+        self.expect_key(keys::TOKENIZER_MODEL, is_str, "a string")?;
+        self.expect_key(keys::TOKENIZER_PRE, is_str, "a string")?;
+        self.expect_key(keys::TOKENS, is_strs, "an array of strings")?;
+        self.expect_key(keys::MERGES, is_strs, "an array of strings")?;
+        self.expect_key(
             keys::SCORES,
             |v| v.as_array().and_then(Array::as_f32).is_some(),
             "an array of f32",
         )?;
-        expect(
+        self.expect_key(
             keys::TOKEN_TYPE,
             |v| v.as_array().and_then(Array::as_i32).is_some(),
             "an array of i32",
@@ -184,14 +194,19 @@ impl GgufMetadata {
             keys::UNKNOWN_ID,
             keys::PADDING_ID,
         ] {
-            expect(key, is_int, "an integer")?;
+            self.expect_key(key, is_int, "an integer")?;
         }
         for key in [keys::ADD_BOS, keys::ADD_EOS, keys::ADD_SPACE_PREFIX] {
-            expect(key, is_bool, "a boolean")?;
+            self.expect_key(key, is_bool, "a boolean")?;
         }
         if let Some(arch) = self.architecture() {
-            expect(&format!("{arch}.context_length"), is_int, "an integer")?;
+            self.expect_key(&format!("{arch}.context_length"), is_int, "an integer")?;
         }
+        Ok(())
+    }
+
+    /// The per-token arrays, one entry per token, so a token id indexes each of them.
+    fn validate_vocab_lengths(&self) -> Result<()> {
         let n_tokens = self.tokens().len();
         for (key, len) in [
             (keys::SCORES, self.scores().map(<[f32]>::len)),
@@ -205,6 +220,12 @@ impl GgufMetadata {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Each tensor's data aligned and inside the file, so a tensor can be sliced from the map
+    /// without further checks.
+    fn validate_tensors(&self) -> Result<()> {
         for t in &self.tensors {
             if t.offset % self.alignment != 0 {
                 return Err(format_err(format!(
@@ -212,6 +233,7 @@ impl GgufMetadata {
                     t.name, t.offset, self.alignment
                 )));
             }
+            // A tensor of an unknown type has no known size; only its offset can be checked.
             if let Some(size) = t.byte_size() {
                 let end = self
                     .data_offset

@@ -228,50 +228,88 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
         pos: 0,
         wide: true,
     };
-    let magic = c.array::<4>("the magic number")?;
-    if &magic != b"GGUF" {
-        return Err(format_err(format!(
-            "not a GGUF file (magic {magic:02x?}, expected \"GGUF\")"
-        )));
-    }
-    let version = c.u32("the version")?;
-    if version == 0 || version > 3 {
-        // A big-endian file shows its version byte-swapped.
-        let hint = if version.swap_bytes() <= 3 && version.swap_bytes() != 0 {
-            " (this looks like a big-endian file, which is not supported)"
-        } else {
-            ""
-        };
-        return Err(format_err(format!(
-            "unsupported version {version}{hint}; versions 1 to 3 are"
-        )));
-    }
-    c.wide = version >= 2;
-
+    let version = c.header()?;
     let n_tensors = c.count("the tensor count")?;
     let n_kv = c.count("the key/value count")?;
+    let kv = c.key_values(n_kv)?;
+    let tensors = c.tensor_infos(n_tensors)?;
+    Ok(Parsed {
+        version,
+        kv,
+        tensors,
+        header_end: c.pos as u64,
+    })
+}
 
-    // A key/value takes at least a key length, a type tag and one byte of value.
-    let n_kv = c.bounded(n_kv, c.count_width() + 4 + 1, "the key/value count")?;
-    let mut kv: Vec<(String, Value)> = Vec::with_capacity(n_kv);
-    let mut seen: HashSet<String> = HashSet::with_capacity(n_kv);
-    for i in 0..n_kv {
-        let key = c.string(&format!("key #{i}"))?;
-        let ty = c.value_type(&format!("the type of key '{key}'"))?;
-        let value = c.value(ty, &format!("the value of key '{key}'"), 0)?;
-        if !seen.insert(key.clone()) {
-            return Err(format_err(format!("duplicate key '{key}'")));
+impl Cursor<'_> {
+    /// The magic number and the version, which sets the width of every count that follows.
+    fn header(&mut self) -> Result<u32> {
+        let magic = self.array::<4>("the magic number")?;
+        if &magic != b"GGUF" {
+            return Err(format_err(format!(
+                "not a GGUF file (magic {magic:02x?}, expected \"GGUF\")"
+            )));
         }
-        kv.push((key, value));
+        let version = self.u32("the version")?;
+        if version == 0 || version > 3 {
+            // A big-endian file shows its version byte-swapped.
+            let hint = if version.swap_bytes() <= 3 && version.swap_bytes() != 0 {
+                " (this looks like a big-endian file, which is not supported)"
+            } else {
+                ""
+            };
+            return Err(format_err(format!(
+                "unsupported version {version}{hint}; versions 1 to 3 are"
+            )));
+        }
+        self.wide = version >= 2;
+        Ok(version)
     }
 
-    // A tensor info takes at least a name length, a dims count, a type and an offset.
-    let n_tensors = c.bounded(n_tensors, c.count_width() + 4 + 4 + 8, "the tensor count")?;
-    let mut tensors = Vec::with_capacity(n_tensors);
-    let mut names: HashSet<String> = HashSet::with_capacity(n_tensors);
-    for i in 0..n_tensors {
-        let name = c.string(&format!("the name of tensor #{i}"))?;
-        let n_dims = c.u32(&format!("the dimension count of tensor '{name}'"))?;
+    /// The `n_kv` key/values, in file order; a key may appear only once.
+    fn key_values(&mut self, n_kv: u64) -> Result<Vec<(String, Value)>> {
+        // A key/value takes at least a key length, a type tag and one byte of value.
+        let n_kv = self.bounded(n_kv, self.count_width() + 4 + 1, "the key/value count")?;
+        let mut kv: Vec<(String, Value)> = Vec::with_capacity(n_kv);
+        let mut seen: HashSet<String> = HashSet::with_capacity(n_kv);
+        for i in 0..n_kv {
+            let key = self.string(&format!("key #{i}"))?;
+            let ty = self.value_type(&format!("the type of key '{key}'"))?;
+            let value = self.value(ty, &format!("the value of key '{key}'"), 0)?;
+            if !seen.insert(key.clone()) {
+                return Err(format_err(format!("duplicate key '{key}'")));
+            }
+            kv.push((key, value));
+        }
+        Ok(kv)
+    }
+
+    /// The `n_tensors` tensor infos, each with a unique name and a shape ggml can hold.
+    fn tensor_infos(&mut self, n_tensors: u64) -> Result<Vec<TensorInfo>> {
+        // A tensor info takes at least a name length, a dims count, a type and an offset.
+        let n_tensors = self.bounded(
+            n_tensors,
+            self.count_width() + 4 + 4 + 8,
+            "the tensor count",
+        )?;
+        let mut tensors = Vec::with_capacity(n_tensors);
+        let mut names: HashSet<String> = HashSet::with_capacity(n_tensors);
+        for i in 0..n_tensors {
+            let info = self.tensor_info(i)?;
+            if !names.insert(info.name.clone()) {
+                return Err(format_err(format!("duplicate tensor name '{}'", info.name)));
+            }
+            info.check_shape()?;
+            tensors.push(info);
+        }
+        Ok(tensors)
+    }
+
+    /// One tensor info (`i` names it until its name is read), its fields as stored.
+    fn tensor_info(&mut self, i: usize) -> Result<TensorInfo> {
+        let name = self.string(&format!("the name of tensor #{i}"))?;
+        let n_dims = self.u32(&format!("the dimension count of tensor '{name}'"))?;
+        // Checked before the dims are read, so a hostile count allocates nothing.
         if n_dims as usize > GGML_MAX_DIMS {
             return Err(format_err(format!(
                 "tensor '{name}' has {n_dims} dimensions; at most {GGML_MAX_DIMS} are allowed"
@@ -279,27 +317,15 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Parsed> {
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
-            dims.push(c.count(&format!("the dimensions of tensor '{name}'"))?);
+            dims.push(self.count(&format!("the dimensions of tensor '{name}'"))?);
         }
-        let ggml_type = c.u32(&format!("the type of tensor '{name}'"))?;
-        let offset = c.u64(&format!("the data offset of tensor '{name}'"))?;
-        if !names.insert(name.clone()) {
-            return Err(format_err(format!("duplicate tensor name '{name}'")));
-        }
-        let info = TensorInfo {
+        let ggml_type = self.u32(&format!("the type of tensor '{name}'"))?;
+        let offset = self.u64(&format!("the data offset of tensor '{name}'"))?;
+        Ok(TensorInfo {
             name,
             dims,
             ggml_type,
             offset,
-        };
-        info.check_shape()?;
-        tensors.push(info);
+        })
     }
-
-    Ok(Parsed {
-        version,
-        kv,
-        tensors,
-        header_end: c.pos as u64,
-    })
 }

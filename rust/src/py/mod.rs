@@ -4,5 +4,7 @@
 pub mod errors;
 pub mod model;
 pub mod prompt;
+pub mod records;
+pub mod rules;
 pub mod store;
 pub mod template;

@@ -8,8 +8,10 @@ use pyo3::types::{PyByteArray, PyBytes, PyString};
 
 use crate::error::Error;
 use crate::prompt::{self, AssembleOptions, Strategy};
-use crate::py::store::{anchor_from, parse_turns, Store};
-use crate::store::Anchor;
+use crate::py::records::Turn;
+use crate::py::rules::{anchor_from, new_turns};
+use crate::py::store::Store;
+use crate::store::{Anchor, NewTurn};
 use crate::tokens;
 
 /// Text given as `str`, `bytes`, `bytearray` or `memoryview` (UTF-8), copied once into Rust.
@@ -348,7 +350,7 @@ impl PromptEngine {
         tools: Option<&str>,
         cache_key: Option<String>,
     ) -> PyResult<Assembly> {
-        let inputs = parse_turns(inputs)?;
+        let inputs = new_turns(inputs)?;
         let anchor: Anchor = anchor_from(thread, response, turn)?;
         let opts = options(
             strategy,
@@ -362,6 +364,62 @@ impl PromptEngine {
         )?;
         let store = Arc::clone(&store.inner);
         let out = py.detach(|| self.inner.assemble(&store, owner, &anchor, &inputs, &opts))?;
+        Ok(out.into())
+    }
+
+    /// Assembles a history another store read (its `Turn`s, oldest first) followed by
+    /// `inputs`, exactly as `assemble` does for a conversation stored in LMDB: the same
+    /// prefix-cache key (the root turn's id unless `cache_key` is given), and the inputs are
+    /// never trimmed.
+    #[pyo3(signature = (history, inputs, *, owner="default", strategy="tokens", window=None, budget=None, max_tokens=256, add_generation_prompt=true, enable_thinking=None, tools=None, cache_key=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn assemble_history(
+        &self,
+        py: Python<'_>,
+        history: &Bound<'_, PyAny>,
+        inputs: &Bound<'_, PyAny>,
+        owner: &str,
+        strategy: &str,
+        window: Option<usize>,
+        budget: Option<usize>,
+        max_tokens: usize,
+        add_generation_prompt: bool,
+        enable_thinking: Option<bool>,
+        tools: Option<&str>,
+        cache_key: Option<String>,
+    ) -> PyResult<Assembly> {
+        let history = history
+            .try_iter()?
+            .map(|item| {
+                let item = item?;
+                let turn = item.cast::<Turn>().map_err(|_| {
+                    Error::InvalidInput("history must hold threadloom.Turn records".into())
+                })?;
+                let turn = turn.get();
+                let (content, reasoning, tool) = turn.texts(py)?;
+                Ok((
+                    turn.key,
+                    NewTurn {
+                        role: turn.role_kind,
+                        content,
+                        reasoning,
+                        tool,
+                    },
+                ))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let inputs = new_turns(inputs)?;
+        let opts = options(
+            strategy,
+            window,
+            budget,
+            max_tokens,
+            add_generation_prompt,
+            enable_thinking,
+            tools,
+            cache_key,
+        )?;
+        let out = py.detach(|| self.inner.assemble_history(&history, &inputs, owner, &opts))?;
         Ok(out.into())
     }
 
@@ -384,7 +442,7 @@ impl PromptEngine {
         cache_key: Option<String>,
         protected: usize,
     ) -> PyResult<Assembly> {
-        let messages = parse_turns(messages)?;
+        let messages = new_turns(messages)?;
         let opts = options(
             strategy,
             window,

@@ -7,6 +7,70 @@ use super::records::{self, to_json};
 use super::turn::{self, NewTurn};
 use super::*;
 
+/// Where an append lands, resolved from its anchor inside the write transaction.
+struct Landing {
+    /// The turn the new ones follow; none when they start a new conversation.
+    parent: Option<TurnKey>,
+    /// How many turns the conversation already holds up to `parent`.
+    depth: u32,
+    /// The thread whose head moves (a thread anchor only).
+    thread: Option<ThreadRecord>,
+    /// The response anchored on (a response anchor only), linked from the new response.
+    previous_response_id: Option<String>,
+}
+
+/// Checks an append's arguments before any transaction starts, so bad input never queues
+/// behind other writers; returns the response's normalized metadata when there is one.
+fn check_append(
+    owner: &str,
+    anchor: &Anchor,
+    turns: &[NewTurn],
+    response: Option<&NewResponse>,
+) -> Result<Option<String>> {
+    ids::validate_owner(owner)?;
+    if turns.is_empty() {
+        return Err(Error::InvalidInput(
+            "nothing to append: turns is empty".to_owned(),
+        ));
+    }
+    check_turns(turns)?;
+    let response_metadata = match response {
+        Some(r) => {
+            if r.output_count as usize > turns.len() {
+                return Err(Error::InvalidInput(format!(
+                    "output_count {} exceeds the {} turns appended",
+                    r.output_count,
+                    turns.len()
+                )));
+            }
+            if let Some(id) = &r.id {
+                ids::validate_response_id(id)?;
+            }
+            Some(records::normalize_metadata(r.metadata.as_deref())?)
+        }
+        None => None,
+    };
+    // Without a thread head or a response pointing at them, the turns would be unreachable.
+    if response.is_none() && !matches!(anchor, Anchor::Thread(_)) {
+        return Err(Error::InvalidInput(
+            "turns appended outside a thread must be recorded under a response".to_owned(),
+        ));
+    }
+    Ok(response_metadata)
+}
+
+/// Returns the conversation's length after the append, refusing one that would grow past the
+/// limit (checked before any turn is written).
+fn check_depth(depth: u32, added: usize) -> Result<u64> {
+    let new_depth = depth as u64 + added as u64;
+    if new_depth > MAX_THREAD_MESSAGES as u64 {
+        return Err(Error::LimitExceeded(format!(
+            "a conversation may hold at most {MAX_THREAD_MESSAGES} messages; it has {depth} and {added} more were sent"
+        )));
+    }
+    Ok(new_depth)
+}
+
 impl Store {
     /// Appends `turns` after `anchor` and, when given, records them under a new response whose
     /// last `output_count` turns are its output.
@@ -18,149 +82,175 @@ impl Store {
         response: Option<&NewResponse>,
         options: &AppendOptions,
     ) -> Result<Appended> {
-        ids::validate_owner(owner)?;
-        if turns.is_empty() {
-            return Err(Error::InvalidInput(
-                "nothing to append: turns is empty".to_owned(),
-            ));
-        }
-        check_turns(turns)?;
-        let response_metadata = match response {
-            Some(r) => {
-                if r.output_count as usize > turns.len() {
-                    return Err(Error::InvalidInput(format!(
-                        "output_count {} exceeds the {} turns appended",
-                        r.output_count,
-                        turns.len()
-                    )));
-                }
-                if let Some(id) = &r.id {
-                    ids::validate_response_id(id)?;
-                }
-                Some(records::normalize_metadata(r.metadata.as_deref())?)
-            }
-            None => None,
-        };
-        if response.is_none() && !matches!(anchor, Anchor::Thread(_)) {
-            return Err(Error::InvalidInput(
-                "turns appended outside a thread must be recorded under a response".to_owned(),
-            ));
-        }
+        let response_metadata = check_append(owner, anchor, turns, response)?;
+        // The write job may run on another caller's thread, so it owns its inputs.
         let owner = owner.to_owned();
         let anchor = anchor.clone();
         let turns = turns.to_vec();
-        let response = response.cloned();
+        let response = response.cloned().zip(response_metadata);
         let options = options.clone();
         self.write(move |s, txn| {
-            let (owner, turns) = (owner.as_str(), turns.as_slice());
-            let now = now_ms();
-            let mut thread = None;
-            let mut previous_response_id = None;
-            let (parent, depth) = match &anchor {
-                Anchor::Root => (None, 0),
-                Anchor::Thread(id) => {
-                    let t = s.load_thread(txn, owner, id, now)?;
-                    if t.state != ThreadState::Open {
+            let response = response.as_ref().map(|(r, m)| (r, m.as_str()));
+            s.append_in(txn, &owner, &anchor, &turns, response, &options)
+        })
+    }
+
+    /// The body of `append`, inside the write transaction; `response` comes with its
+    /// normalized metadata.
+    fn append_in(
+        &self,
+        txn: &mut RwTxn<'_>,
+        owner: &str,
+        anchor: &Anchor,
+        turns: &[NewTurn],
+        response: Option<(&NewResponse, &str)>,
+        options: &AppendOptions,
+    ) -> Result<Appended> {
+        let now = now_ms();
+        let mut landing = self.resolve_anchor(txn, owner, anchor, options, now)?;
+        let new_depth = check_depth(landing.depth, turns.len())?;
+        let turn_ids = self.write_turns(txn, owner, landing.parent, landing.depth, turns, now)?;
+        let last = *turn_ids
+            .last()
+            .ok_or_else(|| Error::InvalidInput("nothing to append: turns is empty".to_owned()))?;
+        if let Some(t) = landing.thread.as_mut() {
+            self.advance_thread(txn, t, &last, new_depth as u32, now)?;
+        }
+        let record = response
+            .map(|r| self.record_response(txn, owner, r, &landing, &turn_ids, now))
+            .transpose()?;
+        Ok(Appended {
+            turn_ids,
+            response: record,
+            thread: landing.thread,
+        })
+    }
+
+    /// Finds where the new turns go, refusing anchors they may not follow: a thread that is
+    /// not open or whose head moved, a response outside the anchor window, another owner's turn.
+    fn resolve_anchor(
+        &self,
+        txn: &RwTxn<'_>,
+        owner: &str,
+        anchor: &Anchor,
+        options: &AppendOptions,
+        now: i64,
+    ) -> Result<Landing> {
+        let mut landing = Landing {
+            parent: None,
+            depth: 0,
+            thread: None,
+            previous_response_id: None,
+        };
+        match anchor {
+            Anchor::Root => {}
+            Anchor::Thread(id) => {
+                let t = self.load_thread(txn, owner, id, now)?;
+                if t.state != ThreadState::Open {
+                    return Err(Error::StateConflict(format!(
+                        "thread {id:?} is {} and accepts no new messages",
+                        t.state.as_str()
+                    )));
+                }
+                let head = opt_turn_key(&t.head)?;
+                // Optimistic concurrency: the caller built its request on this head.
+                if let Some(expected) = options.expected_head {
+                    if expected != head {
                         return Err(Error::StateConflict(format!(
-                            "thread {id:?} is {} and accepts no new messages",
-                            t.state.as_str()
+                            "thread {id:?} moved on: its head is no longer the expected turn"
                         )));
                     }
-                    let head = opt_turn_key(&t.head)?;
-                    if let Some(expected) = options.expected_head {
-                        if expected != head {
-                            return Err(Error::StateConflict(format!(
-                                "thread {id:?} moved on: its head is no longer the expected turn"
-                            )));
-                        }
-                    }
-                    let depth = t.message_count;
-                    thread = Some(t);
-                    (head, depth)
                 }
-                Anchor::Response(id) => {
-                    let r = s.load_response(txn, owner, id, now)?;
-                    s.retention.check_anchor(&r, now, options.anchor_window)?;
-                    let key = ids::parse_turn_id(&r.last_turn)?;
-                    let depth = s.load_turn(txn, &key)?.depth;
-                    previous_response_id = Some(r.id);
-                    (Some(key), depth)
+                landing.parent = head;
+                landing.depth = t.message_count;
+                landing.thread = Some(t);
+            }
+            Anchor::Response(id) => {
+                let r = self.load_response(txn, owner, id, now)?;
+                self.retention
+                    .check_anchor(&r, now, options.anchor_window)?;
+                let key = ids::parse_turn_id(&r.last_turn)?;
+                landing.depth = self.load_turn(txn, &key)?.depth;
+                landing.parent = Some(key);
+                landing.previous_response_id = Some(r.id);
+            }
+            Anchor::Turn(key) => {
+                let view = self.load_turn(txn, key)?;
+                // Another tenant's turn reads exactly like a missing one.
+                if view.owner != owner {
+                    return Err(turn_not_found(key));
                 }
-                Anchor::Turn(key) => {
-                    let view = s.load_turn(txn, key)?;
-                    if view.owner != owner {
-                        return Err(turn_not_found(key));
-                    }
-                    (Some(*key), view.depth)
-                }
-            };
-            let new_depth = depth as u64 + turns.len() as u64;
-            if new_depth > MAX_THREAD_MESSAGES as u64 {
-                return Err(Error::LimitExceeded(format!(
-                    "a conversation may hold at most {MAX_THREAD_MESSAGES} messages; it has {depth} and {} more were sent",
-                    turns.len()
+                landing.parent = Some(*key);
+                landing.depth = view.depth;
+            }
+        }
+        Ok(landing)
+    }
+
+    /// Moves a thread's head to `last`: the thread takes a reference to its new head and drops
+    /// the one to its old head, and its activity index entry is rewritten under the new time.
+    fn advance_thread(
+        &self,
+        txn: &mut RwTxn<'_>,
+        t: &mut ThreadRecord,
+        last: &TurnKey,
+        message_count: u32,
+        now: i64,
+    ) -> Result<()> {
+        self.unindex_thread(txn, t)?;
+        self.retain(txn, last)?;
+        if let Some(old) = opt_turn_key(&t.head)? {
+            self.release(txn, &old)?;
+        }
+        t.head = Some(ids::turn_id_string(last));
+        t.message_count = message_count;
+        t.last_activity_ms = now.max(t.last_activity_ms);
+        self.put_thread(txn, t)?;
+        self.index_thread(txn, t)
+    }
+
+    /// Stores the response that records the appended `turn_ids`; it holds a reference to the
+    /// last of them, so they outlive the thread that may move on.
+    fn record_response(
+        &self,
+        txn: &mut RwTxn<'_>,
+        owner: &str,
+        (r, metadata): (&NewResponse, &str),
+        landing: &Landing,
+        turn_ids: &[TurnKey],
+        now: i64,
+    ) -> Result<ResponseRecord> {
+        // `append_in` wrote at least one turn before it got here.
+        let last = turn_ids[turn_ids.len() - 1];
+        let id = match &r.id {
+            // A reused id would let one response overwrite another's record.
+            Some(id) if self.responses.get(txn, id.as_bytes())?.is_some() => {
+                return Err(Error::StateConflict(format!(
+                    "response {id} already exists"
                 )));
             }
-
-            let turn_ids = s.write_turns(txn, owner, parent, depth, turns, now)?;
-            let last = *turn_ids.last().ok_or_else(|| {
-                Error::InvalidInput("nothing to append: turns is empty".to_owned())
-            })?;
-
-            if let Some(mut t) = thread.take() {
-                s.unindex_thread(txn, &t)?;
-                s.retain(txn, &last)?;
-                if let Some(old) = opt_turn_key(&t.head)? {
-                    s.release(txn, &old)?;
-                }
-                t.head = Some(ids::turn_id_string(&last));
-                t.message_count = new_depth as u32;
-                t.last_activity_ms = now.max(t.last_activity_ms);
-                s.put_thread(txn, &t)?;
-                s.index_thread(txn, &t)?;
-                thread = Some(t);
-            }
-
-            let record = match (&response, &response_metadata) {
-                (Some(r), Some(metadata)) => {
-                    let id = match &r.id {
-                        // A reused id would let one response overwrite another's record.
-                        Some(id) if s.responses.get(txn, id.as_bytes())?.is_some() => {
-                            return Err(Error::StateConflict(format!(
-                                "response {id} already exists"
-                            )));
-                        }
-                        Some(id) => id.clone(),
-                        None => ids::new_response_id(),
-                    };
-                    let rec = ResponseRecord {
-                        id: id.clone(),
-                        owner: owner.to_owned(),
-                        status: r.status,
-                        model: r.model.clone(),
-                        last_turn: ids::turn_id_string(&last),
-                        parent_turn: parent.as_ref().map(ids::turn_id_string),
-                        input_count: turns.len() as u32 - r.output_count,
-                        output_count: r.output_count,
-                        thread_id: thread.as_ref().map(|t| t.id.clone()),
-                        previous_response_id: previous_response_id.clone(),
-                        usage: r.usage,
-                        error: r.error.clone(),
-                        created_ms: now,
-                        metadata: metadata.clone(),
-                    };
-                    s.responses.put(txn, id.as_bytes(), &to_json(&rec)?)?;
-                    s.retain(txn, &last)?;
-                    Some(rec)
-                }
-                _ => None,
-            };
-            Ok(Appended {
-                turn_ids,
-                response: record,
-                thread,
-            })
-        })
+            Some(id) => id.clone(),
+            None => ids::new_response_id(),
+        };
+        let rec = ResponseRecord {
+            id: id.clone(),
+            owner: owner.to_owned(),
+            status: r.status,
+            model: r.model.clone(),
+            last_turn: ids::turn_id_string(&last),
+            parent_turn: landing.parent.as_ref().map(ids::turn_id_string),
+            input_count: turn_ids.len() as u32 - r.output_count,
+            output_count: r.output_count,
+            thread_id: landing.thread.as_ref().map(|t| t.id.clone()),
+            previous_response_id: landing.previous_response_id.clone(),
+            usage: r.usage,
+            error: r.error.clone(),
+            created_ms: now,
+            metadata: metadata.to_owned(),
+        };
+        self.responses.put(txn, id.as_bytes(), &to_json(&rec)?)?;
+        self.retain(txn, &last)?;
+        Ok(rec)
     }
 
     /// Writes `turns` as a chain after `parent` (at `depth`), each holding a reference to its

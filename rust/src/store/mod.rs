@@ -17,6 +17,8 @@ use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
 
 use crate::error::{Error, Result};
 use crate::ids::{self, TurnKey};
+pub use keys::{cursor as thread_cursor, parse_cursor as parse_thread_cursor};
+pub use ops::{check_turns, new_turn_key};
 pub use pending::{PendingRecord, MAX_PENDING_BYTES};
 pub use records::{
     NewResponse, ResponseRecord, ResponseStatus, ThreadRecord, ThreadState, Usage,

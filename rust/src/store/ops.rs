@@ -24,20 +24,6 @@ pub(super) fn turn_not_found(key: &TurnKey) -> Error {
     Error::NotFound(format!("turn {:?} not found", ids::turn_id_string(key)))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// A new turn's key: a 48-bit time field (big-endian) over 80 random bits. The time field is the
 /// clock's Unix ms, or one more than the parent's time field when that is not below the clock,
 /// so a child's key is always above its parent's and keys grow along every conversation: the
@@ -45,7 +31,7 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 /// steps backwards through them (see `walk_records`). The 80 random bits keep ids unguessable.
 /// What every write checks of the turns it is given: their size, and that tool data is a JSON
 /// object.
-pub(super) fn check_turns(turns: &[NewTurn]) -> Result<()> {
+pub fn check_turns(turns: &[NewTurn]) -> Result<()> {
     for (i, t) in turns.iter().enumerate() {
         let size = t.text_len();
         if size > MAX_TURN_BYTES {
@@ -67,7 +53,7 @@ pub(super) fn check_turns(turns: &[NewTurn]) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn new_turn_key(now: i64, parent: Option<&TurnKey>) -> TurnKey {
+pub fn new_turn_key(now: i64, parent: Option<&TurnKey>) -> TurnKey {
     const RANDOM_BITS: u32 = 80;
     const TIME_MAX: u128 = (1 << 48) - 1;
     let clock = (now.max(0) as u128).min(TIME_MAX);
@@ -291,12 +277,8 @@ impl Store {
         let start = match after {
             None => prefix.clone(),
             Some(cursor) => {
-                let tail = unhex(cursor)
-                    .filter(|t| t.len() > 8)
-                    .ok_or_else(|| Error::InvalidInput(format!("invalid cursor {cursor:?}")))?;
-                let mut k = prefix.clone();
-                k.extend_from_slice(&tail);
-                k
+                let (last_activity_ms, id) = keys::parse_cursor(cursor)?;
+                keys::activity(owner, visible, last_activity_ms, &id)
             }
         };
         self.read(|txn| {
@@ -307,7 +289,6 @@ impl Store {
                 Bound::Included(&start[..])
             };
             let mut threads = Vec::new();
-            let mut last_key: Option<Vec<u8>> = None;
             let mut more = false;
             for item in self.activity.range(txn, &(lower, Bound::Unbounded))? {
                 let (k, _) = item?;
@@ -327,13 +308,11 @@ impl Store {
                     more = true;
                     break;
                 }
-                last_key = Some(k[prefix.len()..].to_vec());
                 threads.push(t);
             }
-            let next_cursor = if more {
-                last_key.map(|k| hex(&k))
-            } else {
-                None
+            let next_cursor = match threads.last() {
+                Some(t) if more => Some(keys::cursor(t.last_activity_ms, &t.id)),
+                _ => None,
             };
             Ok(ThreadPage {
                 threads,

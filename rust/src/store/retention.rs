@@ -1,7 +1,7 @@
 //! The one place that says when threads and responses expire.
 
 use crate::error::{Error, Result};
-use crate::store::records::{ResponseRecord, ThreadRecord};
+use crate::store::records::{ResponseRecord, ResponseStatus, ThreadRecord};
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
@@ -30,28 +30,52 @@ impl Default for Retention {
 
 impl Retention {
     pub fn thread_expired(&self, t: &ThreadRecord, now_ms: i64) -> bool {
-        now_ms - t.last_activity_ms > self.thread_inactivity_ms
-            || now_ms - t.created_ms > self.thread_max_age_ms
+        let (live_activity, live_created) = self.thread_cutoffs(now_ms);
+        t.last_activity_ms < live_activity || t.created_ms < live_created
+    }
+
+    /// (oldest live last activity, oldest live creation): `thread_expired` as two bounds, the
+    /// form a database query takes.
+    pub fn thread_cutoffs(&self, now_ms: i64) -> (i64, i64) {
+        (
+            now_ms.saturating_sub(self.thread_inactivity_ms),
+            now_ms.saturating_sub(self.thread_max_age_ms),
+        )
     }
 
     pub fn response_expired(&self, r: &ResponseRecord, now_ms: i64) -> bool {
-        now_ms - r.created_ms > self.response_ttl_ms
+        r.created_ms < self.response_cutoff(now_ms)
     }
 
-    /// Whether `r` may be continued from: only completed and incomplete responses, and inside
-    /// the anchor window when the caller's dialect has one.
+    /// The oldest live response's creation time.
+    pub fn response_cutoff(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_sub(self.response_ttl_ms)
+    }
+
+    /// Whether `r` may be continued from.
     pub fn check_anchor(&self, r: &ResponseRecord, now_ms: i64, windowed: bool) -> Result<()> {
-        if !r.status.is_anchor() {
+        self.check_anchor_at(&r.id, r.status, r.created_ms, now_ms, windowed)
+    }
+
+    /// Whether the response `id` may be continued from: only completed and incomplete
+    /// responses, and inside the anchor window when the caller's dialect has one.
+    pub fn check_anchor_at(
+        &self,
+        id: &str,
+        status: ResponseStatus,
+        created_ms: i64,
+        now_ms: i64,
+        windowed: bool,
+    ) -> Result<()> {
+        if !status.is_anchor() {
             return Err(Error::StateConflict(format!(
-                "response {} has status {} and cannot be continued",
-                r.id,
-                r.status.as_str()
+                "response {id} has status {} and cannot be continued",
+                status.as_str()
             )));
         }
-        if windowed && now_ms - r.created_ms > self.anchor_window_ms {
+        if windowed && now_ms - created_ms > self.anchor_window_ms {
             return Err(Error::NotFound(format!(
-                "response {} is older than the {} s window for continuing a response",
-                r.id,
+                "response {id} is older than the {} s window for continuing a response",
                 self.anchor_window_ms / 1000
             )));
         }

@@ -1,6 +1,7 @@
 //! The vocabulary as llama.cpp sees it: token texts, attributes (after llama.cpp's by-text
 //! overrides), special ids, and the per-token bytes used for decoding.
 
+use super::pre::PreInfo;
 use crate::error::{Error, Result};
 use crate::gguf::GgufMetadata;
 
@@ -181,106 +182,24 @@ pub(crate) struct Vocab {
 
 impl Vocab {
     pub fn from_metadata(meta: &GgufMetadata) -> Result<Self> {
-        let model = meta.tokenizer_model().ok_or_else(|| {
-            Error::Model("the GGUF file has no tokenizer (tokenizer.ggml.model)".to_owned())
-        })?;
-        let kind = match model {
-            "gpt2" => VocabKind::Bpe,
-            "llama" => VocabKind::Spm,
-            other => {
-                return Err(Error::Model(format!(
-                    "unsupported tokenizer model '{other}' (supported: gpt2, llama)"
-                )))
-            }
-        };
-        let tokens = meta.tokens();
-        if tokens.is_empty() {
-            return Err(Error::Model(
-                "the GGUF file has no vocabulary (tokenizer.ggml.tokens)".to_owned(),
-            ));
-        }
-        if u32::try_from(tokens.len()).is_err() {
-            return Err(Error::Model(format!(
-                "vocabulary of {} tokens is too large",
-                tokens.len()
-            )));
-        }
-        let texts: Vec<String> = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if t.is_empty() {
-                    format!("[EMPTY_{i}]")
-                } else {
-                    t.clone()
-                }
-            })
-            .collect();
-        let mut attrs: Vec<TokenAttr> = match meta.token_types() {
-            Some(types) => types.iter().map(|&t| TokenAttr::from_type(t)).collect(),
-            None => vec![TokenAttr::Normal; texts.len()],
-        };
+        let kind = vocab_kind(meta)?;
+        let texts = token_texts(meta)?;
+        let attrs = token_attrs(meta, &texts);
         let scores = meta
             .scores()
             .map(<[f32]>::to_vec)
             .unwrap_or_else(|| vec![0.0; texts.len()]);
-
-        // llama.cpp's by-text fixes: control-looking tokens that the converter left as normal.
-        let force_control = |attrs: &mut Vec<TokenAttr>, list: &[&str]| {
-            for (i, t) in texts.iter().enumerate() {
-                if list.contains(&t.as_str()) && attrs[i] != TokenAttr::Control {
-                    attrs[i] = TokenAttr::Control;
-                }
-            }
-        };
-        for (key, list) in DETECTED_CONTROL_TEXTS {
-            if meta.get(key).is_none() {
-                force_control(&mut attrs, list);
-            }
-        }
-        force_control(&mut attrs, EOG_TEXTS);
-
-        let n = texts.len() as u64;
-        let valid = |id: Option<u32>| id.filter(|&i| u64::from(i) < n);
-        let (default_bos, default_eos) = match kind {
-            VocabKind::Spm => (Some(1), Some(2)),
-            VocabKind::Bpe => (None, None),
-        };
         let pre = meta.tokenizer_pre().unwrap_or("").to_owned();
         let pre_info = match kind {
             VocabKind::Bpe => Some(super::pre::lookup(&pre)?),
             VocabKind::Spm => None,
         };
-        let mut bos = valid(meta.bos_token_id()).or(valid(default_bos));
-        if pre_info.is_some_and(|p| p.no_bos) && meta.bos_token_id().is_none() {
-            bos = None;
-        }
-        let default_add_bos = match kind {
-            VocabKind::Spm => true,
-            VocabKind::Bpe => pre_info.is_some_and(|p| p.add_bos),
+        let n_vocab = texts.len();
+        let ends = end_tokens(meta, kind, pre_info, n_vocab);
+        let merges = match kind {
+            VocabKind::Bpe => bpe_merges(meta)?,
+            VocabKind::Spm => Vec::new(),
         };
-        let add_bos = meta.add_bos_token().unwrap_or(default_add_bos) && bos.is_some();
-        let eos = valid(meta.eos_token_id()).or(valid(default_eos));
-        let add_eos = meta.add_eos_token().unwrap_or(false) && eos.is_some();
-
-        let mut merges = Vec::with_capacity(meta.merges().len());
-        if kind == VocabKind::Bpe {
-            if meta.get(crate::gguf::keys::MERGES).is_none() {
-                return Err(Error::Model(
-                    "a gpt2 vocabulary needs tokenizer.ggml.merges".to_owned(),
-                ));
-            }
-            for m in meta.merges() {
-                // llama.cpp splits at the first space after the first byte, so a merge whose
-                // left side is a space itself still parses.
-                let split = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
-                match split {
-                    Some(p) => merges.push((m[..p].to_owned(), m[p + 1..].to_owned())),
-                    None => merges.push((String::new(), String::new())),
-                }
-            }
-        }
-
         Ok(Vocab {
             kind,
             pre,
@@ -288,12 +207,12 @@ impl Vocab {
             attrs,
             scores,
             merges,
-            bos,
-            eos,
-            eot: valid(meta.eot_token_id()),
-            eom: valid(meta.eom_token_id()),
-            add_bos,
-            add_eos,
+            bos: ends.bos,
+            eos: ends.eos,
+            eot: valid_id(meta.eot_token_id(), n_vocab),
+            eom: valid_id(meta.eom_token_id(), n_vocab),
+            add_bos: ends.add_bos,
+            add_eos: ends.add_eos,
             add_space_prefix: match kind {
                 VocabKind::Spm => meta.add_space_prefix().unwrap_or(true),
                 VocabKind::Bpe => false,
@@ -358,6 +277,135 @@ impl Vocab {
             })
             .collect()
     }
+}
+
+/// The tokenizer kind: only the two this crate implements are accepted.
+fn vocab_kind(meta: &GgufMetadata) -> Result<VocabKind> {
+    let model = meta.tokenizer_model().ok_or_else(|| {
+        Error::Model("the GGUF file has no tokenizer (tokenizer.ggml.model)".to_owned())
+    })?;
+    match model {
+        "gpt2" => Ok(VocabKind::Bpe),
+        "llama" => Ok(VocabKind::Spm),
+        other => Err(Error::Model(format!(
+            "unsupported tokenizer model '{other}' (supported: gpt2, llama)"
+        ))),
+    }
+}
+
+/// The token texts by id. Token ids are u32 everywhere downstream, so the count must fit one;
+/// empty texts get llama.cpp's placeholder names, so they decode as they do there.
+fn token_texts(meta: &GgufMetadata) -> Result<Vec<String>> {
+    let tokens = meta.tokens();
+    if tokens.is_empty() {
+        return Err(Error::Model(
+            "the GGUF file has no vocabulary (tokenizer.ggml.tokens)".to_owned(),
+        ));
+    }
+    if u32::try_from(tokens.len()).is_err() {
+        return Err(Error::Model(format!(
+            "vocabulary of {} tokens is too large",
+            tokens.len()
+        )));
+    }
+    Ok(tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if t.is_empty() {
+                format!("[EMPTY_{i}]")
+            } else {
+                t.clone()
+            }
+        })
+        .collect())
+}
+
+/// The token attributes from the file's types (all normal without them), with llama.cpp's
+/// by-text fixes: control-looking tokens that the converter left as normal.
+fn token_attrs(meta: &GgufMetadata, texts: &[String]) -> Vec<TokenAttr> {
+    let mut attrs: Vec<TokenAttr> = match meta.token_types() {
+        Some(types) => types.iter().map(|&t| TokenAttr::from_type(t)).collect(),
+        None => vec![TokenAttr::Normal; texts.len()],
+    };
+    let mut force_control = |list: &[&str]| {
+        for (i, t) in texts.iter().enumerate() {
+            if list.contains(&t.as_str()) && attrs[i] != TokenAttr::Control {
+                attrs[i] = TokenAttr::Control;
+            }
+        }
+    };
+    for (key, list) in DETECTED_CONTROL_TEXTS {
+        if meta.get(key).is_none() {
+            force_control(list);
+        }
+    }
+    force_control(EOG_TEXTS);
+    attrs
+}
+
+/// `id` when it names a token of a vocabulary of `n_vocab`: an id out of range counts as
+/// absent, so a bad key can never index past the vocabulary.
+fn valid_id(id: Option<u32>, n_vocab: usize) -> Option<u32> {
+    id.filter(|&i| u64::from(i) < n_vocab as u64)
+}
+
+/// The BOS and EOS tokens and whether encoding adds them.
+struct EndTokens {
+    bos: Option<u32>,
+    eos: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+}
+
+/// BOS and EOS with llama.cpp's defaults for a file that does not name them: SentencePiece
+/// vocabularies have fixed ids and add BOS; for BPE ones the pre-tokenizer decides.
+fn end_tokens(
+    meta: &GgufMetadata,
+    kind: VocabKind,
+    pre_info: Option<PreInfo>,
+    n_vocab: usize,
+) -> EndTokens {
+    let (default_bos, default_eos) = match kind {
+        VocabKind::Spm => (Some(1), Some(2)),
+        VocabKind::Bpe => (None, None),
+    };
+    let mut bos = valid_id(meta.bos_token_id(), n_vocab).or(valid_id(default_bos, n_vocab));
+    if pre_info.is_some_and(|p| p.no_bos) && meta.bos_token_id().is_none() {
+        bos = None;
+    }
+    let default_add_bos = match kind {
+        VocabKind::Spm => true,
+        VocabKind::Bpe => pre_info.is_some_and(|p| p.add_bos),
+    };
+    let eos = valid_id(meta.eos_token_id(), n_vocab).or(valid_id(default_eos, n_vocab));
+    EndTokens {
+        bos,
+        eos,
+        // Adding a token the vocabulary lacks is impossible, whatever the file asks.
+        add_bos: meta.add_bos_token().unwrap_or(default_add_bos) && bos.is_some(),
+        add_eos: meta.add_eos_token().unwrap_or(false) && eos.is_some(),
+    }
+}
+
+/// A gpt2 vocabulary's merges as (left, right) pairs, in rank order.
+fn bpe_merges(meta: &GgufMetadata) -> Result<Vec<(String, String)>> {
+    if meta.get(crate::gguf::keys::MERGES).is_none() {
+        return Err(Error::Model(
+            "a gpt2 vocabulary needs tokenizer.ggml.merges".to_owned(),
+        ));
+    }
+    let mut merges = Vec::with_capacity(meta.merges().len());
+    for m in meta.merges() {
+        // llama.cpp splits at the first space after the first byte, so a merge whose
+        // left side is a space itself still parses.
+        let split = m.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
+        match split {
+            Some(p) => merges.push((m[..p].to_owned(), m[p + 1..].to_owned())),
+            None => merges.push((String::new(), String::new())),
+        }
+    }
+    Ok(merges)
 }
 
 /// `<0x0A>` -> 0x0A.

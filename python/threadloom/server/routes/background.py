@@ -16,20 +16,16 @@ from aiohttp import web
 
 from threadloom.events import Result
 from threadloom.server.errors import ApiError
-from threadloom.server.middleware import TENANT
+from threadloom.server.keys import OWNER, RUNNING
 from threadloom.server.routes.common import Events, final_result
 
 log = logging.getLogger("threadloom.server")
-
-# (tenant, response id) -> the task generating it and the engine's event stream it drains.
-Running = tuple["asyncio.Task[Result]", Events]
-RUNNING = web.AppKey("background_responses", dict[tuple[str, str], Running])
 
 
 def start(request: web.Request, response_id: str, events: Events) -> None:
     """Runs the rest of a started generation in a task the app keeps."""
     running = request.app[RUNNING]
-    key = (request[TENANT], response_id)
+    key = (request[OWNER], response_id)
     task = asyncio.ensure_future(final_result(events))
     running[key] = (task, events)
 
@@ -46,7 +42,7 @@ async def cancel(
 ) -> web.Response:
     """Stops the tenant's background response, waits until its reply is stored, then answers
     with `show()` (the stored response)."""
-    entry = request.app[RUNNING].get((request[TENANT], response_id))
+    entry = request.app[RUNNING].get((request[OWNER], response_id))
     if entry is None:
         await show()  # 404 for an id this tenant does not have
         raise ApiError(

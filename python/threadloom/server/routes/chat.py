@@ -13,8 +13,8 @@ from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT, error_body
+from threadloom.server.keys import ENGINE, OWNER
+from threadloom.server.middleware import error_body
 from threadloom.server.routes import compat
 from threadloom.server.routes.common import (
     decode_body,
@@ -74,7 +74,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         messages[-1:],
         history=messages[:-1],
         store=False,
-        owner=request[TENANT],
+        owner=request[OWNER],
         sampling=sampling,
     )
     await sse.started(events)

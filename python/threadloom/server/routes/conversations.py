@@ -18,17 +18,17 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
-from threadloom._core import Store, Thread, Turn
+from threadloom import Thread, Turn
 from threadloom.errors import InvalidInput, NotFound
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT
+from threadloom.server.keys import ENGINE, OWNER
 from threadloom.server.routes.common import decode_body, decode_items_body, json_response
 from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import conversations as c
 from threadloom.server.schemas.freddy import THREAD_ID
 from threadloom.server.schemas.items import tool_item
 from threadloom.server.schemas.responses import OutputText
+from threadloom.storage import ConversationStore
 
 _create = msgspec.json.Decoder(c.CreateConversation)
 _update = msgspec.json.Decoder(c.UpdateConversation)
@@ -67,36 +67,36 @@ def _not_found(cid: str) -> ApiError:
 
 
 async def create(request: web.Request) -> web.Response:
-    engine, tenant = request.app[ENGINE], request[TENANT]
+    engine, owner = request.app[ENGINE], request[OWNER]
     body = await request.read()
     req = decode_items_body(_create, body, "items") if body.strip() else c.CreateConversation()
     new = [m.turn(f"items[{i}]") for i, m in enumerate(req.items or ())]
     cid = mint_id("conv")
 
-    def make() -> Thread:
-        t = engine.store.create_thread(cid, owner=tenant, metadata=req.metadata or None)
+    def make(store: ConversationStore) -> Thread:
+        t = store.create_thread(cid, owner=owner, metadata=req.metadata or None)
         if new:
-            t = engine.store.append(new, owner=tenant, thread=cid).thread or t
+            t = store.append(new, owner=owner, thread=cid).thread or t
         return t
 
-    return json_response(conversation_object(await engine.offload(make)))
+    return json_response(conversation_object(await engine.with_store(make)))
 
 
 async def get(request: web.Request) -> web.Response:
-    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
     try:
-        t = await engine.offload(lambda: engine.store.get_thread(cid, owner=tenant))
+        t = await engine.with_store(lambda store: store.get_thread(cid, owner=owner))
     except NotFound:
         raise _not_found(cid) from None
     return json_response(conversation_object(t))
 
 
 async def update(request: web.Request) -> web.Response:
-    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
     req = decode_body(_update, await request.read())
     try:
-        t = await engine.offload(
-            lambda: engine.store.update_thread(cid, owner=tenant, metadata=req.metadata)
+        t = await engine.with_store(
+            lambda store: store.update_thread(cid, owner=owner, metadata=req.metadata)
         )
     except NotFound:
         raise _not_found(cid) from None
@@ -104,20 +104,20 @@ async def update(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
     try:
-        await engine.delete_thread(tenant, cid)
+        await engine.delete_thread(owner, cid)
     except NotFound:
         raise _not_found(cid) from None
     return json_response(c.ConversationDeleted(id=cid))
 
 
 async def list_conversations(request: web.Request) -> web.Response:
-    engine, tenant = request.app[ENGINE], request[TENANT]
+    engine, owner = request.app[ENGINE], request[OWNER]
     query = msgspec.convert(dict(request.query), c.ListQuery, strict=False)
     try:
-        page = await engine.offload(
-            lambda: engine.store.list_threads(owner=tenant, limit=query.limit, after=query.after)
+        page = await engine.with_store(
+            lambda store: store.list_threads(owner=owner, limit=query.limit, after=query.after)
         )
     except InvalidInput as e:
         raise ApiError(400, str(e), param="after") from None
@@ -130,7 +130,9 @@ async def list_conversations(request: web.Request) -> web.Response:
     )
 
 
-def _page(store: Store, owner: str, cid: str, query: c.ItemsQuery) -> tuple[list[Turn], bool]:
+def _page(
+    store: ConversationStore, owner: str, cid: str, query: c.ItemsQuery
+) -> tuple[list[Turn], bool]:
     """The items of one page in the order asked for, and whether more follow."""
     store.get_thread(cid, owner=owner)  # NotFound for a missing or foreign conversation
     n = query.limit
@@ -167,10 +169,10 @@ def _item_list(turns: list[Turn], more: bool) -> c.ItemList:
 
 
 async def list_items(request: web.Request) -> web.Response:
-    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
     query = msgspec.convert(dict(request.query), c.ItemsQuery, strict=False)
     try:
-        turns, more = await engine.offload(lambda: _page(engine.store, tenant, cid, query))
+        turns, more = await engine.with_store(lambda store: _page(store, owner, cid, query))
     except NotFound:
         raise _not_found(cid) from None
     except InvalidInput as e:
@@ -179,32 +181,32 @@ async def list_items(request: web.Request) -> web.Response:
 
 
 async def add_items(request: web.Request) -> web.Response:
-    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
     req = decode_items_body(_add, await request.read(), "items")
     new = [m.turn(f"items[{i}]") for i, m in enumerate(req.items)]
 
-    def add() -> list[Turn]:
-        appended = engine.store.append(new, owner=tenant, thread=cid)
-        return engine.store.history(owner=tenant, thread=cid, limit=len(appended.turn_ids))
+    def add(store: ConversationStore) -> list[Turn]:
+        appended = store.append(new, owner=owner, thread=cid)
+        return store.history(owner=owner, thread=cid, limit=len(appended.turn_ids))
 
     try:
-        turns = await engine.offload(add)
+        turns = await engine.with_store(add)
     except NotFound:
         raise _not_found(cid) from None
     return json_response(_item_list(turns, False))
 
 
 async def get_item(request: web.Request) -> web.Response:
-    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
     item_id = request.match_info["item_id"]
 
-    def find() -> Turn:
-        engine.store.get_thread(cid, owner=tenant)
-        [turn] = engine.store.history(owner=tenant, turn=item_id, limit=1)
+    def find(store: ConversationStore) -> Turn:
+        store.get_thread(cid, owner=owner)
+        [turn] = store.history(owner=owner, turn=item_id, limit=1)
         return turn
 
     try:
-        turn = await engine.offload(find)
+        turn = await engine.with_store(find)
     except (NotFound, InvalidInput):
         raise ApiError(
             404, f"item {item_id!r} not found", param="item_id", code="not_found"
@@ -216,10 +218,10 @@ async def delete_item(request: web.Request) -> web.Response:
     """Takes an item out of the conversation and answers the conversation. The items after it
     come back under new ids (the conversation moves to a new path of the turn tree); responses
     that reached the item keep it."""
-    engine, tenant, cid = request.app[ENGINE], request[TENANT], _conversation_id(request)
+    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
     item_id = request.match_info["item_id"]
     try:
-        t = await engine.remove_turn(tenant, cid, item_id)
+        t = await engine.remove_turn(owner, cid, item_id)
     except NotFound:
         raise _not_found(cid) from None
     if t is None:

@@ -17,7 +17,7 @@ from typing import TypeVar
 import msgspec
 from aiohttp import web
 
-from threadloom._core import Store, Thread, Turn
+from threadloom import Thread, Turn
 from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result
 from threadloom.errors import (
@@ -28,8 +28,8 @@ from threadloom.errors import (
     ThreadloomError,
 )
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT, to_api_error
+from threadloom.server.keys import ENGINE, OWNER
+from threadloom.server.middleware import to_api_error
 from threadloom.server.routes.common import (
     Events,
     decode_body,
@@ -39,6 +39,7 @@ from threadloom.server.routes.common import (
 )
 from threadloom.server.routes.responses import check_model
 from threadloom.server.schemas import freddy as f
+from threadloom.storage import ConversationStore
 
 T = TypeVar("T")
 
@@ -125,24 +126,23 @@ class _Target:
         self.created = created
 
 
-async def _open_thread(engine: Engine, tenant: str, req: f.CreateModelResponse) -> _Target:
+async def _open_thread(engine: Engine, owner: str, req: f.CreateModelResponse) -> _Target:
     """Finds the requested thread or creates it (hidden when `store` is false, with the
     object form's metadata); no `thread` at all gets a new thread with a generated id."""
     ref = req.thread
     tid = ref if isinstance(ref, str) else ref.id if ref is not None else None
     metadata = ref.metadata if isinstance(ref, f.ThreadRef) else None
     _check_id(tid, "thread" if isinstance(ref, str) else "thread.id")
-    store = engine.store
     if tid is not None:
         with contextlib.suppress(NotFound):
-            await engine.offload(lambda: store.get_thread(tid, owner=tenant))
+            await engine.with_store(lambda store: store.get_thread(tid, owner=owner))
             return _Target(tid, created=False)
     try:
         # Create-if-missing: a deleted or expired conversation's id is NotFound (404), as the
         # seed's clients expect, rather than a fresh thread that lost its history.
-        t = await engine.offload(
-            lambda: store.create_thread(
-                tid, owner=tenant, metadata=metadata, visible=req.store, exist_ok=True
+        t = await engine.with_store(
+            lambda store: store.create_thread(
+                tid, owner=owner, metadata=metadata, visible=req.store, exist_ok=True
             )
         )
     except NotFound as e:
@@ -171,7 +171,7 @@ async def _finish(events: Events) -> Result:
 
 
 async def _generate(
-    engine: Engine, tenant: str, events: Events, req: f.CreateModelResponse, target: _Target | None
+    engine: Engine, owner: str, events: Events, req: f.CreateModelResponse, target: _Target | None
 ) -> Result:
     """Runs the generation to its end. A failure stores nothing (the engine appends only at
     the end, in one commit), so a thread this request created is taken back too."""
@@ -180,11 +180,11 @@ async def _generate(
     except Exception as e:
         if target is not None and target.created:
             with contextlib.suppress(ThreadloomError):
-                await engine.discard_thread_if_empty(tenant, target.id)
+                await engine.discard_thread_if_empty(owner, target.id)
         raise _generation_error(e, req) from None
 
 
-async def _apply_state(engine: Engine, tenant: str, req: f.CreateModelResponse, r: Result) -> None:
+async def _apply_state(engine: Engine, owner: str, req: f.CreateModelResponse, r: Result) -> None:
     """`threadState` takes effect once the reply is stored, so a request can add a last
     message and lock or archive the thread in one go. A failed reply leaves the thread open
     for a retry."""
@@ -193,8 +193,8 @@ async def _apply_state(engine: Engine, tenant: str, req: f.CreateModelResponse, 
     state = req.thread_state
     thread_id = r.thread_id
     try:
-        await engine.offload(
-            lambda: engine.store.update_thread(thread_id, owner=tenant, state=state)
+        await engine.with_store(
+            lambda store: store.update_thread(thread_id, owner=owner, state=state)
         )
     except ThreadloomError as e:
         raise _named(e, "threadState") from None
@@ -227,7 +227,7 @@ def _model_response(req: f.CreateModelResponse, r: Result, created_at: int) -> f
 
 async def create_model_response(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    tenant = request[TENANT]
+    owner = request[OWNER]
     created_at = int(time.time())
     req = decode_body(_create_response, await request.read())
     check_model(req.model, engine)
@@ -236,18 +236,18 @@ async def create_model_response(request: web.Request) -> web.Response:
     inputs = [{"role": m.role, "content": m.content()} for m in req.inputs]
     target = None
     if req.previous_response_id is None:
-        target = await _open_thread(engine, tenant, req)
+        target = await _open_thread(engine, owner, req)
     events = engine.stream(
         inputs,
         thread=target.id if target is not None else None,
         previous_response_id=req.previous_response_id,
-        owner=tenant,
+        owner=owner,
         sampling=sampling,
         anchor_window=True,  # Freddy continues responses up to 24 h old
-        hidden=not req.store,
+        visible=req.store,
     )
-    result = await _generate(engine, tenant, events, req, target)
-    await _apply_state(engine, tenant, req, result)
+    result = await _generate(engine, owner, events, req, target)
+    await _apply_state(engine, owner, req, result)
     return json_response(_model_response(req, result, created_at))
 
 
@@ -256,13 +256,12 @@ async def create_model_response(request: web.Request) -> web.Response:
 
 async def create_thread(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    store = engine.store
     body = await request.read()
     req = decode_body(_create_thread, body) if body.strip() else f.CreateThread()
     _check_id(req.id, "id")
     try:
-        t = await engine.offload(
-            lambda: store.create_thread(req.id, owner=request[TENANT], metadata=req.metadata)
+        t = await engine.with_store(
+            lambda store: store.create_thread(req.id, owner=request[OWNER], metadata=req.metadata)
         )
     except StateConflict as e:
         raise _named(e, "id") from None
@@ -273,12 +272,11 @@ async def create_thread(request: web.Request) -> web.Response:
 
 async def list_threads(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    store = engine.store
     query = msgspec.convert(dict(request.query), f.ListThreadsQuery, strict=False)
     try:
-        page = await engine.offload(
-            lambda: store.list_threads(
-                owner=request[TENANT],
+        page = await engine.with_store(
+            lambda store: store.list_threads(
+                owner=request[OWNER],
                 visible=query.visible_in_ui,
                 limit=query.limit,
                 after=query.cursor,
@@ -295,13 +293,13 @@ async def list_threads(request: web.Request) -> web.Response:
     )
 
 
-async def _load(request: web.Request, call: Callable[[Store, str, str], T]) -> T:
-    """Runs `call(store, thread_id, tenant)` for the thread in the path."""
+async def _load(request: web.Request, call: Callable[[ConversationStore, str, str], T]) -> T:
+    """Runs `call(store, thread_id, owner)` for the thread in the path."""
     engine = request.app[ENGINE]
     tid = _path_thread_id(request)
-    tenant = request[TENANT]
+    owner = request[OWNER]
     try:
-        return await engine.offload(lambda: call(engine.store, tid, tenant))
+        return await engine.with_store(lambda store: call(store, tid, owner))
     except NotFound as e:
         raise _named(e, "threadId") from None
 
@@ -326,7 +324,7 @@ async def thread_messages(request: web.Request) -> web.Response:
     more, to tell `hasMore`) is read from the store."""
     query = msgspec.convert(dict(request.query), f.MessagesQuery, strict=False)
 
-    def page(store: Store, tid: str, owner: str) -> list[Turn]:
+    def page(store: ConversationStore, tid: str, owner: str) -> list[Turn]:
         if query.before is None:
             return store.history(owner=owner, thread=tid, limit=query.limit + 1)
         try:
@@ -373,7 +371,7 @@ async def update_thread(request: web.Request) -> web.Response:
 async def delete_thread(request: web.Request) -> web.Response:
     engine, tid = request.app[ENGINE], _path_thread_id(request)
     try:
-        await engine.delete_thread(request[TENANT], tid)
+        await engine.delete_thread(request[OWNER], tid)
     except NotFound as e:
         raise _named(e, "threadId") from None
     return json_response(f.DeletedThread(id=request.match_info["thread_id"]))

@@ -18,8 +18,7 @@ from threadloom.engine import Engine, Result, TokenEvent
 from threadloom.errors import NotFound, StateConflict
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT
+from threadloom.server.keys import ENGINE, OWNER
 from threadloom.server.routes.common import (
     Events,
     decode_body,
@@ -174,7 +173,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         inputs,
         previous_response_id=anchor,
         store=req.store,
-        owner=request[TENANT],
+        owner=request[OWNER],
         sampling=sampling,
         enable_thinking=_thinking(req),
     )

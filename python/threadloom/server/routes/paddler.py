@@ -15,16 +15,14 @@ from threadloom.backends.base import SamplingParams
 from threadloom.engine import Result, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT, register_error_format
+from threadloom.server.keys import ENGINE, OWNER, PADDLER_REQUEST_ID
+from threadloom.server.middleware import register_error_format
 from threadloom.server.routes.common import decode_body
 from threadloom.server.schemas import paddler as p
 
 PATH = "/api/v1/continue_from_conversation_history"
 # Paddler answers with a JSON content type whatever the framing; its clients split on lines.
 HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
-# The request id ties every frame of one request together, error frames from the middleware too.
-REQUEST_ID = web.RequestKey("paddler_request_id", str)
 # Paddler's ids are nanoids: 21 characters of this alphabet.
 _ALPHABET = string.ascii_letters + string.digits + "_-"
 
@@ -64,11 +62,11 @@ def error_frame(request_id: str, error: ApiError) -> p.ErrorFrame:
 def _error_body(request: web.Request, error: ApiError) -> p.ErrorFrame:
     """The middleware's formatter: failures before the stream opens keep their HTTP status and
     carry the same frame a failure mid-stream does."""
-    return error_frame(request.get(REQUEST_ID) or new_request_id(), error)
+    return error_frame(request.get(PADDLER_REQUEST_ID) or new_request_id(), error)
 
 
 async def continue_from_conversation_history(request: web.Request) -> web.StreamResponse:
-    request[REQUEST_ID] = request_id = new_request_id()
+    request[PADDLER_REQUEST_ID] = request_id = new_request_id()
     engine = request.app[ENGINE]
     req = decode_body(_decoder, await request.read())
     messages = [{"role": m.role, "content": m.content} for m in req.conversation_history]
@@ -76,7 +74,7 @@ async def continue_from_conversation_history(request: web.Request) -> web.Stream
         messages[-1:],
         history=messages[:-1],
         store=False,
-        owner=request[TENANT],
+        owner=request[OWNER],
         sampling=SamplingParams(max_tokens=req.max_tokens),
         enable_thinking=req.enable_thinking,
         add_generation_prompt=req.add_generation_prompt,

@@ -11,15 +11,13 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from threadloom._core import Response, Turn
+from threadloom import Response, Turn
 from threadloom.backends.base import SamplingParams
-from threadloom.conversation import Destination
 from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.errors import NotFound
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT
+from threadloom.server.keys import ENGINE, OWNER
 from threadloom.server.routes import background, compat
 from threadloom.server.routes.common import (
     decode_items_body,
@@ -31,6 +29,7 @@ from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import responses as s
 from threadloom.server.schemas.freddy import THREAD_ID
 from threadloom.server.schemas.items import FunctionCallItem, FunctionCallOutputItem, tool_item
+from threadloom.storage import ConversationStore
 
 _create = msgspec.json.Decoder(s.CreateResponse)
 _ID = re.compile(s.RESPONSE_ID_PATTERN)
@@ -181,25 +180,25 @@ def conversation_id(req: s.CreateResponse) -> str | None:
     return cid
 
 
-def _prompt_kwargs(req: s.CreateResponse, tenant: str, sampling: SamplingParams) -> dict[str, Any]:
+def _prompt_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) -> dict[str, Any]:
     """What shapes the prompt: shared by generation and input token counting, so a count is
     the prompt a create with the same body gets."""
     return {
         "thread": conversation_id(req),
         "previous_response_id": req.previous_response_id,
-        "owner": tenant,
+        "owner": owner,
         "sampling": sampling,
         "strategy": "tokens" if req.truncation == "auto" else "none",
     }
 
 
-def _stream_kwargs(req: s.CreateResponse, tenant: str, sampling: SamplingParams) -> dict[str, Any]:
-    return {**_prompt_kwargs(req, tenant, sampling), "store": req.store}
+def _stream_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) -> dict[str, Any]:
+    return {**_prompt_kwargs(req, owner, sampling), "store": req.store}
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
-    tenant = request[TENANT]
+    owner = request[OWNER]
     req = decode_items_body(_create, await request.read(), "input")
     refuse_unsupported(req, compat.RESPONSES)
     if req.background and (req.stream or not req.store):
@@ -212,12 +211,12 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if cid is not None:
         # A conversation must exist (a thread id alone would create one).
         try:
-            await engine.offload(lambda: engine.store.get_thread(cid, owner=tenant))
+            await engine.with_store(lambda store: store.get_thread(cid, owner=owner))
         except NotFound:
             raise ApiError(
                 404, f"conversation {cid!r} not found", param="conversation", code="not_found"
             ) from None
-    events = engine.stream(inputs, **_stream_kwargs(req, tenant, sampling))
+    events = engine.stream(inputs, **_stream_kwargs(req, owner, sampling))
     try:
         first = await sse.started(events)
     except NotFound as e:
@@ -319,16 +318,16 @@ def _response_id(request: web.Request) -> str:
     return rid
 
 
-async def _lookup(engine: Engine, tenant: str, rid: str) -> tuple[Response, list[Turn], list[Turn]]:
+async def _lookup(engine: Engine, owner: str, rid: str) -> tuple[Response, list[Turn], list[Turn]]:
     """The stored response with its input and output turns (only those are read)."""
 
-    def read() -> tuple[Response, list[Turn]]:
-        stored = engine.store.get_response(rid, owner=tenant)
+    def read(store: ConversationStore) -> tuple[Response, list[Turn]]:
+        stored = store.get_response(rid, owner=owner)
         own = stored.input_count + stored.output_count
-        return stored, engine.store.history(owner=tenant, response=rid, limit=own)
+        return stored, store.history(owner=owner, response=rid, limit=own)
 
     try:
-        stored, turns = await engine.offload(read)
+        stored, turns = await engine.with_store(read)
     except NotFound:
         raise ApiError(
             404, f"response {rid!r} not found", param="response_id", code="not_found"
@@ -339,12 +338,11 @@ async def _lookup(engine: Engine, tenant: str, rid: str) -> tuple[Response, list
     return stored, inputs, outputs
 
 
-async def _running(engine: Engine, tenant: str, rid: str) -> s.ResponseObject | None:
+async def _running(engine: Engine, owner: str, rid: str) -> s.ResponseObject | None:
     """An announced response still generating (OpenAI keeps those retrievable)."""
-    payload = await engine.offload(lambda: engine.store.get_pending(rid, owner=tenant))
-    if payload is None:
+    to = await engine.pending_response(owner, rid)
+    if to is None:
         return None
-    to = msgspec.json.decode(payload, type=Destination)
     return s.ResponseObject(
         id=rid,
         created_at=int(time.time()),
@@ -365,11 +363,11 @@ async def cancel_response(request: web.Request) -> web.Response:
 
 async def get_response(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
-    tenant, rid = request[TENANT], _response_id(request)
+    owner, rid = request[OWNER], _response_id(request)
     try:
-        stored, _, outputs = await _lookup(engine, tenant, rid)
+        stored, _, outputs = await _lookup(engine, owner, rid)
     except ApiError as e:
-        running = await _running(engine, tenant, rid) if e.status == 404 else None
+        running = await _running(engine, owner, rid) if e.status == 404 else None
         if running is None:
             raise
         return json_response(running)
@@ -404,9 +402,9 @@ async def get_response(request: web.Request) -> web.Response:
 async def delete_response(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     rid = _response_id(request)
-    tenant = request[TENANT]
+    owner = request[OWNER]
     try:
-        await engine.delete_response(tenant, rid)
+        await engine.delete_response(owner, rid)
     except NotFound:
         raise ApiError(
             404, f"response {rid!r} not found", param="response_id", code="not_found"
@@ -418,7 +416,7 @@ async def input_items(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     rid = _response_id(request)
     query = msgspec.convert(dict(request.query), s.InputItemsQuery, strict=False)
-    _, inputs, _ = await _lookup(engine, request[TENANT], rid)
+    _, inputs, _ = await _lookup(engine, request[OWNER], rid)
     items: list[s.InputItem | FunctionCallItem | FunctionCallOutputItem] = [
         tool_item(t.id, t.role, t.content, t.tool)
         or s.InputItem(id=t.id, role=t.role, content=[s.InputTextPart(text=t.content)])
@@ -452,7 +450,7 @@ async def input_tokens(request: web.Request) -> web.Response:
     sampling = _sampling(req, engine)
     try:
         assembly = await engine.assemble_prompt(
-            _inputs(req), **_prompt_kwargs(req, request[TENANT], sampling)
+            _inputs(req), **_prompt_kwargs(req, request[OWNER], sampling)
         )
     except NotFound as e:
         raise ApiError(404, str(e), param="previous_response_id", code="not_found") from None

@@ -11,8 +11,7 @@ from aiohttp import web
 
 from threadloom.engine import Engine
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT
+from threadloom.server.keys import ENGINE, OWNER
 from threadloom.server.routes.common import decode_body, json_response
 from threadloom.server.routes.responses import check_model
 from threadloom.server.schemas import tokenize as t
@@ -57,8 +56,8 @@ async def tokenize(request: web.Request, *, count_only: bool) -> web.Response:
     check_model(req.model, engine)
     if (req.text is None) == (req.messages is None):
         raise ApiError(400, "give exactly one of text and messages", code="invalid_value")
-    tenant = request[TENANT]
-    ids = await engine.offload(lambda: _ids(engine, req, tenant))
+    owner = request[OWNER]
+    ids = await engine.offload(lambda: _ids(engine, req, owner))
     if count_only:
         return json_response(t.TokenCount(count=len(ids)))
     pieces = [_piece(engine, i) for i in ids] if req.with_pieces else None

@@ -21,8 +21,7 @@ from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.errors import NotFound, StateConflict
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE
-from threadloom.server.middleware import TENANT
+from threadloom.server.keys import ENGINE, OWNER
 from threadloom.server.routes.common import (
     decode_body,
     final_result,
@@ -63,9 +62,9 @@ def _node(n: branches.TreeNode) -> s.TreeNode:
 
 
 async def _tree(request: web.Request) -> branches.Tree:
-    engine, tenant, tid = request.app[ENGINE], request[TENANT], _thread_id(request)
+    engine, owner, tid = request.app[ENGINE], request[OWNER], _thread_id(request)
     try:
-        return await engine.thread_tree(tenant, tid)
+        return await engine.thread_tree(owner, tid)
     except NotFound:
         raise _not_found(tid) from None
 
@@ -117,9 +116,9 @@ class _Point:
         self.thread, self.into_thread, self.after = thread, into_thread, after
 
 
-async def _point(engine: Engine, tenant: str, tid: str, after: str) -> _Point:
+async def _point(engine: Engine, owner: str, tid: str, after: str) -> _Point:
     try:
-        at = await engine.branch_point(tenant, tid, after)
+        at = await engine.branch_point(owner, tid, after)
     except StateConflict as e:
         raise ApiError(409, str(e), param="thread_id", code="conflict") from None
     except NotFound as e:
@@ -164,15 +163,15 @@ def _reply(point: _Point, r: Result) -> s.ContinueResult:
     )
 
 
-async def _record_moved(engine: Engine, tenant: str, point: _Point, r: Result) -> None:
+async def _record_moved(engine: Engine, owner: str, point: _Point, r: Result) -> None:
     """A reply meant for the thread that was kept as a branch (the thread moved on while it
     generated) is recorded as a branch of it."""
     if point.into_thread and r.thread_id is None and r.response_id is not None:
-        await engine.register_branch(tenant, point.thread, r.response_id, point.after)
+        await engine.register_branch(owner, point.thread, r.response_id, point.after)
 
 
 async def continue_thread(request: web.Request) -> web.StreamResponse:
-    engine, tenant, tid = request.app[ENGINE], request[TENANT], _thread_id(request)
+    engine, owner, tid = request.app[ENGINE], request[OWNER], _thread_id(request)
     req = decode_body(_continue, await request.read())
     sampling = sampling_params(
         engine,
@@ -181,17 +180,17 @@ async def continue_thread(request: web.Request) -> web.StreamResponse:
         temperature=req.temperature,
         top_p=req.top_p,
     )
-    point = await _point(engine, tenant, tid, req.after)
+    point = await _point(engine, owner, tid, req.after)
     inputs = [{"role": m.role, "content": m.content} for m in req.input]
-    events = engine.stream(inputs, owner=tenant, sampling=sampling, **_anchor(point))
+    events = engine.stream(inputs, owner=owner, sampling=sampling, **_anchor(point))
     started = await sse.started(events)
     if not point.into_thread and started.response_id is not None:
         # Recorded before the first token: a reply stopped half-way is still in the tree.
-        await engine.register_branch(tenant, tid, started.response_id, point.after)
+        await engine.register_branch(owner, tid, started.response_id, point.after)
     if req.stream:
-        return await sse.serve_stream(request, events, _ReplyStream(engine, tenant, point, started))
+        return await sse.serve_stream(request, events, _ReplyStream(engine, owner, point, started))
     result = await final_result(events)
-    await _record_moved(engine, tenant, point, result)
+    await _record_moved(engine, owner, point, result)
     return json_response(_reply(point, result))
 
 
@@ -199,8 +198,8 @@ class _ReplyStream:
     """`reply.started`, `reply.delta`s, then `reply.done` with the stored reply (a failed
     generation too: its status says so); `reply.error` when the stream cannot go on."""
 
-    def __init__(self, engine: Engine, tenant: str, point: _Point, started: Started) -> None:
-        self.engine, self.tenant, self.point, self.started = engine, tenant, point, started
+    def __init__(self, engine: Engine, owner: str, point: _Point, started: Started) -> None:
+        self.engine, self.owner, self.point, self.started = engine, owner, point, started
 
     async def open(self, request: web.Request) -> web.StreamResponse:
         return await sse.open_stream(request)
@@ -227,7 +226,7 @@ class _ReplyStream:
             await self._send(response, s.StreamDelta(text=event.text, reasoning=event.reasoning))
 
     async def finish(self, response: web.StreamResponse, result: Result) -> None:
-        await _record_moved(self.engine, self.tenant, self.point, result)
+        await _record_moved(self.engine, self.owner, self.point, result)
         await self._send(response, s.StreamDone(reply=_reply(self.point, result)))
 
     async def error(self, response: web.StreamResponse, error: ApiError) -> None:

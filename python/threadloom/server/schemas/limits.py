@@ -7,7 +7,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
-from threadloom._core import MAX_THREAD_MESSAGES
+from threadloom import MAX_THREAD_MESSAGES
 
 # Items (messages) in one request: no request can need more than a conversation may hold.
 MAX_ITEMS = MAX_THREAD_MESSAGES

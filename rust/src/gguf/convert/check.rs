@@ -1,12 +1,14 @@
 //! Everything the 2023 loader needs, checked before anything is written.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod tensors;
+
+use std::collections::BTreeMap;
 
 use super::super::tensor::ggml_type_info;
 use super::super::value::{Array, Value};
-use super::super::{keys, GgufMetadata, TensorInfo};
+use super::super::{keys, GgufMetadata};
 use super::gpt2::{converted_token, vocab_is_raw};
-use super::OLD_LLAMA_CPP_TYPES;
+use tensors::{tensor_shapes, tensor_types};
 
 // ---------------------------------------------------------------------------------------------
 // Checks: everything the old loader needs, before anything is written
@@ -296,21 +298,7 @@ struct Vocab {
 /// The tokenizer, its tokens and the special-token ids.
 fn vocabulary(c: &mut Checker<'_>) -> Vocab {
     let meta = c.meta;
-    let tokenizer = meta.tokenizer_model().unwrap_or_default().to_owned();
-    let gpt2 = match tokenizer.as_str() {
-        "gpt2" => true,
-        "llama" => false,
-        "" => {
-            c.problem(format!("key '{}' is missing", keys::TOKENIZER_MODEL));
-            false
-        }
-        other => {
-            c.problem(format!(
-                "tokenizer '{other}' is not supported (only 'gpt2' and 'llama')"
-            ));
-            false
-        }
-    };
+    let gpt2 = tokenizer_is_gpt2(c);
     let tokens = meta.tokens();
     let n_vocab = tokens.len();
     if meta.get(keys::TOKENS).is_none() {
@@ -332,42 +320,91 @@ fn vocabulary(c: &mut Checker<'_>) -> Vocab {
             keys::MERGES
         ));
     }
+    // The token checks pair each token with its type; without a type for each there is
+    // nothing reliable to check (the missing or short list is a problem of its own).
     if n_vocab > 0 && token_types.len() == n_vocab {
-        // The old loader finds the newline token at load time and crashes without one.
-        let has_linefeed = if rewrite_vocab {
-            tokens
-                .iter()
-                .zip(&token_types)
-                .any(|(t, &ty)| converted_token(t.as_bytes(), ty).as_ref() == b"\n")
-        } else if gpt2 {
-            tokens.iter().any(|t| t == "\n")
-        } else {
-            tokens.iter().any(|t| t == "<0x0A>")
-        };
-        if !has_linefeed {
-            c.problem(if gpt2 {
-                "the vocabulary has no newline token ('\u{010A}'), which the 2023 loader looks up at load time".to_owned()
-            } else {
-                "the vocabulary has no newline byte token '<0x0A>', which the 2023 loader looks up at load time".to_owned()
-            });
+        linefeed_token(c, tokens, &token_types, gpt2, rewrite_vocab);
+        byte_tokens(c, tokens, &token_types);
+    }
+    special_ids(c, gpt2, n_vocab);
+    Vocab {
+        gpt2,
+        rewrite_vocab,
+        n_vocab,
+        token_types,
+    }
+}
+
+/// Whether the vocabulary is gpt2 (byte-level BPE) rather than llama (SentencePiece), the
+/// only two the old loader has.
+fn tokenizer_is_gpt2(c: &mut Checker<'_>) -> bool {
+    let meta = c.meta;
+    match meta.tokenizer_model().unwrap_or_default() {
+        "gpt2" => true,
+        "llama" => false,
+        "" => {
+            c.problem(format!("key '{}' is missing", keys::TOKENIZER_MODEL));
+            false
         }
-        // Its detokenizer reads byte tokens as "<0xXX>".
-        let bad_bytes: Vec<String> = tokens
-            .iter()
-            .zip(&token_types)
-            .enumerate()
-            .filter(|(_, (t, &ty))| {
-                ty == 6 && !(t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'))
-            })
-            .map(|(i, (t, _))| format!("#{i} {t:?}"))
-            .collect();
-        if !bad_bytes.is_empty() {
+        other => {
             c.problem(format!(
-                "byte tokens not of the form '<0xXX>': {}",
-                list(&bad_bytes, 5)
+                "tokenizer '{other}' is not supported (only 'gpt2' and 'llama')"
             ));
+            false
         }
     }
+}
+
+/// The old loader finds the newline token at load time and crashes without one. A gpt2
+/// vocabulary about to be rewritten is searched in the form it will be written in.
+fn linefeed_token(
+    c: &mut Checker<'_>,
+    tokens: &[String],
+    token_types: &[i32],
+    gpt2: bool,
+    rewrite_vocab: bool,
+) {
+    let has_linefeed = if rewrite_vocab {
+        tokens
+            .iter()
+            .zip(token_types)
+            .any(|(t, &ty)| converted_token(t.as_bytes(), ty).as_ref() == b"\n")
+    } else if gpt2 {
+        tokens.iter().any(|t| t == "\n")
+    } else {
+        tokens.iter().any(|t| t == "<0x0A>")
+    };
+    if !has_linefeed {
+        c.problem(if gpt2 {
+            "the vocabulary has no newline token ('\u{010A}'), which the 2023 loader looks up at load time".to_owned()
+        } else {
+            "the vocabulary has no newline byte token '<0x0A>', which the 2023 loader looks up at load time".to_owned()
+        });
+    }
+}
+
+/// Byte tokens (type 6) in any form but "<0xXX>", the only one the old detokenizer reads.
+fn byte_tokens(c: &mut Checker<'_>, tokens: &[String], token_types: &[i32]) {
+    let bad_bytes: Vec<String> = tokens
+        .iter()
+        .zip(token_types)
+        .enumerate()
+        .filter(|(_, (t, &ty))| {
+            ty == 6 && !(t.len() == 6 && t.starts_with("<0x") && t.ends_with('>'))
+        })
+        .map(|(i, (t, _))| format!("#{i} {t:?}"))
+        .collect();
+    if !bad_bytes.is_empty() {
+        c.problem(format!(
+            "byte tokens not of the form '<0xXX>': {}",
+            list(&bad_bytes, 5)
+        ));
+    }
+}
+
+/// The special-token ids must name tokens in the vocabulary. An absent one counts too: the
+/// old loader falls back to its own default, which may lie outside a small vocabulary.
+fn special_ids(c: &mut Checker<'_>, gpt2: bool, n_vocab: usize) {
     let defaults: [Option<u32>; 3] = if gpt2 {
         [Some(11), Some(11), None]
     } else {
@@ -382,7 +419,7 @@ fn vocabulary(c: &mut Checker<'_>) -> Vocab {
     ] {
         if let Some(id) = c.id_key(key, default) {
             if n_vocab > 0 && id as usize >= n_vocab {
-                let what = if meta.get(key).is_some() {
+                let what = if c.meta.get(key).is_some() {
                     format!("'{key}' is {id}")
                 } else {
                     format!("'{key}' is absent and the 2023 loader's default is {id}")
@@ -391,155 +428,4 @@ fn vocabulary(c: &mut Checker<'_>) -> Vocab {
             }
         }
     }
-    Vocab {
-        gpt2,
-        rewrite_vocab,
-        n_vocab,
-        token_types,
-    }
-}
-
-/// Tensor types the 2023 ggml does not know.
-fn tensor_types(c: &mut Checker<'_>) {
-    let meta = c.meta;
-    let mut bad_types: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for t in meta.tensors() {
-        if !OLD_LLAMA_CPP_TYPES.contains(&t.ggml_type) {
-            bad_types
-                .entry(t.ggml_type)
-                .or_default()
-                .push(t.name.clone());
-        }
-    }
-    for (tag, names) in &bad_types {
-        c.problem(format!(
-            "tensor type {} is newer than the 2023 llama.cpp (used by {})",
-            type_label(*tag),
-            list(names, 3)
-        ));
-    }
-}
-
-/// Tensor names and shapes; returns whether `output.weight` must be added (tied embeddings).
-fn tensor_shapes(c: &mut Checker<'_>, hp: &Hparams, n_vocab: usize) -> bool {
-    let meta = c.meta;
-    let Hparams {
-        n_embd,
-        n_ff,
-        n_head,
-        n_head_kv,
-        n_layer,
-        n_rot,
-    } = *hp;
-    let by_name: HashMap<&str, &TensorInfo> = meta
-        .tensors()
-        .iter()
-        .map(|t| (t.name.as_str(), t))
-        .collect();
-    let add_output = !by_name.contains_key("output.weight");
-    if let (Some(n_embd), Some(n_ff), Some(n_head), Some(n_head_kv), Some(n_layer)) =
-        (n_embd, n_ff, n_head, n_head_kv, n_layer)
-    {
-        let (e, f, v) = (u64::from(n_embd), u64::from(n_ff), n_vocab as u64);
-        let mut shapes_ok = true;
-        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
-            c.problem(format!(
-                "attention head counts {n_head} (query) and {n_head_kv} (key/value) are not supported: the query count must be a positive multiple of the key/value count"
-            ));
-            shapes_ok = false;
-        } else if n_embd % n_head != 0 {
-            c.problem(format!(
-                "the embedding length {n_embd} is not a multiple of the head count {n_head}"
-            ));
-            shapes_ok = false;
-        } else if let Some(n_rot) = n_rot {
-            if n_rot != n_embd / n_head {
-                c.problem(format!(
-                    "rope dimension count {n_rot} differs from the head size {} (the 2023 loader requires them equal)",
-                    n_embd / n_head
-                ));
-            }
-        }
-        if n_layer == 0 {
-            c.problem("the model has no layers (block_count is 0)");
-        }
-        let e_gqa = if shapes_ok {
-            e / u64::from(n_head / n_head_kv)
-        } else {
-            0
-        };
-
-        // name, expected dims, must be F32
-        let mut expected: Vec<(String, Vec<u64>, bool)> = vec![
-            ("token_embd.weight".into(), vec![e, v], false),
-            ("output_norm.weight".into(), vec![e], true),
-            ("output.weight".into(), vec![e, v], false),
-        ];
-        for i in 0..n_layer {
-            let b = |n: &str| format!("blk.{i}.{n}.weight");
-            expected.extend([
-                (b("attn_norm"), vec![e], true),
-                (b("attn_q"), vec![e, e], false),
-                (b("attn_k"), vec![e, e_gqa], false),
-                (b("attn_v"), vec![e, e_gqa], false),
-                (b("attn_output"), vec![e, e], false),
-                (b("ffn_norm"), vec![e], true),
-                (b("ffn_gate"), vec![e, f], false),
-                (b("ffn_down"), vec![f, e], false),
-                (b("ffn_up"), vec![e, f], false),
-            ]);
-        }
-        let mut missing = Vec::new();
-        let mut wrong_shape = Vec::new();
-        let mut not_f32 = Vec::new();
-        for (name, dims, f32_only) in &expected {
-            let Some(t) = by_name.get(name.as_str()) else {
-                if name != "output.weight" {
-                    missing.push(name.clone());
-                }
-                continue;
-            };
-            if shapes_ok && padded_dims(&t.dims) != padded_dims(dims) {
-                wrong_shape.push(format!("'{name}' is {:?}, expected {dims:?}", t.dims));
-            }
-            if *f32_only && t.ggml_type != 0 {
-                not_f32.push(format!("'{name}' is {}", type_label(t.ggml_type)));
-            }
-        }
-        if !missing.is_empty() {
-            c.problem(format!(
-                "required tensors are missing: {}",
-                list(&missing, 5)
-            ));
-        }
-        if !wrong_shape.is_empty() {
-            c.problem(format!(
-                "tensors have shapes the 2023 loader does not expect: {}",
-                list(&wrong_shape, 3)
-            ));
-        }
-        if !not_f32.is_empty() {
-            c.problem(format!(
-                "norm weights must be F32 for the 2023 llama.cpp: {}",
-                list(&not_f32, 3)
-            ));
-        }
-        let known: HashSet<&str> = expected.iter().map(|(n, _, _)| n.as_str()).collect();
-        let extra: Vec<String> = meta
-            .tensors()
-            .iter()
-            .filter(|t| !known.contains(t.name.as_str()))
-            .map(|t| match t.name.as_str() {
-                "rope_freqs.weight" => "rope_freqs.weight (Llama 3.1-style rope scaling)".into(),
-                n => n.to_owned(),
-            })
-            .collect();
-        if !extra.is_empty() {
-            c.problem(format!(
-                "tensors the 2023 loader does not know (it refuses files with extra tensors): {}",
-                list(&extra, 5)
-            ));
-        }
-    }
-    add_output
 }

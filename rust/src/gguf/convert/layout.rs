@@ -147,8 +147,47 @@ pub(super) fn build_layout(map: &[u8], meta: &GgufMetadata, plan: &Plan) -> Resu
     };
     let _n_tensors = r.count()?;
     let n_kv = r.count()?;
+    let table = tensor_table(meta, plan)?;
+    let n_kv_out = n_kv as usize + plan.extra_kv.len() + usize::from(plan.add_scores);
 
-    // Tensor table with fresh offsets; output.weight (when added) last.
+    // Room for the source header, four more bytes a token (added scores, or v1's 32-bit string
+    // lengths widened) and the added keys, so the rewrite rarely reallocates.
+    let mut out = Vec::with_capacity(meta.data_offset() as usize + (plan.n_vocab << 2) + 4096);
+    out.extend_from_slice(b"GGUF");
+    out.extend_from_slice(&OUTPUT_VERSION.to_le_bytes());
+    put_count(&mut out, table.tensors.len(), OUTPUT_VERSION);
+    put_count(&mut out, n_kv_out, OUTPUT_VERSION);
+    let (tokens_rewritten, merges_rewritten) = copy_kvs(&mut r, n_kv, plan, &mut out)?;
+    let added_keys = write_added_kvs(plan, &mut out);
+    for t in &table.tensors {
+        write_tensor_info(&mut out, t, OUTPUT_VERSION);
+    }
+    let padded = (out.len() as u64).next_multiple_of(meta.alignment());
+    out.resize(padded as usize, 0);
+
+    Ok(Layout {
+        header: out,
+        copies: table.copies,
+        data_size: table.data_size,
+        n_kv: n_kv_out,
+        n_tensors: table.tensors.len(),
+        tokens_rewritten,
+        merges_rewritten,
+        added_keys,
+    })
+}
+
+/// The output's tensor table and where its data comes from.
+struct TensorTable {
+    tensors: Vec<TensorInfo>,
+    /// As `Layout::copies`.
+    copies: Vec<(u64, u64, u64)>,
+    data_size: u64,
+}
+
+/// The tensor table with fresh offsets, `output.weight` (when added) last. The added output
+/// is a second copy of `token_embd.weight`: the old loader has no tied embeddings.
+fn tensor_table(meta: &GgufMetadata, plan: &Plan) -> Result<TensorTable> {
     let align = meta.alignment();
     let mut tensors: Vec<TensorInfo> = meta.tensors().to_vec();
     let mut sources: Vec<&TensorInfo> = meta.tensors().iter().collect();
@@ -175,17 +214,17 @@ pub(super) fn build_layout(map: &[u8], meta: &GgufMetadata, plan: &Plan) -> Resu
         copies.push((meta.data_offset() + src.offset, size, offset));
         offset += size;
     }
-    let data_size = offset.next_multiple_of(align);
+    Ok(TensorTable {
+        tensors,
+        copies,
+        data_size: offset.next_multiple_of(align),
+    })
+}
 
-    let mut added_keys: Vec<String> = plan.extra_kv.iter().map(|(k, _)| k.clone()).collect();
-    let n_kv_out = n_kv as usize + plan.extra_kv.len() + usize::from(plan.add_scores);
-
-    let mut out = Vec::with_capacity(meta.data_offset() as usize + (plan.n_vocab << 2) + 4096);
-    out.extend_from_slice(b"GGUF");
-    out.extend_from_slice(&OUTPUT_VERSION.to_le_bytes());
-    put_count(&mut out, tensors.len(), OUTPUT_VERSION);
-    put_count(&mut out, n_kv_out, OUTPUT_VERSION);
-
+/// Copies the source's `n_kv` key/values to `out`: fixed keys take the plan's value, a gpt2
+/// vocabulary and its merges are rewritten to raw bytes, the rest are copied byte for byte.
+/// Returns how many tokens and merges the rewrite changed.
+fn copy_kvs(r: &mut Raw<'_>, n_kv: u64, plan: &Plan, out: &mut Vec<u8>) -> Result<(usize, usize)> {
     let mut tokens_rewritten = 0;
     let mut merges_rewritten = 0;
     let types = &plan.token_types;
@@ -193,53 +232,46 @@ pub(super) fn build_layout(map: &[u8], meta: &GgufMetadata, plan: &Plan) -> Resu
         let key_bytes = r.string()?;
         let key = String::from_utf8_lossy(key_bytes);
         let tag = r.u32()?;
-        put_string(&mut out, key_bytes, OUTPUT_VERSION);
+        put_string(out, key_bytes, OUTPUT_VERSION);
         if let Some(v) = plan.fixes.get(key.as_ref()) {
+            // The source value is only skipped over: the fix replaces it, type tag included.
             r.copy_value(tag, &mut Vec::new())?;
             out.extend_from_slice(&v.value_type().tag().to_le_bytes());
-            write_value(&mut out, v, OUTPUT_VERSION);
+            write_value(out, v, OUTPUT_VERSION);
             continue;
         }
         out.extend_from_slice(&tag.to_le_bytes());
         if plan.rewrite_vocab && key == keys::TOKENS {
-            tokens_rewritten = r.map_strings(&key, tag, &mut out, |i, s| {
+            tokens_rewritten = r.map_strings(&key, tag, out, |i, s| {
                 converted_token(s, types.get(i).copied().unwrap_or(1))
             })?;
         } else if plan.rewrite_vocab && key == keys::MERGES {
-            merges_rewritten = r.map_strings(&key, tag, &mut out, |_, s| gpt2_merge_to_bytes(s))?;
+            merges_rewritten = r.map_strings(&key, tag, out, |_, s| gpt2_merge_to_bytes(s))?;
         } else {
-            r.copy_value(tag, &mut out)?;
+            r.copy_value(tag, out)?;
         }
     }
+    Ok((tokens_rewritten, merges_rewritten))
+}
+
+/// Writes the key/values the old loader needs and the source lacks (its rope scaling key,
+/// placeholder scores) after the copied ones; returns their names.
+fn write_added_kvs(plan: &Plan, out: &mut Vec<u8>) -> Vec<String> {
+    let mut added_keys: Vec<String> = plan.extra_kv.iter().map(|(k, _)| k.clone()).collect();
     let mut extra = plan.extra_kv.clone();
     if plan.add_scores {
+        // The old loader requires scores even where it does not use them (gpt2); these rank
+        // the tokens by id.
         let scores = (0..plan.n_vocab).map(|i| -(i as f32)).collect();
         extra.push((keys::SCORES.into(), Value::Array(Array::F32(scores))));
-    }
-    for (key, v) in &extra {
-        put_string(&mut out, key.as_bytes(), OUTPUT_VERSION);
-        out.extend_from_slice(&v.value_type().tag().to_le_bytes());
-        write_value(&mut out, v, OUTPUT_VERSION);
-    }
-    if plan.add_scores {
         added_keys.push(keys::SCORES.into());
     }
-    for t in &tensors {
-        write_tensor_info(&mut out, t, OUTPUT_VERSION);
+    for (key, v) in &extra {
+        put_string(out, key.as_bytes(), OUTPUT_VERSION);
+        out.extend_from_slice(&v.value_type().tag().to_le_bytes());
+        write_value(out, v, OUTPUT_VERSION);
     }
-    let padded = (out.len() as u64).next_multiple_of(align);
-    out.resize(padded as usize, 0);
-
-    Ok(Layout {
-        header: out,
-        copies,
-        data_size,
-        n_kv: n_kv_out,
-        n_tensors: tensors.len(),
-        tokens_rewritten,
-        merges_rewritten,
-        added_keys,
-    })
+    added_keys
 }
 
 // ---------------------------------------------------------------------------------------------

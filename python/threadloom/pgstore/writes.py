@@ -1,0 +1,173 @@
+"""The PostgreSQL store's two writes that grow conversations, each the body of one
+transaction: an append (after a thread's head, a response, a turn, or as a new conversation)
+and a rebase (a thread moved onto a new path). Both lock the thread's row first, so writes to
+one thread from any number of servers run one after another."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from threadloom import _core
+from threadloom._core import Appended, Response, Retention, Thread, quote
+from threadloom.errors import LimitExceeded, StateConflict
+from threadloom.pgstore import rows
+from threadloom.pgstore.connection import Conn, now_ms
+from threadloom.pgstore.refs import NewTurn, insert_turns, release, retain
+
+# `expected_head` parsed: NOT_CHECKED, None (an empty thread) or the head's key.
+NOT_CHECKED = False
+Expected = bytes | bool | None
+
+
+def parse_expected(expected_head: str | None) -> Expected:
+    if expected_head is None:
+        return NOT_CHECKED
+    return None if expected_head == "" else _core.parse_turn_id(expected_head)
+
+
+def _open_thread(
+    conn: Conn, retention: Retention, owner: str, thread_id: str, now: int, expected: Expected
+) -> tuple[Thread, bytes | None]:
+    """The thread, locked and open, and its head's key; refuses one that moved on."""
+    t = rows.load_thread(conn, retention, owner, thread_id, now, lock=True)
+    if t.state != "open":
+        raise StateConflict(f"thread {quote(thread_id)} is {t.state} and accepts no new messages")
+    head = None if t.head is None else _core.parse_turn_id(t.head)
+    if expected is not NOT_CHECKED and expected != head:
+        raise StateConflict(
+            f"thread {quote(thread_id)} moved on: its head is no longer the expected turn"
+        )
+    return t, head
+
+
+def _check_length(depth: int, added: int, *, rebase: bool = False) -> None:
+    if depth + added > _core.MAX_THREAD_MESSAGES:
+        what = (
+            f"it would have {depth + added}"
+            if rebase
+            else f"it has {depth} and {added} more were sent"
+        )
+        raise LimitExceeded(
+            f"a conversation may hold at most {_core.MAX_THREAD_MESSAGES} messages; {what}"
+        )
+
+
+def _move_head(
+    conn: Conn, owner: str, thread_id: str, head: bytes | None, n: int, now: int
+) -> Thread:
+    row = conn.execute(
+        "UPDATE threadloom_threads SET head = %s, message_count = %s, "
+        "last_activity_ms = greatest(last_activity_ms, %s) "
+        f"WHERE owner = %s AND id = %s RETURNING {rows.THREAD_COLUMNS}",
+        (rows.to_uuid(head), n, now, owner, thread_id),
+    ).fetchone()
+    assert row is not None  # locked by this transaction
+    return rows.thread(row)
+
+
+def append(
+    conn: Conn,
+    retention: Retention,
+    owner: str,
+    anchor: tuple[str, Any],
+    new: list[NewTurn],
+    info: rows.InfoRow | None,
+    expected: Expected,
+    windowed: bool,
+) -> Appended:
+    now = now_ms()
+    kind, target = anchor
+    thread: Thread | None = None
+    previous_response_id: str | None = None
+    parent: bytes | None = None
+    depth = 0
+    if kind == "thread":
+        thread, parent = _open_thread(conn, retention, owner, target, now, expected)
+        # The thread's reference to its old head passes to the first new turn (its child),
+        # so the head's count is unchanged.
+        depth = thread.message_count
+    elif kind == "response":
+        r = rows.load_response(conn, retention, owner, target, now, lock="FOR SHARE")
+        retention.check_anchor(r, now, windowed)
+        parent = _core.parse_turn_id(r.last_turn)
+        depth = retain(conn, parent, None)
+        previous_response_id = r.id
+    elif kind == "turn":
+        parent = target
+        depth = retain(conn, target, owner)
+    _check_length(depth, len(new))
+
+    # The last turn is held by the thread and/or the response; the others by their child.
+    last_refs = (thread is not None) + (info is not None)
+    keys = insert_turns(conn, owner, parent, depth, new, last_refs, now)
+    if thread is not None:
+        thread = _move_head(conn, owner, thread.id, keys[-1], depth + len(new), now)
+    record = None
+    if info is not None:
+        record = _insert_response(
+            conn, owner, info, keys[-1], parent, len(new), thread, previous_response_id, now
+        )
+    return Appended(
+        turn_ids=[_core.turn_id_string(k) for k in keys], response=record, thread=thread
+    )
+
+
+def _insert_response(
+    conn: Conn,
+    owner: str,
+    info: rows.InfoRow,
+    last: bytes,
+    parent: bytes | None,
+    n_turns: int,
+    thread: Thread | None,
+    previous_response_id: str | None,
+    now: int,
+) -> Response:
+    rid = info.id or _core.new_response_id()
+    row = conn.execute(
+        f"INSERT INTO threadloom_responses ({rows.RESPONSE_COLUMNS}) VALUES "
+        "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+        f"ON CONFLICT (id) DO NOTHING RETURNING {rows.RESPONSE_COLUMNS}",
+        (
+            rid,
+            owner,
+            info.status,
+            info.model,
+            rows.to_uuid(last),
+            rows.to_uuid(parent),
+            n_turns - info.output_count,
+            info.output_count,
+            thread.id if thread is not None else None,
+            previous_response_id,
+            info.prompt_tokens,
+            info.completion_tokens,
+            info.cached_tokens,
+            info.error,
+            now,
+            info.metadata,
+        ),
+    ).fetchone()
+    if row is None:
+        # A reused id would let one response overwrite another's record.
+        raise StateConflict(f"response {rid} already exists")
+    return rows.response(row)
+
+
+def rebase(
+    conn: Conn,
+    retention: Retention,
+    owner: str,
+    thread_id: str,
+    base: bytes | None,
+    new: list[NewTurn],
+    expected: Expected,
+) -> Thread:
+    now = now_ms()
+    _, old = _open_thread(conn, retention, owner, thread_id, now, expected)
+    # The base gains one reference: the first new turn's, or the thread's.
+    depth = 0 if base is None else retain(conn, base, owner)
+    _check_length(depth, len(new), rebase=True)
+    head = insert_turns(conn, owner, base, depth, new, 1, now)[-1] if new else base
+    if old is not None:
+        release(conn, old)
+    return _move_head(conn, owner, thread_id, head, depth + len(new), now)

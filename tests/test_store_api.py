@@ -49,7 +49,7 @@ def now_ms() -> int:
 def test_store_properties(store: Store, store_spec: str) -> None:
     assert str(store.path) == store_spec
     # LMDB's on-disk layout version; PostgreSQL's schema migration version.
-    assert store.format_version == (4 if is_postgres_url(store_spec) else 1)
+    assert store.format_version == (5 if is_postgres_url(store_spec) else 1)
     r = store.retention
     assert r.thread_inactivity_s == 90 * 86400
     assert r.thread_max_age_s == 365 * 86400
@@ -1515,3 +1515,67 @@ def test_errors_change_nothing(
         rid: world.store.get_response(rid).last_turn for rid in (world.response, world.failed)
     } == responses_before
     world.store.verify()
+
+
+# ---- branches recorded for a thread ----------------------------------------------------------
+
+
+def test_branches_are_recorded_per_thread_and_replaced(store: Store) -> None:
+    store.create_thread("t")
+    first = store.append(msgs("q", "a"), thread="t")
+    off = store.append(
+        [msg("other q"), msg("other a", "assistant")],
+        after_turn=first.turn_ids[0],
+        response=ResponseInfo("m"),
+    )
+    assert off.response is not None
+    rewrite = store.append(msgs("new first", "reply"), response=ResponseInfo("m"))
+    assert rewrite.response is not None
+    store.add_branch("t", off.response.id, after_turn=first.turn_ids[0])
+    store.add_branch("t", rewrite.response.id)
+    assert sorted(store.branches("t")) == sorted(
+        [(off.response.id, first.turn_ids[0]), (rewrite.response.id, None)]
+    )
+    # Continuing a branch replaces its record, in the same transaction.
+    more = store.append(
+        msgs("more", "sure"), previous_response_id=off.response.id, response=ResponseInfo("m")
+    )
+    assert more.response is not None
+    store.add_branch(
+        "t", more.response.id, after_turn=off.turn_ids[-1], replaces=[off.response.id]
+    )
+    assert sorted(store.branches("t")) == sorted(
+        [(more.response.id, off.turn_ids[-1]), (rewrite.response.id, None)]
+    )
+    # Recording the same response again updates its record rather than adding one.
+    store.add_branch("t", more.response.id, after_turn=first.turn_ids[0])
+    assert len(store.branches("t")) == 2
+
+
+def test_branch_records_are_the_owners_and_go_with_the_thread(make_store: MakeStore) -> None:
+    store = make_store(retention=Retention(thread_inactivity_s=0.4))
+    store.create_thread("t")
+    store.create_thread("t", owner="bob")
+    r = store.append(msgs("q", "a"), response=ResponseInfo("m"))
+    assert r.response is not None
+    store.add_branch("t", r.response.id)
+    assert store.branches("t", owner="bob") == []
+    with pytest.raises(NotFound):
+        store.branches("missing")
+    with pytest.raises(NotFound):
+        store.add_branch("missing", r.response.id)
+    with pytest.raises(InvalidInput):
+        store.add_branch("t", "resp_bad")
+    with pytest.raises(InvalidInput):
+        store.add_branch("t", r.response.id, after_turn="msg_bad")
+    # A thread deleted and made again under the same id starts with no branches.
+    store.delete_thread("t")
+    store.create_thread("t")
+    assert store.branches("t") == []
+    # An expired thread's records go at the sweep; a new thread of that id has none.
+    store.add_branch("t", r.response.id)
+    time.sleep(0.6)
+    store.sweep()
+    store.create_thread("t")
+    assert store.branches("t") == []
+    store.verify()

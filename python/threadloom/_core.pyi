@@ -9,6 +9,7 @@ from threadloom.store_counts import StoreStats, SweepCounts
 
 __all__ = [
     "MAX_METADATA_BYTES",
+    "MAX_THREAD_BRANCHES",
     "MAX_THREAD_MESSAGES",
     "MAX_TURN_BYTES",
     "ROLES",
@@ -55,6 +56,8 @@ MAX_THREAD_MESSAGES: Final[int]
 """Messages one conversation (root to newest turn) may hold."""
 MAX_METADATA_BYTES: Final[int]
 """Largest metadata object, in bytes of compact JSON."""
+MAX_THREAD_BRANCHES: Final[int]
+"""Branches one thread may record (`Store.add_branch`)."""
 MAX_TURN_BYTES: Final[int]
 """Largest turn, in bytes of text (content, reasoning and tool data)."""
 ROLES: Final[tuple[_Role, _Role, _Role, _Role]]
@@ -394,6 +397,19 @@ class Store:
         after_turn: str | None = None,
         expected_head: str | None = None,
     ) -> Thread: ...
+    def add_branch(
+        self,
+        thread_id: str,
+        response_id: str,
+        *,
+        owner: str = "default",
+        after_turn: str | None = None,
+        replaces: Sequence[str] = ...,
+    ) -> None:
+        """Records `response_id` (a reply stored outside the thread, after `after_turn` or as a
+        new first message) as a branch of the thread, dropping the records of `replaces`."""
+    def branches(self, thread_id: str, *, owner: str = "default") -> list[tuple[str, str | None]]:
+        """The thread's recorded branches: (response id, the turn it continues or None)."""
     def history(
         self,
         *,

@@ -123,13 +123,7 @@ class Engine:
         self.conversations = Conversations(
             opened, self.prompt, Summarizer(self.prompt, self.generate_text), self.model_name
         )
-        recovered = self.conversations.recover()
-        if recovered:
-            log.warning(
-                "stored %d responses a previous run announced but did not finish", recovered
-            )
-        if states is not None:
-            self._prune_states(states)
+        self._recover(states)
         # Requests on one thread run one after another, in arrival order.
         self._thread_turns = KeyedLocks(max_waiting=max_queue)
 
@@ -271,7 +265,6 @@ class Engine:
     async def delete_thread(self, owner: str, thread: str) -> None:
         """Deletes a thread and the saved model states of its conversation."""
         await self.offload(lambda: self.store.delete_thread(thread, owner=owner))
-        await self.forget_branches(owner, thread)  # its hidden branch record (branches.py)
         if self.scheduler.states is not None:
             self.scheduler.states.forget(thread=thread)
 
@@ -293,6 +286,17 @@ class Engine:
     async def store_stats(self) -> StoreStats:
         """The store's `stats()` (for /metrics), read in the engine's worker threads."""
         return await self.offload(self.store.stats)
+
+    def _recover(self, states: StateCache | None) -> None:
+        """What a previous run left: responses it announced but did not store, and saved
+        states of conversations deleted or swept while it was down."""
+        recovered = self.conversations.recover()
+        if recovered:
+            log.warning(
+                "stored %d responses a previous run announced but did not finish", recovered
+            )
+        if states is not None:
+            self._prune_states(states)
 
     def _prune_states(self, states: StateCache) -> None:
         """Drops saved states whose response is gone (deleted or swept while the server was
@@ -335,9 +339,6 @@ class Engine:
     ) -> None:
         """Records a reply stored outside the thread as one of its branches."""
         await self.offload(lambda: branches.register(self.store, owner, thread, response_id, after))
-
-    async def forget_branches(self, owner: str, thread: str) -> None:
-        await self.offload(lambda: branches.forget(self.store, owner, thread))
 
     async def remove_turn(self, owner: str, thread: str, turn_id: str) -> Thread | None:
         """`Conversations.remove_turn` in the thread's turn: after any generation on it has

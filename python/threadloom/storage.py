@@ -8,7 +8,7 @@ Everything above the store (the engine, the server, the CLI) goes through here.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -99,6 +99,18 @@ class ConversationStore(Protocol):
         after_turn: str | None = None,
         expected_head: str | None = None,
     ) -> Thread: ...
+    def add_branch(
+        self,
+        thread_id: str,
+        response_id: str,
+        *,
+        owner: str = "default",
+        after_turn: str | None = None,
+        replaces: Sequence[str] = (),
+    ) -> None: ...
+    def branches(
+        self, thread_id: str, *, owner: str = "default"
+    ) -> list[tuple[str, str | None]]: ...
     def history(
         self,
         *,

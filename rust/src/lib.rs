@@ -41,6 +41,7 @@ mod _core {
         m.add("MAX_THREAD_MESSAGES", crate::store::MAX_THREAD_MESSAGES)?;
         m.add("MAX_METADATA_BYTES", crate::store::MAX_METADATA_BYTES)?;
         m.add("MAX_TURN_BYTES", crate::store::MAX_TURN_BYTES)?;
+        m.add("MAX_THREAD_BRANCHES", crate::store::MAX_THREAD_BRANCHES)?;
         // Role names in the order of their stored index (`parse_turns` gives the index).
         m.add("ROLES", ("system", "user", "assistant", "tool"))?;
         Ok(())

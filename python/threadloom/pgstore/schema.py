@@ -130,6 +130,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE threadloom_turns ADD COLUMN tool bytea;
         """,
     ),
+    (
+        5,
+        "branches recorded for a thread: replies stored outside it that its tree shows",
+        """
+        CREATE TABLE threadloom_thread_branches (
+            owner text COLLATE "C" NOT NULL,
+            thread_id text COLLATE "C" NOT NULL,
+            response_id text COLLATE "C" NOT NULL,
+            after_turn uuid,                 -- the turn it continues; NULL: a new first message
+            PRIMARY KEY (owner, thread_id, response_id),
+            FOREIGN KEY (owner, thread_id) REFERENCES threadloom_threads (owner, id)
+                ON DELETE CASCADE
+        );
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -12,7 +12,7 @@ row against a concurrent delete. Turns are freed by the same reference counting 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from threadloom import _core
@@ -26,7 +26,7 @@ from threadloom._core import (
     Turn,
     quote,
 )
-from threadloom.errors import InvalidInput, NotFound, StateConflict
+from threadloom.errors import InvalidInput, LimitExceeded, NotFound, StateConflict
 from threadloom.pgstore import maintenance, rows, writes
 from threadloom.pgstore.connection import Conn, Database, now_ms
 from threadloom.pgstore.refs import release, remove_thread
@@ -310,6 +310,65 @@ class PostgresStore:
             lambda c: writes.rebase(c, self._retention, owner, thread_id, base, new, expected),
             write=True,
         )
+
+    # ---- branches recorded for a thread ------------------------------------------------------
+
+    def add_branch(
+        self,
+        thread_id: str,
+        response_id: str,
+        *,
+        owner: str = "default",
+        after_turn: str | None = None,
+        replaces: Sequence[str] = (),
+    ) -> None:
+        """Records `response_id` as a branch of the thread and drops the records of
+        `replaces`, in one transaction; see `threadloom.Store.add_branch`."""
+        _core.validate_response_id(response_id)
+        for r in replaces:
+            _core.validate_response_id(r)
+        after = None if after_turn is None else _core.parse_turn_id(after_turn)
+
+        def write(conn: Conn) -> None:
+            self._thread(conn, owner, thread_id, lock=True)
+            where = "WHERE owner = %s AND thread_id = %s"
+            conn.execute(
+                f"DELETE FROM threadloom_thread_branches {where} AND response_id = ANY(%s)",
+                (owner, thread_id, list(replaces)),
+            )
+            row = conn.execute(
+                f"SELECT count(*), count(*) FILTER (WHERE response_id = %s) "
+                f"FROM threadloom_thread_branches {where}",
+                (response_id, owner, thread_id),
+            ).fetchone()
+            assert row is not None
+            if row[0] >= _core.MAX_THREAD_BRANCHES and row[1] == 0:
+                raise LimitExceeded(
+                    f"thread {quote(thread_id)} has as many branches as it can record "
+                    f"({_core.MAX_THREAD_BRANCHES})"
+                )
+            conn.execute(
+                "INSERT INTO threadloom_thread_branches (owner, thread_id, response_id, "
+                "after_turn) VALUES (%s, %s, %s, %s) ON CONFLICT (owner, thread_id, "
+                "response_id) DO UPDATE SET after_turn = EXCLUDED.after_turn",
+                (owner, thread_id, response_id, rows.to_uuid(after)),
+            )
+
+        self._db.call(write, write=True)
+
+    def branches(self, thread_id: str, *, owner: str = "default") -> list[tuple[str, str | None]]:
+        """The thread's recorded branches: (response id, the turn it continues or None)."""
+
+        def read(conn: Conn) -> list[tuple[str, str | None]]:
+            self._thread(conn, owner, thread_id)
+            found = conn.execute(
+                "SELECT response_id, after_turn FROM threadloom_thread_branches "
+                "WHERE owner = %s AND thread_id = %s ORDER BY response_id",
+                (owner, thread_id),
+            ).fetchall()
+            return [(rid, rows.turn_id(after)) for rid, after in found]
+
+        return self._db.call(read)
 
     # ---- history ----------------------------------------------------------------------------
 

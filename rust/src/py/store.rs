@@ -246,6 +246,41 @@ impl Store {
         Ok(PyList::new(py, turns)?.unbind())
     }
 
+    /// Records `response_id` (a reply stored outside the thread, after `after_turn` or as a
+    /// new first message) as a branch of the thread, and drops the records of `replaces`, in
+    /// one transaction. NotFound for a missing thread; LimitExceeded past `MAX_THREAD_BRANCHES`.
+    #[pyo3(signature = (thread_id, response_id, *, owner="default", after_turn=None, replaces=Vec::new()))]
+    fn add_branch(
+        &self,
+        py: Python<'_>,
+        thread_id: String,
+        response_id: String,
+        owner: &str,
+        after_turn: Option<String>,
+        replaces: Vec<String>,
+    ) -> PyResult<()> {
+        let after = after_turn.as_deref().map(ids::parse_turn_id).transpose()?;
+        Ok(py.detach(|| {
+            self.inner
+                .add_branch(owner, &thread_id, &response_id, after, &replaces)
+        })?)
+    }
+
+    /// The thread's recorded branches: (response id, the turn it continues or None).
+    #[pyo3(signature = (thread_id, *, owner="default"))]
+    fn branches(
+        &self,
+        py: Python<'_>,
+        thread_id: String,
+        owner: &str,
+    ) -> PyResult<Vec<(String, Option<String>)>> {
+        let found = py.detach(|| self.inner.branches(owner, &thread_id))?;
+        Ok(found
+            .into_iter()
+            .map(|(id, after)| (id, after.as_ref().map(ids::turn_id_string)))
+            .collect())
+    }
+
     /// The response, or NotFound (also for another owner's or an expired one).
     #[pyo3(signature = (response_id, *, owner="default"))]
     fn get_response(&self, py: Python<'_>, response_id: String, owner: &str) -> PyResult<Response> {

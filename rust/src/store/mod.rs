@@ -1,6 +1,7 @@
 //! The LMDB conversation store: a forest of immutable turns, responses that point into it, and
 //! named threads that point at a head turn. See docs/storage.md for the on-disk layout.
 
+mod branches;
 mod commit;
 mod keys;
 mod pending;
@@ -17,6 +18,7 @@ use heed::{Database, Env, EnvOpenOptions, RoTxn, WithoutTls};
 
 use crate::error::{Error, Result};
 use crate::ids::{self, TurnKey};
+pub use branches::{BranchRecord, MAX_THREAD_BRANCHES};
 pub use keys::{cursor as thread_cursor, parse_cursor as parse_thread_cursor};
 pub use ops::{check_turns, new_turn_key};
 pub use pending::{PendingRecord, MAX_PENDING_BYTES};
@@ -126,6 +128,7 @@ pub struct Store {
     token_counts: Db,
     tombstones: Db,
     pending: Db,
+    branches: Db,
 }
 
 pub fn now_ms() -> i64 {
@@ -153,6 +156,7 @@ struct Dbs {
     token_counts: Db,
     tombstones: Db,
     pending: Db,
+    branches: Db,
 }
 
 /// Creates (or opens) the databases and checks the format header, in one write transaction.
@@ -168,8 +172,9 @@ fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
         responses: create("responses")?,
         token_counts: create("token_counts")?,
         tombstones: create("thread_tombstones")?,
-        // Added after format version 1 shipped; older code ignores it.
+        // Added after format version 1 shipped; older code ignores them.
         pending: create("pending_responses")?,
+        branches: create("thread_branches")?,
     };
     let meta = dbs.meta;
     match meta.get(&txn, b"format")? {
@@ -255,6 +260,7 @@ impl Store {
             token_counts: dbs.token_counts,
             tombstones: dbs.tombstones,
             pending: dbs.pending,
+            branches: dbs.branches,
         })
     }
 

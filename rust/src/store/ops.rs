@@ -371,6 +371,7 @@ impl Store {
             self.tombstones.put(txn, &key, &now_ms().to_le_bytes())?;
         }
         self.unindex_thread(txn, t)?;
+        self.drop_branches(txn, &t.owner, &t.id)?;
         match opt_turn_key(&t.head)? {
             Some(head) => self.release(txn, &head),
             None => Ok(0),

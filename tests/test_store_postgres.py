@@ -138,6 +138,34 @@ def test_servers_starting_together_migrate_once(schema_url: str) -> None:
 
 
 @needs_postgres
+def test_servers_recording_branches_of_one_thread_lose_none(schema_url: str) -> None:
+    """Two servers (two stores on one database) record branches of one thread at once, each
+    replacing its own earlier record: every live branch is kept, none overwritten."""
+    servers = [PostgresStore(schema_url), PostgresStore(schema_url)]
+    try:
+        servers[0].create_thread("t")
+        kept: list[list[str]] = [[], []]
+
+        def record(i: int) -> None:
+            previous: list[str] = []
+            for _ in range(15):
+                rid = _core.new_response_id()
+                servers[i].add_branch("t", rid, replaces=previous)
+                previous = [rid]
+            kept[i] = previous
+
+        threads = [threading.Thread(target=record, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(servers[1].branches("t")) == sorted((r, None) for r in kept[0] + kept[1])
+    finally:
+        for s in servers:
+            s.close()
+
+
+@needs_postgres
 def test_closed_store_says_so(schema_url: str) -> None:
     s = PostgresStore(schema_url)
     s.close()

@@ -7,10 +7,11 @@ the process's thread budget is never oversubscribed."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -103,9 +104,17 @@ class Backend(Protocol):
 class BackendFactory(Protocol):
     """Loads one model with room for `sequences` conversations; the engine calls it once."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The backend's name in logs, metrics and `/health`."""
+        ...
 
     def __call__(self, sequences: int) -> Backend: ...
+
+
+def backend_options(factory: Any) -> dict[str, Any]:
+    """A factory dataclass's fields: the keyword arguments of the backend it loads."""
+    return {f.name: getattr(factory, f.name) for f in dataclasses.fields(factory)}
 
 
 def physical_cores() -> int:

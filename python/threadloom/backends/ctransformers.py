@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from threadloom.backends.base import SamplingParams, StateData, physical_cores
+from threadloom.backends.base import (
+    SamplingParams,
+    StateData,
+    backend_options,
+    physical_cores,
+)
 from threadloom.errors import BackendError
 
 # Never a token id: a prompt ending in it shares exactly the kept prefix with any state.
@@ -141,29 +147,15 @@ class CTransformersBackend:
         self._held = []
 
 
+@dataclass(frozen=True)
 class CTransformersFactory:
     """Loads a `CTransformersBackend` of one converted model file."""
 
-    name = "ctransformers"
-
-    def __init__(
-        self,
-        model_path: Path,
-        *,
-        context_length: int,
-        gpu_layers: int = 0,
-        threads: int | None = None,
-    ) -> None:
-        self.model_path = model_path
-        self.context_length = context_length
-        self.gpu_layers = gpu_layers
-        self.threads = threads
+    name: ClassVar[str] = "ctransformers"
+    model_path: Path
+    context_length: int
+    gpu_layers: int = 0
+    threads: int | None = None
 
     def __call__(self, sequences: int) -> CTransformersBackend:
-        return CTransformersBackend(
-            self.model_path,
-            sequences=sequences,
-            context_length=self.context_length,
-            gpu_layers=self.gpu_layers,
-            threads=self.threads,
-        )
+        return CTransformersBackend(sequences=sequences, **backend_options(self))

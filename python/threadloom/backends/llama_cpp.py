@@ -15,12 +15,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
 
-from threadloom.backends.base import SamplingParams, StateData, physical_cores
+from threadloom.backends.base import (
+    SamplingParams,
+    StateData,
+    backend_options,
+    physical_cores,
+)
 from threadloom.errors import BackendError, ModelFormatError
 
 log = logging.getLogger("threadloom.backends.llama_cpp")
@@ -285,37 +290,20 @@ def _kv_type(lib: Any, name: str) -> int:
     return int(types[name])
 
 
+@dataclass(frozen=True)
 class LlamaCppFactory:
     """Loads a `LlamaCppBackend` of one GGUF file (the original: llama.cpp reads it as is)."""
 
-    name = "llama-cpp"
+    name: ClassVar[str] = "llama-cpp"
+    model_path: Path
+    context_length: int | None
+    gpu_layers: int = 0
+    threads: int | None = None
+    decode_group: int | None = None
+    kv_type: str = "f16"
 
-    def __init__(
-        self,
-        model_path: Path,
-        *,
-        context_length: int | None,
-        gpu_layers: int = 0,
-        threads: int | None = None,
-        decode_group: int | None = None,
-        kv_type: str = "f16",
-    ) -> None:
-        self._lib = load_library()
-        _kv_type(self._lib, kv_type)  # a bad name fails at start, not at the first load
-        self.model_path = model_path
-        self.context_length = context_length
-        self.gpu_layers = gpu_layers
-        self.threads = threads
-        self.decode_group = decode_group
-        self.kv_type = kv_type
+    def __post_init__(self) -> None:
+        _kv_type(load_library(), self.kv_type)  # a bad name fails at start, not at first load
 
     def __call__(self, sequences: int) -> LlamaCppBackend:
-        return LlamaCppBackend(
-            self.model_path,
-            sequences=sequences,
-            context_length=self.context_length,
-            gpu_layers=self.gpu_layers,
-            threads=self.threads,
-            decode_group=self.decode_group,
-            kv_type=self.kv_type,
-        )
+        return LlamaCppBackend(sequences=sequences, **backend_options(self))

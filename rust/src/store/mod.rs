@@ -160,8 +160,12 @@ struct Dbs {
 }
 
 /// Creates (or opens) the databases and checks the format header, in one write transaction.
-fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
-    let mut txn = env.write_txn()?;
+/// None when another process grew the map past this mapping (adopt it, then try again).
+fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Option<Dbs>> {
+    let mut txn = match env.write_txn() {
+        Err(heed::Error::Mdb(heed::MdbError::MapResized)) => return Ok(None),
+        txn => txn?,
+    };
     let mut create = |name: &str| -> Result<Db> { Ok(env.create_database(&mut txn, Some(name))?) };
     let dbs = Dbs {
         meta: create("meta")?,
@@ -203,7 +207,7 @@ fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
         }
     }
     txn.commit()?;
-    Ok(dbs)
+    Ok(Some(dbs))
 }
 
 impl Store {
@@ -234,6 +238,7 @@ impl Store {
         })?;
         let max_map_size = options.max_map_size.max(map_size);
         // A map too small even for the databases grows like any other write would.
+        // Another process may grow it meanwhile: adopt its size and try again.
         let dbs = loop {
             match init(&env, path) {
                 Err(Error::StoreFull(_)) if env.info().map_size < max_map_size => {
@@ -241,7 +246,10 @@ impl Store {
                     // SAFETY: `init` has ended its transaction and the env is not shared yet.
                     unsafe { env.resize(doubled.min(round_to_page(max_map_size))) }?;
                 }
-                other => break other?,
+                // SAFETY: as above; size 0 adopts the size recorded in the store.
+                Ok(None) => unsafe { env.resize(0) }?,
+                Ok(Some(dbs)) => break dbs,
+                Err(e) => return Err(e),
             }
         };
         Ok(Store {

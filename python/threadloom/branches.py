@@ -11,12 +11,14 @@ and made again under the same id starts with none.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Iterable
 
 import msgspec
 
 from threadloom._core import Thread, Tokenizer, Turn
-from threadloom.errors import NotFound, StateConflict
+from threadloom.errors import InvalidInput, NotFound, StateConflict
 from threadloom.storage import ConversationStore
 
 # Where a branch starts: after a turn of the tree, or before its first message ("root").
@@ -41,6 +43,32 @@ class Tree(msgspec.Struct, kw_only=True):
     roots: list[str]
 
 
+# Before the store recorded branches, a thread's were kept in a hidden thread of this id prefix
+# (and a digest of the thread id); one found is moved into the store's records and deleted.
+LEGACY_PREFIX = "threadloom.branches."
+
+
+def legacy_registry_id(thread_id: str) -> str:
+    return LEGACY_PREFIX + hashlib.sha256(thread_id.encode()).hexdigest()[:40]
+
+
+def _adopt_legacy(store: ConversationStore, owner: str, t: Thread) -> None:
+    registry = legacy_registry_id(t.id)
+    try:
+        meta = store.get_thread(registry, owner=owner).metadata
+    except NotFound:
+        return
+    # A registry of an earlier thread under the same id is dropped, not adopted.
+    if meta.get("threadloom_branches_of") == t.id and meta.get("thread_created_ms") == t.created_ms:
+        for entry in meta.get("branches", []):
+            if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str):
+                after = entry[1] if isinstance(entry[1], str) else None
+                with contextlib.suppress(InvalidInput):
+                    store.add_branch(t.id, entry[0], owner=owner, after_turn=after)
+    with contextlib.suppress(NotFound):
+        store.delete_thread(registry, owner=owner)
+
+
 def _alive(store: ConversationStore, owner: str, response_id: str) -> str | None:
     """The last turn of a stored response; "" while it still generates; None when gone."""
     try:
@@ -55,6 +83,7 @@ def register(
     """Records `response_id` (a reply stored after turn `after`, or as a new root) as a branch
     of the thread. The record it continues (whose response ended at `after`) is replaced, and
     records whose responses are gone are dropped."""
+    _adopt_legacy(store, owner, store.get_thread(thread_id, owner=owner))
     replaces = []
     for rid, _ in store.branches(thread_id, owner=owner):
         last = _alive(store, owner, rid)
@@ -90,6 +119,7 @@ def build(
 ) -> Tree:
     """The thread's tree. Raises NotFound for a missing (or another tenant's) thread."""
     t = store.get_thread(thread_id, owner=owner)
+    _adopt_legacy(store, owner, t)
     nodes: dict[str, Turn] = {}
     main: set[str] = set()
     if t.head is not None:

@@ -26,7 +26,8 @@ from threadloom._core import (
     Turn,
     quote,
 )
-from threadloom.errors import InvalidInput, LimitExceeded, NotFound, StateConflict
+from threadloom.errors import InvalidInput, NotFound, StateConflict
+from threadloom.pgstore import branches as branch_records
 from threadloom.pgstore import maintenance, rows, writes
 from threadloom.pgstore.connection import Conn, Database, now_ms
 from threadloom.pgstore.refs import release, remove_thread
@@ -331,28 +332,7 @@ class PostgresStore:
 
         def write(conn: Conn) -> None:
             self._thread(conn, owner, thread_id, lock=True)
-            where = "WHERE owner = %s AND thread_id = %s"
-            conn.execute(
-                f"DELETE FROM threadloom_thread_branches {where} AND response_id = ANY(%s)",
-                (owner, thread_id, list(replaces)),
-            )
-            row = conn.execute(
-                f"SELECT count(*), count(*) FILTER (WHERE response_id = %s) "
-                f"FROM threadloom_thread_branches {where}",
-                (response_id, owner, thread_id),
-            ).fetchone()
-            assert row is not None
-            if row[0] >= _core.MAX_THREAD_BRANCHES and row[1] == 0:
-                raise LimitExceeded(
-                    f"thread {quote(thread_id)} has as many branches as it can record "
-                    f"({_core.MAX_THREAD_BRANCHES})"
-                )
-            conn.execute(
-                "INSERT INTO threadloom_thread_branches (owner, thread_id, response_id, "
-                "after_turn) VALUES (%s, %s, %s, %s) ON CONFLICT (owner, thread_id, "
-                "response_id) DO UPDATE SET after_turn = EXCLUDED.after_turn",
-                (owner, thread_id, response_id, rows.to_uuid(after)),
-            )
+            branch_records.add(conn, owner, thread_id, response_id, after, replaces)
 
         self._db.call(write, write=True)
 
@@ -361,12 +341,7 @@ class PostgresStore:
 
         def read(conn: Conn) -> list[tuple[str, str | None]]:
             self._thread(conn, owner, thread_id)
-            found = conn.execute(
-                "SELECT response_id, after_turn FROM threadloom_thread_branches "
-                "WHERE owner = %s AND thread_id = %s ORDER BY response_id",
-                (owner, thread_id),
-            ).fetchall()
-            return [(rid, rows.turn_id(after)) for rid, after in found]
+            return branch_records.listed(conn, owner, thread_id)
 
         return self._db.call(read)
 

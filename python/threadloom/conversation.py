@@ -116,17 +116,8 @@ class Conversations:
         """The response to continue, checked (existence, ownership, status, window) before any
         model time is spent."""
         r = self.store.get_response(previous_response_id, owner=owner)
-        if r.status == "failed":
-            raise StateConflict(
-                f"response {previous_response_id} has status failed and cannot be continued"
-            )
-        window_s = self.store.retention.anchor_window_s
-        if anchor_window and time.time() * 1000 - r.created_ms > window_s * 1000:
-            # The store refuses it too, but only when storing, after the generation.
-            raise NotFound(
-                f"response {previous_response_id} is older than the {window_s:.0f} s window "
-                "for continuing a response"
-            )
+        # The store checks the same when storing, but only after the generation.
+        self.store.retention.check_anchor(r, time.time_ns() // 1_000_000, anchor_window)
         return r
 
     def _headed_thread(self, previous: Response, owner: str) -> str | None:

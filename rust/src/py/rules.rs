@@ -79,8 +79,7 @@ impl Retention {
     /// Whether `thread` has expired at `now_ms` (Unix milliseconds).
     fn thread_expired(&self, thread: PyRef<'_, Thread>, now_ms: i64) -> bool {
         let (created, activity) = thread.times();
-        let (live_activity, live_created) = self.inner.thread_cutoffs(now_ms);
-        activity < live_activity || created < live_created
+        self.inner.thread_expired_at(created, activity, now_ms)
     }
 
     /// (oldest live last activity, oldest live creation) at `now_ms`: `thread_expired` as the
@@ -91,7 +90,8 @@ impl Retention {
 
     /// Whether `response` has expired at `now_ms`.
     fn response_expired(&self, response: PyRef<'_, Response>, now_ms: i64) -> bool {
-        response.anchor_fields().2 < self.inner.response_cutoff(now_ms)
+        self.inner
+            .response_expired_at(response.anchor_fields().2, now_ms)
     }
 
     /// The oldest live response's creation time at `now_ms`.

@@ -30,8 +30,14 @@ impl Default for Retention {
 
 impl Retention {
     pub fn thread_expired(&self, t: &ThreadRecord, now_ms: i64) -> bool {
+        self.thread_expired_at(t.created_ms, t.last_activity_ms, now_ms)
+    }
+
+    /// Whether a thread created at `created_ms` and last active at `last_activity_ms` has
+    /// expired at `now_ms`.
+    pub fn thread_expired_at(&self, created_ms: i64, last_activity_ms: i64, now_ms: i64) -> bool {
         let (live_activity, live_created) = self.thread_cutoffs(now_ms);
-        t.last_activity_ms < live_activity || t.created_ms < live_created
+        last_activity_ms < live_activity || created_ms < live_created
     }
 
     /// (oldest live last activity, oldest live creation): `thread_expired` as two bounds, the
@@ -44,7 +50,12 @@ impl Retention {
     }
 
     pub fn response_expired(&self, r: &ResponseRecord, now_ms: i64) -> bool {
-        r.created_ms < self.response_cutoff(now_ms)
+        self.response_expired_at(r.created_ms, now_ms)
+    }
+
+    /// Whether a response created at `created_ms` has expired at `now_ms`.
+    pub fn response_expired_at(&self, created_ms: i64, now_ms: i64) -> bool {
+        created_ms < self.response_cutoff(now_ms)
     }
 
     /// The oldest live response's creation time.

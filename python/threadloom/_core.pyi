@@ -16,6 +16,8 @@ __all__ = [
     "Appended",
     "Assembly",
     "ChatTemplate",
+    "Constraint",
+    "Grammars",
     "PromptEngine",
     "Response",
     "ResponseInfo",
@@ -576,3 +578,26 @@ def convert_for_ctransformers(
     dst: str | PathLike[str],
     progress: Callable[[int, int], object] | None = None,
 ) -> dict[str, Any]: ...
+
+@final
+class Grammars:
+    """One model's format compiler: a trie of its vocabulary for llguidance."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None: ...
+    def compile(
+        self, kind: Literal["json_object", "json_schema", "lark"], source: str | None = None
+    ) -> Constraint:
+        """A fresh matcher; `InvalidInput` with llguidance's reason when `source` does not
+        compile."""
+
+@final
+class Constraint:
+    """One sequence's matcher: mask the logits, then advance with the sampled token."""
+
+    def apply(self, address: int, length: int) -> None:
+        """Sets disallowed logits at `address` (`length` float32) to -inf, in place."""
+    def advance(self, token: int) -> bool:
+        """True when the output is complete; `StateConflict` for a token it did not allow."""
+    @property
+    def accepting(self) -> bool: ...
+    def allowed(self) -> list[int]: ...

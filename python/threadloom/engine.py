@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from threadloom import branches
-from threadloom._core import Assembly, Thread, new_response_id
+from threadloom._core import Assembly, Constraint, Thread, new_response_id
 from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
 from threadloom.batch import run_batch
@@ -24,6 +24,7 @@ from threadloom.bridge import LoopBridge
 from threadloom.conversation import Conversations, Destination, Prepared
 from threadloom.errors import BackendError, InvalidInput, NotFound
 from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
+from threadloom.formats import OutputFormats
 from threadloom.generation import ENDED, Signal, TextJob
 from threadloom.kvstate import StateCache, StateTag
 from threadloom.request import Message, Request, make_request
@@ -104,6 +105,7 @@ class Engine:
         self.context_length = self.prompt.context_length
         self.tokenizer = self.prompt.tokenizer
         self._eog = frozenset(self.tokenizer.eog_ids)
+        self.formats = OutputFormats(self.tokenizer)
         states = None
         if kv_cache_dir is not None and kv_cache_bytes > 0:
             settings = f"{backend.name}/{self.context_length}/{kv_cache_type}"
@@ -169,8 +171,8 @@ class Engine:
         if turn_key is not None:
             await self._thread_turns.acquire(turn_key)
         try:
-            prepared = await self.offload(lambda: self.conversations.prepare(req, new, create=True))
-            run = _Run(self, req, prepared)
+            prepared, constraint = await self.offload(lambda: self._prepare(req, new))
+            run = _Run(self, req, prepared, constraint)
             await run.admitted()
             await run.announce()
         except BaseException:
@@ -354,6 +356,14 @@ class Engine:
 
     # ---- internals -----------------------------------------------------------------------
 
+    def _prepare(
+        self, req: Request, new: list[dict[str, str]]
+    ) -> tuple[Prepared, Constraint | None]:
+        """The format first: a schema that cannot be enforced is refused before the store
+        creates anything."""
+        constraint = self.formats.constraint(req)
+        return self.conversations.prepare(req, new, create=True), constraint
+
     async def offload(self, work: Callable[[], T]) -> T:
         """Runs store or assembly work in the engine's worker threads, off the event loop: the
         one way the engine and the routes do it (a PostgreSQL round trip or an LMDB commit
@@ -390,7 +400,9 @@ class _Run:
     """One generation between the engine's prologue and its stored result: the scheduler job,
     the bridge its events cross to the loop on, and the save at the end."""
 
-    def __init__(self, engine: Engine, req: Request, prepared: Prepared) -> None:
+    def __init__(
+        self, engine: Engine, req: Request, prepared: Prepared, constraint: Constraint | None
+    ) -> None:
         self.engine, self.req, self.prepared = engine, req, prepared
         self.loop = asyncio.get_running_loop()
         self.bridge: LoopBridge[Signal] = LoopBridge(self.loop)
@@ -399,6 +411,7 @@ class _Run:
         self.pending: list[Signal] = []
         split = bool(req.enable_thinking) and req.split_reasoning
         self.job = engine._job(prepared.assembly.ids, req.params, req.owner, split, self._sink)
+        self.job.constraint = constraint
         if self.response_id is not None:
             # Its state may be saved for a later turn: only a stored conversation's, which
             # deleting the thread or response removes again.

@@ -49,6 +49,10 @@ class Request(msgspec.Struct, kw_only=True):
     visible: bool = True
     add_generation_prompt: bool = True
     split_reasoning: bool = True
+    # A JSON schema the reply must match (`{"type": "object"}`: any JSON object), enforced
+    # token by token; `output_schema_field` names it in errors (the dialect's own field).
+    output_schema: dict[str, Any] | None = None
+    output_schema_field: str = "output_schema"
 
     @property
     def params(self) -> SamplingParams:

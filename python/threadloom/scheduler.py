@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from threadloom.backends.base import Backend, SamplingParams
+from threadloom.backends.base import Backend, SamplingParams, TokenConstraint
 from threadloom.errors import Overloaded
 from threadloom.kvstate import MIN_STATE_TOKENS, StateCache, StateTag, common_prefix
 
@@ -85,6 +85,8 @@ class Job:
         # Prompt tokens the sequence holds; decoding starts when it reaches len(ids).
         self.position = 0
         self.produced = 0
+        # The format the reply must match (JSON schema, tool calls): masks every token.
+        self.constraint: TokenConstraint | None = None
 
     def on_start(self) -> None:
         """Admitted: `seq` and `cached` are set."""
@@ -302,8 +304,13 @@ class Scheduler:
         decoding = [j for j in self._active if j.position >= len(j.ids)]
         if not decoding:
             return
+        batch = [(j.seq, j.params) for j in decoding]
+        constraints = [j.constraint for j in decoding]
         try:
-            tokens = self.backend.decode([(j.seq, j.params) for j in decoding])
+            if any(c is not None for c in constraints):
+                tokens = self.backend.decode(batch, constraints)
+            else:
+                tokens = self.backend.decode(batch)
         except BaseException as e:  # a Rust panic too: it fails these jobs, not the loop
             log.exception("decode failed")
             for job in decoding:
@@ -317,7 +324,16 @@ class Scheduler:
                 self._end(job, "length")
                 continue
             job.produced += 1
+            complete = False
+            if job.constraint is not None:
+                try:
+                    complete = job.constraint.advance(token)
+                except Exception as e:  # never a token the format refused
+                    self._end(job, "error", str(e))
+                    continue
             finish = _call(job.on_token, token)
+            if finish is None and complete:
+                finish = "stop"
             if finish is None and job.produced >= job.params.max_tokens:
                 finish = "length"
             if finish is not None:

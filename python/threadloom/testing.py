@@ -7,7 +7,7 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 
-from threadloom.backends.base import SamplingParams, StateData
+from threadloom.backends.base import Constraints, SamplingParams, StateData, TokenConstraint
 
 _STATE_MAGIC = b"SCRIPTED-STATE"
 
@@ -57,10 +57,13 @@ class ScriptedBackend:
         self.prompt_tokens_evaluated += len(ids)
         self.log.append(("prefill", seq, len(ids)))
 
-    def decode(self, batch: Sequence[tuple[int, SamplingParams]]) -> list[int | None]:
-        return [self._step(seq) for seq, _ in batch]
+    def decode(
+        self, batch: Sequence[tuple[int, SamplingParams]], constraints: Constraints = ()
+    ) -> list[int | None]:
+        masks = constraints or [None] * len(batch)
+        return [self._step(seq, mask) for (seq, _), mask in zip(batch, masks, strict=True)]
 
-    def _step(self, seq: int) -> int | None:
+    def _step(self, seq: int, mask: TokenConstraint | None = None) -> int | None:
         self.log.append(("decode", seq, 1))
         pending = self._pending[seq]
         if pending is not None:
@@ -78,8 +81,9 @@ class ScriptedBackend:
         if self._delay_s:
             time.sleep(self._delay_s)
         self._sampled[seq] = n + 1
-        self._pending[seq] = reply[n]
-        return reply[n]
+        token = reply[n] if mask is None else _masked(reply[n], mask)
+        self._pending[seq] = token
+        return token
 
     def save_state(self, seq: int) -> tuple[Sequence[int], bytes] | None:
         """The held ids are the whole state: a payload that only this backend reads."""
@@ -103,6 +107,13 @@ class ScriptedBackend:
 
     def close(self) -> None:
         self._held = [[] for _ in self._held]
+
+
+def _masked(wanted: int, mask: TokenConstraint) -> int:
+    """The scripted token where the format allows it, else the lowest id it allows: a scripted
+    reply under a constraint still comes out valid, as a model's would."""
+    allowed = mask.allowed()
+    return wanted if wanted in allowed else allowed[0]
 
 
 class ScriptedFactory:

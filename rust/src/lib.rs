@@ -1,6 +1,8 @@
-//! threadloom's core: the LMDB conversation store (and, behind the `python` feature, the
-//! `threadloom._core` extension module that exposes it).
+//! threadloom's core: the LMDB conversation store, GGUF reading, chat templates, tokenization,
+//! prompt assembly and trimming, and constrained decoding (and, behind the `python` feature,
+//! the `threadloom._core` extension module that exposes them).
 
+pub mod constrain;
 pub mod error;
 pub mod gguf;
 pub mod ids;
@@ -15,6 +17,8 @@ mod py;
 #[cfg(feature = "python")]
 #[pyo3::pymodule]
 mod _core {
+    #[pymodule_export]
+    use crate::py::constrain::{Constraint, Grammars};
     #[pymodule_export]
     use crate::py::model::convert_for_ctransformers;
     #[pymodule_export]

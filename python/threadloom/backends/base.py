@@ -60,6 +60,29 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
             raise InvalidInput("repetition_penalty must be between 0.5 and 2")
 
 
+class TokenConstraint(Protocol):
+    """What a constrained generation's sequence carries (`_core.Constraint`): the backend
+    applies it to the logits row before sampling, the scheduler advances it after."""
+
+    def apply(self, address: int, length: int) -> None:
+        """Sets the logits the format does not allow, at `address` (`length` float32), to
+        -inf. Where the format cannot continue it leaves only the end-of-generation ids and
+        the next `advance` raises: the generation fails, it never goes on unconstrained."""
+        ...
+
+    def advance(self, token: int) -> bool:
+        """Takes the sampled token; True when the output is complete."""
+        ...
+
+    def allowed(self) -> list[int]:
+        """The ids allowed next (slow: for scripted backends and diagnostics)."""
+        ...
+
+
+# One entry per sequence of a `decode` batch: no constraint for that sequence, or its matcher.
+Constraints = Sequence[TokenConstraint | None]
+
+
 class Backend(Protocol):
     """One loaded model with `sequences` states. Every method is called from the scheduler's
     thread only, so implementations need no locks."""
@@ -82,10 +105,13 @@ class Backend(Protocol):
         unevaluated token), then evaluates `ids` (never empty) after them."""
         ...
 
-    def decode(self, batch: Sequence[tuple[int, SamplingParams]]) -> list[int | None]:
+    def decode(
+        self, batch: Sequence[tuple[int, SamplingParams]], constraints: Constraints = ()
+    ) -> list[int | None]:
         """One step for each `(seq, params)`: evaluates the token the previous step sampled
-        for that sequence (if any), then samples the next one from its logits. None: the
-        sequence's context is full and it cannot continue."""
+        for that sequence (if any), then samples the next one from its logits, masked by
+        `constraints[i]` where given (empty: none at all). None: the sequence's context is full
+        and it cannot continue."""
         ...
 
     def save_state(self, seq: int) -> tuple[Sequence[int], bytes] | None:

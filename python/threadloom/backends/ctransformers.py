@@ -4,6 +4,7 @@ tokenizer does not know special tokens."""
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from threadloom.backends.base import (
+    Constraints,
     SamplingParams,
     StateData,
+    TokenConstraint,
     backend_options,
     physical_cores,
 )
@@ -99,16 +102,27 @@ class CTransformersBackend:
         self._pending[seq] = None
         self._eval(seq, ids)
 
-    def decode(self, batch: Sequence[tuple[int, SamplingParams]]) -> list[int | None]:
-        return [self._step(seq, params) for seq, params in batch]
+    def decode(
+        self, batch: Sequence[tuple[int, SamplingParams]], constraints: Constraints = ()
+    ) -> list[int | None]:
+        masks = constraints or [None] * len(batch)
+        return [
+            self._step(seq, params, mask) for (seq, params), mask in zip(batch, masks, strict=True)
+        ]
 
-    def _step(self, seq: int, params: SamplingParams) -> int | None:
+    def _step(self, seq: int, params: SamplingParams, mask: TokenConstraint | None) -> int | None:
         pending = self._pending[seq]
         if pending is not None:
             if len(self._held[seq]) >= self._context_length:
                 return None
             self._eval(seq, [pending])
             self._pending[seq] = None
+        if mask is not None:
+            # ctransformers samples from its own logits buffer, which this pointer exposes:
+            # masking it in place is what its `sample` then reads.
+            llm = self._llms[seq]
+            address = ctypes.cast(llm.ctransformers_llm_logits_data(), ctypes.c_void_p).value
+            mask.apply(address or 0, int(llm.ctransformers_llm_logits_size()))
         greedy = params.temperature <= 0.0
         token = int(
             self._llms[seq].sample(

@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from threadloom.backends.base import (
+    Constraints,
     SamplingParams,
     StateData,
     backend_options,
@@ -169,7 +170,9 @@ class LlamaCppBackend:
         # the other sequences' next tokens.
         s.ids.extend(ids)
 
-    def decode(self, batch: Sequence[tuple[int, SamplingParams]]) -> list[int | None]:
+    def decode(
+        self, batch: Sequence[tuple[int, SamplingParams]], constraints: Constraints = ()
+    ) -> list[int | None]:
         out: list[int | None] = [None] * len(batch)
         live: list[tuple[int, int, SamplingParams]] = []
         for n, (seq, params) in enumerate(batch):
@@ -200,6 +203,9 @@ class LlamaCppBackend:
                 if s.rng is None and params.temperature > 0.0:
                     s.rng = np.random.default_rng(None if params.seed < 0 else params.seed)
                 logits = self._logits(rows[seq])
+                mask = constraints[n] if constraints else None
+                if mask is not None:
+                    mask.apply(logits.ctypes.data, logits.shape[0])
                 s.sampled = pick_token(logits, s.ids[-PENALTY_WINDOW:], params, s.rng)
                 out[n] = s.sampled
         return out

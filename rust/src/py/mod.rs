@@ -1,6 +1,7 @@
 //! Thin PyO3 wrappers over the pure-Rust core. Each method owns its inputs, releases the GIL for
 //! the real work, and converts the result back.
 
+pub mod constrain;
 pub mod errors;
 pub mod model;
 pub mod prompt;

@@ -41,7 +41,7 @@ fn owned_texts(values: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
 /// A model's tokenizer, built from its GGUF vocabulary; matches llama.cpp's token ids.
 #[pyclass(frozen, module = "threadloom._core")]
 pub struct Tokenizer {
-    inner: Arc<tokens::Tokenizer>,
+    pub(crate) inner: Arc<tokens::Tokenizer>,
 }
 
 #[pymethods]

@@ -42,7 +42,7 @@ pub fn cursor(last_activity_ms: i64, id: &str) -> String {
 /// The last activity (ms) and thread id a cursor names, or InvalidInput.
 pub fn parse_cursor(text: &str) -> Result<(i64, String)> {
     let bad = || Error::InvalidInput(format!("invalid cursor {text:?}"));
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes = (0..text.len())

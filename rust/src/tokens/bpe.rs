@@ -168,7 +168,7 @@ impl ByteBpe {
             if self
                 .merges
                 .get(&pair(syms[pos].c, right_c))
-                .map_or(true, |&(_, id)| id != new_id)
+                .is_none_or(|&(_, id)| id != new_id)
             {
                 continue;
             }

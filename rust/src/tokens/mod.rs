@@ -434,6 +434,12 @@ impl Tokenizer {
         self.vocab.texts.len()
     }
 
+    /// Whether SentencePiece encoding puts a space before the text (so encoding a fragment
+    /// is not the same as encoding it inside a longer text).
+    pub fn adds_space_prefix(&self) -> bool {
+        self.vocab.kind == VocabKind::Spm && self.vocab.add_space_prefix
+    }
+
     /// The vocabulary kind.
     pub fn kind(&self) -> VocabKind {
         self.vocab.kind

@@ -420,7 +420,7 @@ fn reference_spm(v: &SpmVocab, text: &str, add_space_prefix: bool) -> Vec<u32> {
                         let cat = format!("{}{}", syms[i], syms[i + 1]);
                         if let Some(id) = id_of(&cat) {
                             let s = v.scores[id as usize];
-                            if best.map_or(true, |(bs, _)| s > bs) {
+                            if best.is_none_or(|(bs, _)| s > bs) {
                                 best = Some((s, i));
                             }
                         }

@@ -74,13 +74,13 @@ fn head_geometry(
     n_head_kv: u32,
     n_rot: Option<u32>,
 ) -> bool {
-    if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+    if n_head == 0 || n_head_kv == 0 || !n_head.is_multiple_of(n_head_kv) {
         c.problem(format!(
             "attention head counts {n_head} (query) and {n_head_kv} (key/value) are not supported: the query count must be a positive multiple of the key/value count"
         ));
         return false;
     }
-    if n_embd % n_head != 0 {
+    if !n_embd.is_multiple_of(n_head) {
         c.problem(format!(
             "the embedding length {n_embd} is not a multiple of the head count {n_head}"
         ));

@@ -74,14 +74,16 @@ class ScriptedBackend:
             reply = self._replies[seq] = list(self._script(self._held[seq]))
             self._sampled[seq] = 0
         n = self._sampled[seq]
-        if n >= len(reply) or len(self._held[seq]) >= self._context_length:
+        # Under a constraint the reply goes on past its script until the format is complete.
+        if (n >= len(reply) and mask is None) or len(self._held[seq]) >= self._context_length:
             return None
         if self._fail_after is not None and n >= self._fail_after:
             raise RuntimeError("scripted failure")
         if self._delay_s:
             time.sleep(self._delay_s)
         self._sampled[seq] = n + 1
-        token = reply[n] if mask is None else _masked(reply[n], mask)
+        wanted = reply[n] if n < len(reply) else -1
+        token = wanted if mask is None else _masked(wanted, mask)
         self._pending[seq] = token
         return token
 

@@ -25,6 +25,7 @@ from threadloom.server.routes.common import (
 from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.routes.responses import check_model, mint_id
 from threadloom.server.schemas import chat as c
+from threadloom.server.schemas import formats
 
 _decoder = msgspec.json.Decoder(c.ChatRequest)
 
@@ -70,12 +71,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     check_model(req.model, engine)
     sampling = _sampling(req, engine)
     messages = _messages(req)
+    schema, schema_field = formats.chat_response_format(req.response_format)
     events = engine.stream(
         messages[-1:],
         history=messages[:-1],
         store=False,
         owner=request[OWNER],
         sampling=sampling,
+        output_schema=schema,
+        output_schema_field=schema_field,
     )
     await sse.started(events)
     ident, created = mint_id("chatcmpl"), int(time.time())

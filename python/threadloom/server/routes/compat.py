@@ -25,11 +25,6 @@ def _false(value: Any) -> bool:
     return value is False
 
 
-def _plain_text_format(value: Any) -> bool:
-    fmt = value.get("format") if isinstance(value, dict) else None
-    return fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text")
-
-
 def _no_reasoning(value: Any) -> bool:
     return isinstance(value, dict) and value.get("effort") is None and not value.get("summary")
 
@@ -40,7 +35,6 @@ RESPONSES: Mapping[str, Neutral] = {
     "tools": _empty,
     "prompt": _empty,
     "reasoning": _no_reasoning,
-    "text": _plain_text_format,
     "top_logprobs": _empty,
 }
 
@@ -52,7 +46,6 @@ CHAT: Mapping[str, Neutral] = {
     "logprobs": _false,
     "top_logprobs": _empty,
     "logit_bias": _empty,
-    "response_format": lambda v: isinstance(v, dict) and v.get("type") == "text",
     "audio": _empty,
     "modalities": lambda v: v == ["text"],
     "prediction": _empty,

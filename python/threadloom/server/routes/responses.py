@@ -26,6 +26,7 @@ from threadloom.server.routes.common import (
     sampling_params,
 )
 from threadloom.server.routes.compat import refuse_unsupported
+from threadloom.server.schemas import formats
 from threadloom.server.schemas import responses as s
 from threadloom.server.schemas.freddy import THREAD_ID
 from threadloom.server.schemas.items import FunctionCallItem, FunctionCallOutputItem, tool_item
@@ -102,6 +103,7 @@ class _Draft:
     def __init__(self, req: s.CreateResponse, engine: Engine, sampling: SamplingParams) -> None:
         self.req = req
         self.sampling = sampling
+        self.text, self.schema, self.schema_field = formats.responses_text(req.text)
         self.model = engine.model_name
         self.created_at = int(time.time())
         # Replaced by the engine's id for the stored response once generation starts.
@@ -149,6 +151,7 @@ class _Draft:
             truncation=self.req.truncation,
             tool_choice=self.req.tool_choice or "auto",
             user=self.req.user,
+            text=self.text,
         )
 
     def finished(self, result: Result, item_id: str | None = None) -> s.ResponseObject:
@@ -192,8 +195,13 @@ def _prompt_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) 
     }
 
 
-def _stream_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) -> dict[str, Any]:
-    return {**_prompt_kwargs(req, owner, sampling), "store": req.store}
+def _stream_kwargs(draft: _Draft, owner: str) -> dict[str, Any]:
+    return {
+        **_prompt_kwargs(draft.req, owner, draft.sampling),
+        "store": draft.req.store,
+        "output_schema": draft.schema,
+        "output_schema_field": draft.schema_field,
+    }
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -216,7 +224,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
             raise ApiError(
                 404, f"conversation {cid!r} not found", param="conversation", code="not_found"
             ) from None
-    events = engine.stream(inputs, **_stream_kwargs(req, owner, sampling))
+    events = engine.stream(inputs, **_stream_kwargs(draft, owner))
     try:
         first = await sse.started(events)
     except NotFound as e:

@@ -9,6 +9,7 @@ from msgspec import Meta
 
 from threadloom.errors import InvalidInput
 from threadloom.server.schemas import items
+from threadloom.server.schemas.formats import TextConfig
 from threadloom.server.schemas.limits import MAX_ITEMS
 
 # Ids come from the store: "resp_" and 128 random bits in Crockford's base 32 (lower case).
@@ -199,14 +200,6 @@ class ResponseError(msgspec.Struct, kw_only=True):
 
 class IncompleteDetails(msgspec.Struct, kw_only=True):
     reason: Literal["max_output_tokens", "content_filter"]
-
-
-class TextFormat(msgspec.Struct, kw_only=True):
-    type: Literal["text"] = "text"
-
-
-class TextConfig(msgspec.Struct, kw_only=True):
-    format: TextFormat = msgspec.field(default_factory=TextFormat)
 
 
 class ConversationRef(msgspec.Struct, kw_only=True):

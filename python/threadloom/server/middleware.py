@@ -111,9 +111,9 @@ def to_api_error(e: BaseException) -> ApiError:
     if isinstance(e, msgspec.DecodeError):
         return ApiError(400, f"invalid JSON body: {e}", code="invalid_json")
     if isinstance(e, NotFound):
-        return ApiError(404, str(e), code="not_found")
+        return ApiError(404, str(e), param=e.param, code="not_found")
     if isinstance(e, StateConflict):
-        return ApiError(409, str(e), code="conflict")
+        return ApiError(409, str(e), param=e.param, code="conflict")
     if isinstance(e, ContextLengthExceeded):
         return ApiError(400, str(e), param="input", code="context_length_exceeded")
     if isinstance(e, LimitExceeded):

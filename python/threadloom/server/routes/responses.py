@@ -13,6 +13,7 @@ from aiohttp import web
 
 from threadloom import Response, Turn
 from threadloom.backends.base import SamplingParams
+from threadloom.conversation import THREAD_DELETED
 from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.errors import NotFound
 from threadloom.server import sse
@@ -87,6 +88,14 @@ def _details(status: str) -> tuple[s.ResponseError | None, s.IncompleteDetails |
     return None, s.IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None
 
 
+def _failure(error: str | None) -> s.ResponseError:
+    """A failed response's error: why, when it was stopped because its conversation was
+    deleted; nothing more about a failed generation (its detail is the server's)."""
+    if error == THREAD_DELETED:
+        return s.ResponseError(code="conversation_deleted", message=error)
+    return s.ResponseError(code="server_error", message="the generation failed")
+
+
 def _message(item_id: str, text: str, status: str) -> s.OutputMessage:
     item_status = "incomplete" if status in ("incomplete", "failed") else status
     return s.OutputMessage(
@@ -125,9 +134,13 @@ class _Draft:
         error, incomplete = None, None
         if result is not None:
             if result.status == "failed":
-                error = s.ResponseError(code="server_error", message="the generation failed")
+                error = _failure(result.error)
             elif result.status == "incomplete" and result.finish_reason == "length":
                 incomplete = s.IncompleteDetails(reason="max_output_tokens")
+        conversation = self.conversation
+        if result is not None and conversation is not None and result.thread_id != conversation.id:
+            # Not stored in the conversation (it was deleted meanwhile): the answer says so.
+            conversation = None
         return s.ResponseObject(
             id=(result.response_id if result and result.response_id else self.id),
             created_at=self.created_at,
@@ -142,7 +155,7 @@ class _Draft:
             error=error,
             incomplete_details=incomplete,
             max_output_tokens=self.req.max_output_tokens,
-            conversation=self.conversation,
+            conversation=conversation,
             background=bool(self.req.background),
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
@@ -193,7 +206,9 @@ def _prompt_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) 
 
 
 def _stream_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) -> dict[str, Any]:
-    return {**_prompt_kwargs(req, owner, sampling), "store": req.store}
+    # A conversation must exist (a thread id alone would create one), also when it is deleted
+    # while the request waits for its turn.
+    return {**_prompt_kwargs(req, owner, sampling), "store": req.store, "create_thread": False}
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -208,14 +223,6 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     sampling = _sampling(req, engine)
     draft = _Draft(req, engine, sampling)
     cid = conversation_id(req)
-    if cid is not None:
-        # A conversation must exist (a thread id alone would create one).
-        try:
-            await engine.with_store(lambda store: store.get_thread(cid, owner=owner))
-        except NotFound:
-            raise ApiError(
-                404, f"conversation {cid!r} not found", param="conversation", code="not_found"
-            ) from None
     events = engine.stream(inputs, **_stream_kwargs(req, owner, sampling))
     try:
         first = await sse.started(events)
@@ -372,11 +379,7 @@ async def get_response(request: web.Request) -> web.Response:
             raise
         return json_response(running)
     status = stored.status
-    error = (
-        s.ResponseError(code="server_error", message="the generation failed")
-        if status == "failed"
-        else None
-    )
+    error = _failure(stored.error) if status == "failed" else None
     _, incomplete = _details(status)
     return json_response(
         s.ResponseObject(

@@ -12,7 +12,6 @@ under the caller's tenant: another tenant's thread or turn is simply not found."
 from __future__ import annotations
 
 import contextlib
-
 from typing import Any
 
 import msgspec

@@ -45,7 +45,7 @@ def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> 
         middlewares=[
             metrics.metrics_middleware,
             error_middleware,
-            auth_middleware(config.api_keys),
+            auth_middleware(config.api_keys, config.metrics_key),
         ],
         client_max_size=config.max_body_bytes,
     )

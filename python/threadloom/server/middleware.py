@@ -37,6 +37,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # /openapi.json describes only what the public source says; tools fetch it before a key.
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})
+METRICS_PATH = "/metrics"
 # The web page's static files (routes/web.py): the page asks for a key and sends it itself.
 OPEN_PREFIXES = ("/ui/",)
 RETRY_AFTER_S = "1"
@@ -202,10 +203,19 @@ def presented_key(request: web.Request) -> str | None:
     return key.strip() if key else None
 
 
-def auth_middleware(api_keys: Mapping[str, str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Sets `request[OWNER]`. With no keys configured, everyone is owner "default"."""
+def _matches(key: str | None, digest: bytes | None) -> bool:
+    return key is not None and digest is not None and hmac.compare_digest(_digest(key), digest)
+
+
+def auth_middleware(
+    api_keys: Mapping[str, str], metrics_key: str | None = None
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Sets `request[OWNER]`. With no keys configured, everyone is owner "default". With keys,
+    `METRICS_PATH` takes only `metrics_key`: its store and token counters sum every tenant's
+    work, which no tenant may watch."""
     # Compare digests so every comparison has the same length; check every key, no early exit.
     table = [(_digest(k), owner) for k, owner in api_keys.items()]
+    operator = _digest(metrics_key) if metrics_key is not None else None
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -215,6 +225,16 @@ def auth_middleware(api_keys: Mapping[str, str]) -> Callable[..., Awaitable[web.
         if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
             return await handler(request)
         key = presented_key(request)
+        if request.path == METRICS_PATH:
+            if not _matches(key, operator):
+                raise ApiError(
+                    401 if key is None else 403,
+                    "/metrics needs the operator's key (--metrics-key), not a tenant's",
+                    type="authentication_error",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return await handler(request)
         owner: str | None = None
         if key is not None:
             digest = _digest(key)

@@ -73,7 +73,8 @@ def _check_id(tid: str | None, param: str) -> None:
     if tid is not None and not f.THREAD_ID.fullmatch(tid):
         raise ApiError(
             400,
-            f"invalid thread id {tid!r}: use 1 to 128 characters of [A-Za-z0-9_.:-]",
+            f"invalid thread id {tid!r}: use 1 to 128 characters of [A-Za-z0-9_.:-], "
+            "not . or ..",
             param=param,
             code="invalid_id",
         )

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from threadloom.errors import (
     ContextLengthExceeded,
@@ -187,6 +188,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # a logged 500 for this request, never a dead connection task.
         log.exception("unhandled error in %s %s (request %s)", request.method, request.path, rid)
         return error_response(to_api_error(RuntimeError()), request)
+
+
+class BadRequestLogFilter(logging.Filter):
+    """aiohttp logs a request it could not parse (a request line over 8 KB, a malformed
+    header) as an ERROR with a traceback, though it answers the client with a 4xx: the
+    client's mistake, not the server's, so it is logged as one WARNING line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            record.msg = f"{record.getMessage()}: {exc.code} {exc.message}"
+            record.args = ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+BAD_REQUEST_LOG_FILTER = BadRequestLogFilter()
 
 
 def _digest(key: str) -> bytes:

@@ -33,6 +33,7 @@ from threadloom.server.middleware import to_api_error
 from threadloom.server.routes.common import (
     Events,
     decode_body,
+    failure,
     final_result,
     json_response,
     sampling_params,
@@ -73,8 +74,7 @@ def _check_id(tid: str | None, param: str) -> None:
     if tid is not None and not f.THREAD_ID.fullmatch(tid):
         raise ApiError(
             400,
-            f"invalid thread id {tid!r}: use 1 to 128 characters of [A-Za-z0-9_.:-], "
-            "not . or ..",
+            f"invalid thread id {tid!r}: use 1 to 128 characters of [A-Za-z0-9_.:-], not . or ..",
             param=param,
             code="invalid_id",
         )
@@ -203,11 +203,10 @@ async def _apply_state(engine: Engine, owner: str, req: f.CreateModelResponse, r
 
 def _model_response(req: f.CreateModelResponse, r: Result, created_at: int) -> f.ModelResponse:
     u = r.usage
-    error = (
-        f.ResponseError(code="server_error", message="the generation failed")
-        if r.status == "failed"
-        else None
-    )
+    error = None
+    if r.status == "failed":
+        code, message = failure(r.error)
+        error = f.ResponseError(code=code, message=message)
     return f.ModelResponse(
         id=r.response_id,
         created_at=created_at,

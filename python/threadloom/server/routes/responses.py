@@ -13,7 +13,6 @@ from aiohttp import web
 
 from threadloom import Response, Turn
 from threadloom.backends.base import SamplingParams
-from threadloom.conversation import THREAD_DELETED
 from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.errors import NotFound
 from threadloom.server import sse
@@ -22,6 +21,7 @@ from threadloom.server.keys import ENGINE, OWNER
 from threadloom.server.routes import background, compat
 from threadloom.server.routes.common import (
     decode_items_body,
+    failure,
     final_result,
     json_response,
     sampling_params,
@@ -89,11 +89,8 @@ def _details(status: str) -> tuple[s.ResponseError | None, s.IncompleteDetails |
 
 
 def _failure(error: str | None) -> s.ResponseError:
-    """A failed response's error: why, when it was stopped because its conversation was
-    deleted; nothing more about a failed generation (its detail is the server's)."""
-    if error == THREAD_DELETED:
-        return s.ResponseError(code="conversation_deleted", message=error)
-    return s.ResponseError(code="server_error", message="the generation failed")
+    code, message = failure(error)
+    return s.ResponseError(code=code, message=message)
 
 
 def _message(item_id: str, text: str, status: str) -> s.OutputMessage:

@@ -345,6 +345,10 @@ def test_concurrent_cancels_answer_the_stored_response(client: Any, http: Http) 
 def test_deleting_a_running_response_stops_and_deletes_it(client: Any, http: Http) -> None:
     started = client.responses.create(model="default", input="long:2000", background=True)
     wait_for(generating(http))
+    # While it runs, every handle agrees that it exists.
+    assert client.responses.retrieve(started.id).status == "in_progress"
+    with pytest.raises(openai.ConflictError):
+        client.responses.input_items.list(started.id)
     assert client.responses.delete(started.id) is None
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(started.id)

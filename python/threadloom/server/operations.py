@@ -159,7 +159,7 @@ OPERATIONS: tuple[Operation, ...] = (
         tag="responses",
         query=r.InputItemsQuery,
         path_params={"response_id": r.ResponseId},
-        errors=(400, 404),
+        errors=(400, 404, 409),
     ),
     # ---- OpenAI Conversations (a conversation is a thread) ----------------------------------
     Operation(

@@ -194,8 +194,8 @@ async def _apply_state(engine: Engine, owner: str, req: f.CreateModelResponse, r
     state = req.thread_state
     thread_id = r.thread_id
     try:
-        await engine.with_store(
-            lambda store: store.update_thread(thread_id, owner=owner, state=state)
+        await engine.in_turn(
+            owner, thread_id, lambda store: store.update_thread(thread_id, owner=owner, state=state)
         )
     except ThreadloomError as e:
         raise _named(e, "threadState") from None

@@ -416,7 +416,20 @@ async def input_items(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     rid = _response_id(request)
     query = msgspec.convert(dict(request.query), s.InputItemsQuery, strict=False)
-    _, inputs, _ = await _lookup(engine, request[OWNER], rid)
+    owner = request[OWNER]
+    try:
+        _, inputs, _ = await _lookup(engine, owner, rid)
+    except ApiError as e:
+        # Announced and still generating: it exists (GET answers in_progress), its items do not
+        # have their ids yet.
+        if e.status == 404 and await engine.pending_response(owner, rid) is not None:
+            raise ApiError(
+                409,
+                f"response {rid!r} is still generating; its input items are listed once stored",
+                param="response_id",
+                code="conflict",
+            ) from None
+        raise
     items: list[s.InputItem | FunctionCallItem | FunctionCallOutputItem] = [
         tool_item(t.id, t.role, t.content, t.tool)
         or s.InputItem(id=t.id, role=t.role, content=[s.InputTextPart(text=t.content)])

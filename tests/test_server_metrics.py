@@ -186,14 +186,18 @@ async def test_request_counters_count_exactly_the_requests_made(make_client: Mak
 
 
 async def test_auth_failures_are_counted_and_metrics_need_a_key(make_client: MakeClient) -> None:
-    client = await make_client(api_keys={"k1": "alice"})
+    client = await make_client(api_keys={"k1": "alice"}, metrics_key="operator")
     r = await client.get("/metrics")
     assert r.status == 401 and (await r.json())["error"]["code"] == "invalid_api_key"
+    # A tenant's key does not read what every tenant did (the store, the token counters).
+    r = await client.get("/metrics", headers={"Authorization": "Bearer k1"})
+    assert r.status == 403 and (await r.json())["error"]["code"] == "invalid_api_key"
     assert (await client.get("/v1/models", headers={"X-API-Key": "wrong"})).status == 401
     assert (await client.get("/health")).status == 200  # open, and still counted
-    samples = await scrape(client, headers={"Authorization": "Bearer k1"})
+    samples = await scrape(client, headers={"Authorization": "Bearer operator"})
     name = "threadloom_http_requests_total"
     assert value(samples, name, method="GET", route="/metrics", status="401") == 1
+    assert value(samples, name, method="GET", route="/metrics", status="403") == 1
     assert value(samples, name, method="GET", route="/v1/models", status="401") == 1
     assert value(samples, name, method="GET", route="/health", status="200") == 1
 
@@ -323,3 +327,17 @@ async def test_queue_depth_under_more_requests_than_worker_threads(
     samples = await scrape(client)
     assert value(samples, "threadloom_generations_total", status="incomplete") == 12
     assert value(samples, "threadloom_generated_tokens_total") == 12 * 20
+
+
+async def test_no_tenant_reads_metrics_without_the_operator_key(make_client: MakeClient) -> None:
+    # Issue 29: as tenant B, the store and token counters moved with tenant A's work. With API
+    # keys and no metrics key configured, /metrics is nobody's; with one, only its holder's.
+    client = await make_client(api_keys={"ka": "alice", "kb": "bob"})
+    r = await client.post(
+        "/v1/responses", json={"input": "hello"}, headers={"Authorization": "Bearer ka"}
+    )
+    assert r.status == 200
+    for key in ("ka", "kb"):
+        r = await client.get("/metrics", headers={"Authorization": f"Bearer {key}"})
+        assert r.status == 403, key
+        assert "--metrics-key" in (await r.json())["error"]["message"]

@@ -12,6 +12,7 @@ import msgspec
 
 from threadloom._core import (
     MAX_THREAD_MESSAGES,
+    Appended,
     Assembly,
     PromptEngine,
     Response,
@@ -53,6 +54,8 @@ class Prepared(msgspec.Struct, frozen=True):
 
 # The reply of a generation the server did not live to finish.
 INTERRUPTED = "the server stopped before the reply was finished"
+# The error of a reply whose thread was deleted while it generated.
+THREAD_DELETED = "the conversation was deleted while the reply was generated"
 
 
 class Conversations:
@@ -74,12 +77,16 @@ class Conversations:
         head: str | None = None
         owner = req.owner
         if req.thread is not None and create:
-            t = self.store.create_thread(
-                req.thread,
-                owner=owner,
-                exist_ok=True,
-                visible=req.visible,
-                metadata=req.thread_metadata or None,
+            t = (
+                self.store.create_thread(
+                    req.thread,
+                    owner=owner,
+                    exist_ok=True,
+                    visible=req.visible,
+                    metadata=req.thread_metadata or None,
+                )
+                if req.create_thread
+                else self.store.get_thread(req.thread, owner=owner)
             )
             head = t.head
             if t.state != "open":
@@ -115,10 +122,31 @@ class Conversations:
     def _previous(self, previous_response_id: str, owner: str, anchor_window: bool) -> Response:
         """The response to continue, checked (existence, ownership, status, window) before any
         model time is spent."""
-        r = self.store.get_response(previous_response_id, owner=owner)
+        try:
+            r = self.store.get_response(previous_response_id, owner=owner)
+        except NotFound:
+            self.check_not_running(owner, previous_response_id, "previous_response_id")
+            raise
         # The store checks the same when storing, but only after the generation.
         self.store.retention.check_anchor(r, time.time_ns() // 1_000_000, anchor_window)
         return r
+
+    def check_not_running(self, owner: str, response_id: str, param: str) -> None:
+        """StateConflict when `response_id` is announced and not stored yet (it generates, on
+        this server or another): what a missing response is told apart from."""
+        if self.store.get_pending(response_id, owner=owner) is not None:
+            raise StateConflict(
+                f"response {response_id!r} is still generating; retry once it is stored",
+                param=param,
+            )
+
+    def thread_of(self, owner: str, response_id: str) -> str | None:
+        """The thread a stored response was stored in, if any (None for a missing one: the
+        request continuing it is refused later, with the reason)."""
+        try:
+            return self.store.get_response(response_id, owner=owner).thread_id
+        except NotFound:
+            return None
 
     def _headed_thread(self, previous: Response, owner: str) -> str | None:
         """The open thread whose newest turn is `previous`'s output, if any: continuing that
@@ -181,23 +209,11 @@ class Conversations:
         thread, the reply goes after the turn the model saw (`to.head`); if the thread moved on
         meanwhile (another server wrote to it, or it was locked), the reply is kept as a branch
         from that turn instead and the result names no thread: no turn is lost, and none is
-        stored after a history the model did not see."""
-        output: dict[str, str] = {"role": "assistant", "content": result.text}
-        if result.reasoning is not None:
-            output["reasoning"] = result.reasoning
-        info = ResponseInfo(
-            self.model_name,
-            status=result.status,
-            output_count=1,
-            prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens,
-            cached_tokens=result.usage.cached_tokens,
-            error=result.error,
-            metadata=to.metadata,
-            id=response_id,
-        )
-        turns = [*to.new, output]
+        stored after a history the model did not see. If the thread was deleted, the reply is
+        kept the same way, as failed (`THREAD_DELETED`)."""
+        turns = [*to.new, self._output(result)]
         head = to.head
+        info = self._info(to, result, response_id)
         if to.thread is not None:
             try:
                 appended = self.store.append(
@@ -208,10 +224,16 @@ class Conversations:
                     expected_head=head if head is not None else "",
                 )
             except StateConflict:
-                if head is None:
-                    appended = self.store.append(turns, owner=owner, response=info)
-                else:
-                    appended = self.store.append(turns, owner=owner, after_turn=head, response=info)
+                appended = self._branch(owner, turns, head, info)
+            except NotFound:
+                # The thread was deleted meanwhile: the reply ends as failed, kept where the
+                # announced id still answers.
+                result = msgspec.structs.replace(result, status="failed", error=THREAD_DELETED)
+                info = self._info(to, result, response_id)
+                try:
+                    appended = self._branch(owner, turns, head, info)
+                except NotFound:  # the thread's turns went with it
+                    appended = self._branch(owner, turns, None, info)
         elif to.after_turn is not None:
             appended = self.store.append(
                 turns, owner=owner, after_turn=to.after_turn, response=info
@@ -232,6 +254,33 @@ class Conversations:
             thread_id=appended.thread.id if appended.thread else None,
             turn_id=appended.turn_ids[-1],
         )
+
+    def _output(self, result: Result) -> dict[str, str]:
+        output = {"role": "assistant", "content": result.text}
+        if result.reasoning is not None:
+            output["reasoning"] = result.reasoning
+        return output
+
+    def _info(self, to: Destination, result: Result, response_id: str) -> ResponseInfo:
+        return ResponseInfo(
+            self.model_name,
+            status=result.status,
+            output_count=1,
+            prompt_tokens=result.usage.prompt_tokens,
+            completion_tokens=result.usage.completion_tokens,
+            cached_tokens=result.usage.cached_tokens,
+            error=result.error,
+            metadata=to.metadata,
+            id=response_id,
+        )
+
+    def _branch(
+        self, owner: str, turns: list[dict[str, str]], after: str | None, info: ResponseInfo
+    ) -> Appended:
+        """Stores a reply meant for a thread outside it: after `after`, else on its own."""
+        if after is None:
+            return self.store.append(turns, owner=owner, response=info)
+        return self.store.append(turns, owner=owner, after_turn=after, response=info)
 
     def announce(self, owner: str, to: Destination, response_id: str) -> None:
         """Records the response as running before its id is announced."""

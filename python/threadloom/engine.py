@@ -21,7 +21,7 @@ from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
 from threadloom.batch import run_batch
 from threadloom.bridge import LoopBridge
-from threadloom.conversation import Conversations, Destination, Prepared
+from threadloom.conversation import THREAD_DELETED, Conversations, Destination, Prepared
 from threadloom.errors import BackendError, InvalidInput, NotFound
 from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
 from threadloom.formats import OutputFormats
@@ -128,6 +128,10 @@ class Engine:
         self._recover(states)
         # Requests on one thread run one after another, in arrival order.
         self._thread_turns = KeyedLocks(max_waiting=max_queue)
+        # Generations that store a response, by (owner, response id), from their prompt to
+        # their stored reply: what deleting their thread or response, a cancel and a request
+        # continuing one stop or wait for.
+        self._runs: dict[tuple[str, str], _Run] = {}
 
     @property
     def store(self) -> ConversationStore:
@@ -167,17 +171,23 @@ class Engine:
         save runs to its end even if the caller is gone). Requests on one thread take turns:
         each sees every turn stored before it."""
         new = req.check(self.context_length)
-        turn_key = (req.owner, req.thread) if req.thread is not None and req.stores else None
+        turn_key = await self._turn_key(req)
         if turn_key is not None:
             await self._thread_turns.acquire(turn_key)
+        run: _Run | None = None
         try:
             prepared, constraint = await self.offload(lambda: self._prepare(req, new))
             run = _Run(self, req, prepared, constraint)
             await run.admitted()
             await run.announce()
-        except BaseException:
+        except BaseException as e:
             if turn_key is not None:
                 self._thread_turns.release(turn_key)
+            if run is not None:
+                run.untrack()
+                if run.ended_by is not None and isinstance(e, Exception):
+                    # Its thread was deleted while it waited for a slot.
+                    raise NotFound(run.ended_by) from None
             raise
         completion = asyncio.ensure_future(run.complete())
         self._completions.add(completion)
@@ -265,16 +275,58 @@ class Engine:
         return "".join(job.text)
 
     async def delete_thread(self, owner: str, thread: str) -> None:
-        """Deletes a thread and the saved model states of its conversation."""
-        await self.offload(lambda: self.store.delete_thread(thread, owner=owner))
+        """Deletes a thread and the saved model states of its conversation. The generations
+        on it end: each is stored as failed, naming the deletion, before this returns."""
+        ending = [r for r in self._runs.values() if r.owner == owner and r.thread == thread]
+        for run in ending:
+            run.end(THREAD_DELETED)
+        try:
+            await self.offload(lambda: self.store.delete_thread(thread, owner=owner))
+        finally:
+            for run in ending:
+                await run.wait()
         if self.scheduler.states is not None:
             self.scheduler.states.forget(thread=thread)
 
     async def delete_response(self, owner: str, response_id: str) -> None:
-        """Deletes a response and the saved model state that ends with it."""
-        await self.offload(lambda: self.store.delete_response(response_id, owner=owner))
+        """Deletes a response and the saved model state that ends with it. A running one is
+        stopped and stored first; one running on another server is a StateConflict."""
+        await self.cancel_response(owner, response_id)
+        try:
+            await self.offload(lambda: self.store.delete_response(response_id, owner=owner))
+        except NotFound:
+            check = self.conversations.check_not_running
+            await self.offload(lambda: check(owner, response_id, "response_id"))
+            raise
         if self.scheduler.states is not None:
             self.scheduler.states.forget(response=response_id)
+
+    async def cancel_response(self, owner: str, response_id: str) -> bool:
+        """Stops a generation of this server and waits until its reply is stored (as
+        incomplete). False when no such generation runs here."""
+        run = self._runs.get((owner, response_id))
+        if run is None:
+            return False
+        run.end(None)
+        await run.wait()
+        return True
+
+    async def settled(self, owner: str, response_id: str) -> None:
+        """Waits until a response this server is generating is stored (at once when none)."""
+        run = self._runs.get((owner, response_id))
+        if run is not None:
+            await run.wait()
+
+    async def in_turn(self, owner: str, thread: str, work: Callable[[ConversationStore], T]) -> T:
+        """Runs `work(store)` in the thread's turn: after every generation and write queued on
+        it before, and before the next one reads it. Every write to a thread goes this way (or
+        through a generation), so a reply is stored after exactly the history its model saw."""
+        key = (owner, thread)
+        await self._thread_turns.acquire(key)
+        try:
+            return await self.offload(lambda: work(self.store))
+        finally:
+            self._thread_turns.release(key)
 
     async def with_store(self, work: Callable[[ConversationStore], T]) -> T:
         """Runs `work(store)` in the engine's worker threads: the routes' one way to the store
@@ -313,18 +365,13 @@ class Engine:
         """Deletes `thread` if it holds no message, after any generation on it has stored its
         reply (requests on a thread take turns): undoes a thread a failed request created
         without ever deleting one that another request wrote to meanwhile."""
-        key = (owner, thread)
-        await self._thread_turns.acquire(key)
-        try:
 
-            def discard() -> None:
-                if self.store.get_thread(thread, owner=owner).message_count == 0:
-                    self.store.delete_thread(thread, owner=owner)
+        def discard(store: ConversationStore) -> None:
+            if store.get_thread(thread, owner=owner).message_count == 0:
+                store.delete_thread(thread, owner=owner)
 
-            with contextlib.suppress(NotFound):
-                await self.offload(discard)
-        finally:
-            self._thread_turns.release(key)
+        with contextlib.suppress(NotFound):
+            await self.in_turn(owner, thread, discard)
 
     # ---- branch trees (threadloom.branches) -----------------------------------------------
 
@@ -345,14 +392,9 @@ class Engine:
     async def remove_turn(self, owner: str, thread: str, turn_id: str) -> Thread | None:
         """`Conversations.remove_turn` in the thread's turn: after any generation on it has
         stored its reply, and before the next one reads it."""
-        key = (owner, thread)
-        await self._thread_turns.acquire(key)
-        try:
-            return await self.offload(
-                lambda: self.conversations.remove_turn(owner, thread, turn_id)
-            )
-        finally:
-            self._thread_turns.release(key)
+        return await self.in_turn(
+            owner, thread, lambda _: self.conversations.remove_turn(owner, thread, turn_id)
+        )
 
     # ---- internals -----------------------------------------------------------------------
 
@@ -363,6 +405,20 @@ class Engine:
         creates anything."""
         constraint = self.formats.constraint(req)
         return self.conversations.prepare(req, new, create=True), constraint
+
+    async def _turn_key(self, req: Request) -> tuple[str, str] | None:
+        """The thread whose turn a request takes: its own, or the one the response it
+        continues was stored in (continuing that thread's head continues the thread). A
+        response still generating here is waited for first: it is the history asked for."""
+        if req.previous_response_id is not None:
+            await self.settled(req.owner, req.previous_response_id)
+        if not req.stores:
+            return None
+        thread = req.thread
+        previous = req.previous_response_id
+        if thread is None and previous is not None:
+            thread = await self.offload(lambda: self.conversations.thread_of(req.owner, previous))
+        return None if thread is None else (req.owner, thread)
 
     async def offload(self, work: Callable[[], T]) -> T:
         """Runs store or assembly work in the engine's worker threads, off the event loop: the
@@ -408,6 +464,11 @@ class _Run:
         self.bridge: LoopBridge[Signal] = LoopBridge(self.loop)
         self.ended: asyncio.Future[None] = self.loop.create_future()
         self.response_id = new_response_id() if req.stores else None
+        self.owner, self.thread = req.owner, prepared.destination.thread
+        # Why the run was stopped from outside (its thread deleted): stored as its error.
+        self.ended_by: str | None = None
+        # Resolved once the run is stored, or has failed before generating.
+        self.settled: asyncio.Future[None] = self.loop.create_future()
         self.pending: list[Signal] = []
         split = bool(req.enable_thinking) and req.split_reasoning
         self.job = engine._job(prepared.assembly.ids, req.params, req.owner, split, self._sink)
@@ -416,6 +477,22 @@ class _Run:
             # Its state may be saved for a later turn: only a stored conversation's, which
             # deleting the thread or response removes again.
             self.job.tag = StateTag(prepared.destination.thread, self.response_id)
+            engine._runs[(req.owner, self.response_id)] = self
+
+    def end(self, reason: str | None) -> None:
+        """Stops the generation; `reason` (else a plain cancel) makes it a failure."""
+        if reason is not None:
+            self.ended_by = reason
+        self.engine.scheduler.cancel(self.job)
+
+    async def wait(self) -> None:
+        """Until the reply is stored (or the run failed before generating)."""
+        await asyncio.shield(self.settled)
+
+    def untrack(self) -> None:
+        if self.response_id is not None:
+            self.engine._runs.pop((self.owner, self.response_id), None)
+        _resolve(self.settled)
 
     def _sink(self, signal: Signal) -> None:
         self.bridge.put(signal)
@@ -467,22 +544,29 @@ class _Run:
             pending = await self.bridge.take()
 
     async def complete(self) -> Result:
-        await self.ended
-        result = self._result()
-        self.engine._notify(result)
-        if self.response_id is None:
-            return result
-        response_id, owner = self.response_id, self.req.owner
-        destination = self.prepared.destination
-        return await self.engine.offload(
-            lambda: self.engine.conversations.save(owner, destination, result, response_id)
-        )
+        try:
+            await self.ended
+            result = self._result()
+            self.engine._notify(result)
+            if self.response_id is None:
+                return result
+            response_id, owner = self.response_id, self.req.owner
+            destination = self.prepared.destination
+            return await self.engine.offload(
+                lambda: self.engine.conversations.save(owner, destination, result, response_id)
+            )
+        finally:
+            self.untrack()
 
     def _result(self) -> Result:
         job, assembly = self.job, self.prepared.assembly
         finish = job.finish or "error"
         status: Literal["completed", "incomplete", "failed"] = (
-            "failed" if finish == "error" else "completed" if finish == "stop" else "incomplete"
+            "failed"
+            if finish == "error" or self.ended_by is not None
+            else "completed"
+            if finish == "stop"
+            else "incomplete"
         )
         t = job.timings
         return Result(
@@ -492,7 +576,7 @@ class _Run:
             finish_reason=finish,
             usage=Usage(assembly.prompt_tokens, len(job.output_ids), job.cached),
             model=self.engine.model_name,
-            error=job.error,
+            error=self.ended_by or job.error,
             time_to_first_token_s=t.time_to_first_token_s,
             total_s=(t.ended or t.submitted) - t.submitted,
             messages_dropped=assembly.messages_dropped,

@@ -45,6 +45,9 @@ class Request(msgspec.Struct, kw_only=True):
     # The stored response's metadata; a thread created by this request gets `thread_metadata`.
     metadata: dict[str, Any] | None = None
     thread_metadata: dict[str, Any] | None = None
+    # Whether a missing `thread` is created (Freddy's threads), or is NotFound (a
+    # conversation, which must exist, also when it was deleted while the request waited).
+    create_thread: bool = True
     # Whether a thread this request creates is listed (the store's `visible`).
     visible: bool = True
     add_generation_prompt: bool = True

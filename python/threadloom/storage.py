@@ -171,6 +171,16 @@ def turn_messages(turns: Iterable[Turn]) -> list[Mapping[str, str | None]]:
     ]
 
 
+def cursor_index(turns: Sequence[Turn], cursor: str, what: str) -> int:
+    """Where a paging cursor (a turn id from a page already read) lies on a thread's path:
+    a cursor pages only the conversation it came from, in either direction, so an id of
+    another conversation (or of a turn the thread moved away from) is InvalidInput."""
+    for i, turn in enumerate(turns):
+        if turn.id == cursor:
+            return i
+    raise InvalidInput(f"no {what} {cursor!r} in this conversation")
+
+
 def assemble(
     prompt: PromptEngine,
     store: ConversationStore,

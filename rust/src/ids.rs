@@ -62,9 +62,12 @@ pub fn parse_turn_id(text: &str) -> Result<TurnKey> {
         .ok_or_else(|| Error::InvalidInput(format!("invalid turn id {text:?}")))
 }
 
-/// Client-chosen thread ids: 1 to 128 characters of `[A-Za-z0-9_.:-]`.
+/// Client-chosen thread ids: 1 to 128 characters of `[A-Za-z0-9_.:-]`, except `.` and `..`:
+/// URL normalisers remove those path segments, so no URL could name such a thread.
 pub fn validate_thread_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
+        && id != "."
+        && id != ".."
         && id.len() <= 128
         && id
             .bytes()
@@ -73,7 +76,7 @@ pub fn validate_thread_id(id: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::InvalidInput(format!(
-            "invalid thread id {id:?}: use 1 to 128 characters of [A-Za-z0-9_.:-]"
+            "invalid thread id {id:?}: use 1 to 128 characters of [A-Za-z0-9_.:-], not . or .."
         )))
     }
 }
@@ -130,6 +133,10 @@ mod tests {
         assert!(validate_thread_id("").is_err());
         assert!(validate_thread_id("has space").is_err());
         assert!(validate_thread_id("é").is_err());
+        assert!(validate_thread_id(".").is_err());
+        assert!(validate_thread_id("..").is_err());
+        assert!(validate_thread_id("...").is_ok());
+        assert!(validate_thread_id(".a").is_ok());
         assert!(validate_thread_id(&new_thread_id()).is_ok());
     }
 

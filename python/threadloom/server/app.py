@@ -15,7 +15,12 @@ from threadloom.engine import Engine
 from threadloom.server import openapi
 from threadloom.server.config import ServerConfig, redacted
 from threadloom.server.keys import BACKEND, CONFIG, ENGINE
-from threadloom.server.middleware import add_request_id, auth_middleware, error_middleware
+from threadloom.server.middleware import (
+    BAD_REQUEST_LOG_FILTER,
+    add_request_id,
+    auth_middleware,
+    error_middleware,
+)
 from threadloom.server.routes import (
     chat,
     common,
@@ -41,11 +46,13 @@ def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> 
     """The server app. The engine (model, slots and store) opens on startup and closes on
     cleanup; `backend` replaces the model backend (tests pass `ScriptedFactory`)."""
     config.validate()
+    # Unparseable requests (a request line over 8 KB) are 4xx: no ERROR traceback for them.
+    logging.getLogger("aiohttp.server").addFilter(BAD_REQUEST_LOG_FILTER)
     app = web.Application(
         middlewares=[
             metrics.metrics_middleware,
             error_middleware,
-            auth_middleware(config.api_keys),
+            auth_middleware(config.api_keys, config.metrics_key),
         ],
         client_max_size=config.max_body_bytes,
     )

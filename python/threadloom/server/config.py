@@ -35,6 +35,9 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     alias: str | None = None
     # API key -> tenant name. Empty: no auth, every request is tenant "default".
     api_keys: dict[str, str] = msgspec.field(default_factory=dict)
+    # The operator's key for /metrics, which tells about every tenant: with API keys, no
+    # tenant key reads it. None: /metrics is refused while API keys are configured.
+    metrics_key: str | None = None
     max_body_bytes: int = 1 << 20
     max_queue: int = 64
     log_level: str = "info"
@@ -99,6 +102,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
         for key, owner in self.api_keys.items():
             if not key or not owner:
                 raise ConfigError("API keys and tenant names must not be empty")
+        if self.metrics_key is not None:
+            if not self.metrics_key.strip():
+                raise ConfigError("metrics_key must not be empty")
+            if self.metrics_key in self.api_keys:
+                raise ConfigError("metrics_key must not be a tenant's API key")
         if not self.api_keys and not is_loopback(self.host):
             raise ConfigError(
                 f"refusing to listen on {self.host} without API keys; configure "
@@ -171,6 +179,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
     ),
     "alias": ("THREADLOOM_ALIAS", str, "the model's name in /v1/models and requests"),
     "api_keys_file": ("THREADLOOM_API_KEYS_FILE", str, "file of API keys: {key: tenant}"),
+    "metrics_key": (
+        "THREADLOOM_METRICS_KEY",
+        str,
+        "the operator's key for /metrics (with API keys, tenants' keys cannot read it)",
+    ),
     "max_body_bytes": ("THREADLOOM_MAX_BODY_BYTES", int, "largest request body (1 MiB)"),
     "max_queue": ("THREADLOOM_MAX_QUEUE", int, "requests that may wait for a slot (64)"),
     "log_level": ("THREADLOOM_LOG_LEVEL", str, "debug, info, warning or error (info)"),
@@ -260,5 +273,6 @@ def redacted(config: ServerConfig) -> str:
     """The config as JSON for logs, without the keys themselves."""
     data = msgspec.to_builtins(config)
     data["api_keys"] = sorted(set(config.api_keys.values()))
+    data["metrics_key"] = None if config.metrics_key is None else "(set)"
     data["store"] = describe(config.store)
     return json.dumps(data)

@@ -21,10 +21,12 @@ Labels stay bounded whatever clients send: `route` is the matched route's templa
 (`/v1/responses/{response_id}`), never the raw path, and "unmatched" for anything no route
 matched; `method` is one of the HTTP methods the app knows, else "other".
 
-Authentication: `/metrics` is *not* in `OPEN_PATHS`, so when API keys are configured a scraper
-needs one (Prometheus sends it with `authorization: {credentials: ...}`). Request volume per
-route and the store's size are operational details a stranger has no business reading, and
-with no keys configured the server only listens on loopback, where everything is open anyway.
+Authentication: when API keys are configured, `/metrics` takes only the operator's key
+(`--metrics-key`, `THREADLOOM_METRICS_KEY`; Prometheus sends it with `authorization:
+{credentials: ...}`), never a tenant's: the store's sizes and the token counters sum every
+tenant's work, so a tenant could watch another's. Without a metrics key it is refused (403)
+while keys are configured. With no keys configured the server only listens on loopback, where
+everything is open anyway.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from threadloom.errors import (
     ContextLengthExceeded,
@@ -37,6 +38,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # /openapi.json describes only what the public source says; tools fetch it before a key.
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})
+METRICS_PATH = "/metrics"
 # The web page's static files (routes/web.py): the page asks for a key and sends it itself.
 OPEN_PREFIXES = ("/ui/",)
 RETRY_AFTER_S = "1"
@@ -111,9 +113,9 @@ def to_api_error(e: BaseException) -> ApiError:
     if isinstance(e, msgspec.DecodeError):
         return ApiError(400, f"invalid JSON body: {e}", code="invalid_json")
     if isinstance(e, NotFound):
-        return ApiError(404, str(e), code="not_found")
+        return ApiError(404, str(e), param=e.param, code="not_found")
     if isinstance(e, StateConflict):
-        return ApiError(409, str(e), code="conflict")
+        return ApiError(409, str(e), param=e.param, code="conflict")
     if isinstance(e, ContextLengthExceeded):
         return ApiError(400, str(e), param="input", code="context_length_exceeded")
     if isinstance(e, LimitExceeded):
@@ -188,6 +190,24 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(to_api_error(RuntimeError()), request)
 
 
+class BadRequestLogFilter(logging.Filter):
+    """aiohttp logs a request it could not parse (a request line over 8 KB, a malformed
+    header) as an ERROR with a traceback, though it answers the client with a 4xx: the
+    client's mistake, not the server's, so it is logged as one WARNING line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            record.msg = f"{record.getMessage()}: {exc.code} {exc.message}"
+            record.args = ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+BAD_REQUEST_LOG_FILTER = BadRequestLogFilter()
+
+
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
@@ -202,10 +222,19 @@ def presented_key(request: web.Request) -> str | None:
     return key.strip() if key else None
 
 
-def auth_middleware(api_keys: Mapping[str, str]) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Sets `request[OWNER]`. With no keys configured, everyone is owner "default"."""
+def _matches(key: str | None, digest: bytes | None) -> bool:
+    return key is not None and digest is not None and hmac.compare_digest(_digest(key), digest)
+
+
+def auth_middleware(
+    api_keys: Mapping[str, str], metrics_key: str | None = None
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Sets `request[OWNER]`. With no keys configured, everyone is owner "default". With keys,
+    `METRICS_PATH` takes only `metrics_key`: its store and token counters sum every tenant's
+    work, which no tenant may watch."""
     # Compare digests so every comparison has the same length; check every key, no early exit.
     table = [(_digest(k), owner) for k, owner in api_keys.items()]
+    operator = _digest(metrics_key) if metrics_key is not None else None
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -215,6 +244,16 @@ def auth_middleware(api_keys: Mapping[str, str]) -> Callable[..., Awaitable[web.
         if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
             return await handler(request)
         key = presented_key(request)
+        if request.path == METRICS_PATH:
+            if not _matches(key, operator):
+                raise ApiError(
+                    401 if key is None else 403,
+                    "/metrics needs the operator's key (--metrics-key), not a tenant's",
+                    type="authentication_error",
+                    code="invalid_api_key",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            return await handler(request)
         owner: str | None = None
         if key is not None:
             digest = _digest(key)

@@ -134,11 +134,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "DELETE",
         "/v1/responses/{response_id}",
         "deleteResponse",
-        "Delete a stored response",
+        "Delete a stored response (a running one is stopped and stored first)",
         r.DeletedResponse,
         tag="responses",
         path_params={"response_id": r.ResponseId},
-        errors=(400, 404),
+        errors=(400, 404, 409),
     ),
     Operation(
         "POST",
@@ -159,7 +159,7 @@ OPERATIONS: tuple[Operation, ...] = (
         tag="responses",
         query=r.InputItemsQuery,
         path_params={"response_id": r.ResponseId},
-        errors=(400, 404),
+        errors=(400, 404, 409),
     ),
     # ---- OpenAI Conversations (a conversation is a thread) ----------------------------------
     Operation(

@@ -226,7 +226,8 @@ pub fn parse_turn_id<'py>(py: Python<'py>, text: &str) -> PyResult<Bound<'py, Py
     Ok(PyBytes::new(py, &ids::parse_turn_id(text)?))
 }
 
-/// Raises InvalidInput unless `thread_id` is 1 to 128 characters of `[A-Za-z0-9_.:-]`.
+/// Raises InvalidInput unless `thread_id` is 1 to 128 characters of `[A-Za-z0-9_.:-]`, not
+/// `.` or `..`.
 #[pyfunction]
 pub fn validate_thread_id(thread_id: &str) -> PyResult<()> {
     Ok(ids::validate_thread_id(thread_id)?)

@@ -8,7 +8,6 @@ cancel answers with that stored response. Tasks are per tenant: another tenant's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from threadloom.events import Result
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import OWNER, RUNNING
+from threadloom.server.keys import ENGINE, OWNER, RUNNING
 from threadloom.server.routes.common import Events, final_result
 
 log = logging.getLogger("threadloom.server")
@@ -51,13 +50,9 @@ async def cancel(
             param="response_id",
             code="not_cancellable",
         )
-    task, events = entry
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
-    # A task cancelled before it first ran never closed the stream: closing it stops the
-    # generation and stores what exists (a no-op when the task closed it).
-    await events.aclose()
+    # The engine stops the generation and waits until its reply is stored; the task then ends
+    # with that result by itself. Concurrent cancels all wait for the same stored reply.
+    await request.app[ENGINE].cancel_response(request[OWNER], response_id)
     return await show()
 
 

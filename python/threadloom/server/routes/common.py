@@ -11,6 +11,7 @@ import msgspec
 from aiohttp import web
 
 from threadloom.backends.base import SamplingParams
+from threadloom.conversation import THREAD_DELETED
 from threadloom.engine import Engine, Event, Finished, Result
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
@@ -22,6 +23,15 @@ Events = AsyncGenerator[Event, None]
 
 _encoder = msgspec.json.Encoder()
 _STARTED = int(time.time())
+
+
+def failure(error: str | None) -> tuple[str, str]:
+    """A failed response's error code and message, for every dialect: the reason when it was
+    stopped because its conversation was deleted; nothing more for a failed generation (its
+    detail is the server's, in the log)."""
+    if error == THREAD_DELETED:
+        return "conversation_deleted", error
+    return "server_error", "the generation failed"
 
 
 async def final_result(events: Events) -> Result:

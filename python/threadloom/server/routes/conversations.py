@@ -3,9 +3,11 @@ by any dialect), its items are the thread's turns, newest at the thread's head. 
 states (a locked or archived thread refuses new items with 409), limits and retention are the
 threads' own.
 
-Items are messages, function calls and their outputs (schemas/items.py); a conversation's item
-list reads only its page (`desc`, the default, walks back from the head), except `order=asc`,
-which reads the conversation once. Turns are immutable and shared by the responses that
+Items are messages, function calls and their outputs (schemas/items.py); a conversation's first
+item page newest first (the default) reads only that page; `order=asc` and a cursor (`after`)
+read the conversation's path once, so a cursor is checked to lie on it (one from another
+conversation is a 400). Appends and deletes take the conversation's turn (`Engine.in_turn`), so
+they never land under a reply being generated. Turns are immutable and shared by the responses that
 reached them, so deleting an item moves the conversation to a new path without it: the items
 after it are stored again (new ids) after its parent, and the thread's head moves there, in one
 store transaction and in the thread's turn (`Engine.remove_turn`); responses keep the old path.
@@ -28,7 +30,7 @@ from threadloom.server.schemas import conversations as c
 from threadloom.server.schemas.freddy import THREAD_ID
 from threadloom.server.schemas.items import tool_item
 from threadloom.server.schemas.responses import OutputText
-from threadloom.storage import ConversationStore
+from threadloom.storage import ConversationStore, cursor_index
 
 _create = msgspec.json.Decoder(c.CreateConversation)
 _update = msgspec.json.Decoder(c.UpdateConversation)
@@ -44,13 +46,17 @@ def conversation_object(t: Thread) -> c.Conversation:
 
 
 def item(t: Turn) -> c.AnyItem:
-    called = tool_item(t.id, t.role, t.content, t.tool)
+    return _item(t.id, t.role, t.content, t.tool)
+
+
+def _item(turn_id: str, role: str, content: str, tool: str | None) -> c.AnyItem:
+    called = tool_item(turn_id, role, content, tool)
     if called is not None:
         return called
     part: c.InputText | OutputText = (
-        OutputText(text=t.content) if t.role == "assistant" else c.InputText(text=t.content)
+        OutputText(text=content) if role == "assistant" else c.InputText(text=content)
     )
-    return c.Item(id=t.id, role=t.role, content=[part])  # type: ignore[arg-type]
+    return c.Item(id=turn_id, role=role, content=[part])  # type: ignore[arg-type]
 
 
 def _conversation_id(request: web.Request) -> str:
@@ -133,33 +139,22 @@ async def list_conversations(request: web.Request) -> web.Response:
 def _page(
     store: ConversationStore, owner: str, cid: str, query: c.ItemsQuery
 ) -> tuple[list[Turn], bool]:
-    """The items of one page in the order asked for, and whether more follow."""
-    store.get_thread(cid, owner=owner)  # NotFound for a missing or foreign conversation
+    """The items of one page in the order asked for, and whether more follow. The first page
+    newest first reads only that page; a cursor is looked up on the conversation's path."""
     n = query.limit
-    if query.order == "asc":
-        turns = store.history(owner=owner, thread=cid)
-        if query.after is not None:
-            ids = [t.id for t in turns]
-            if query.after not in ids:
-                raise InvalidInput(f"no item {query.after!r} in this conversation")
-            turns = turns[ids.index(query.after) + 1 :]
-        return turns[:n], len(turns) > n
-    if query.after is None:
+    if query.after is None and query.order == "desc":
+        store.get_thread(cid, owner=owner)  # NotFound for a missing or foreign conversation
         newest = store.history(owner=owner, thread=cid, limit=n + 1)
-    else:
-        try:
-            [after] = store.history(owner=owner, turn=query.after, limit=1)
-        except NotFound:
-            raise InvalidInput(f"no item {query.after!r} in this conversation") from None
-        if after.parent_id is None:
-            return [], False
-        newest = store.history(owner=owner, turn=after.parent_id, limit=n + 1)
-    more = len(newest) > n
-    return list(reversed(newest[-n:])), more
+        return list(reversed(newest[-n:])), len(newest) > n
+    turns = store.history(owner=owner, thread=cid)
+    if query.order == "desc":
+        turns.reverse()
+    if query.after is not None:
+        turns = turns[cursor_index(turns, query.after, "item") + 1 :]
+    return turns[:n], len(turns) > n
 
 
-def _item_list(turns: list[Turn], more: bool) -> c.ItemList:
-    data = [item(t) for t in turns]
+def _item_list(data: list[c.AnyItem], more: bool) -> c.ItemList:
     return c.ItemList(
         data=data,
         first_id=data[0].id if data else None,
@@ -177,7 +172,7 @@ async def list_items(request: web.Request) -> web.Response:
         raise _not_found(cid) from None
     except InvalidInput as e:
         raise ApiError(400, str(e), param="after") from None
-    return json_response(_item_list(turns, more))
+    return json_response(_item_list([item(t) for t in turns], more))
 
 
 async def add_items(request: web.Request) -> web.Response:
@@ -185,15 +180,20 @@ async def add_items(request: web.Request) -> web.Response:
     req = decode_items_body(_add, await request.read(), "items")
     new = [m.turn(f"items[{i}]") for i, m in enumerate(req.items)]
 
-    def add(store: ConversationStore) -> list[Turn]:
-        appended = store.append(new, owner=owner, thread=cid)
-        return store.history(owner=owner, thread=cid, limit=len(appended.turn_ids))
-
+    # In the conversation's turn: after a reply generating on it is stored, never under it.
     try:
-        turns = await engine.with_store(add)
+        appended = await engine.in_turn(
+            owner, cid, lambda store: store.append(new, owner=owner, thread=cid)
+        )
     except NotFound:
         raise _not_found(cid) from None
-    return json_response(_item_list(turns, False))
+    # The answer is what this append wrote (its own ids), never a re-read that could hold
+    # another request's items.
+    items = [
+        _item(turn_id, m["role"], m["content"], m.get("tool"))
+        for turn_id, m in zip(appended.turn_ids, new, strict=True)
+    ]
+    return json_response(_item_list(items, False))
 
 
 async def get_item(request: web.Request) -> web.Response:

@@ -33,13 +33,14 @@ from threadloom.server.middleware import to_api_error
 from threadloom.server.routes.common import (
     Events,
     decode_body,
+    failure,
     final_result,
     json_response,
     sampling_params,
 )
 from threadloom.server.routes.responses import check_model
 from threadloom.server.schemas import freddy as f
-from threadloom.storage import ConversationStore
+from threadloom.storage import ConversationStore, cursor_index
 
 T = TypeVar("T")
 
@@ -73,7 +74,7 @@ def _check_id(tid: str | None, param: str) -> None:
     if tid is not None and not f.THREAD_ID.fullmatch(tid):
         raise ApiError(
             400,
-            f"invalid thread id {tid!r}: use 1 to 128 characters of [A-Za-z0-9_.:-]",
+            f"invalid thread id {tid!r}: use 1 to 128 characters of [A-Za-z0-9_.:-], not . or ..",
             param=param,
             code="invalid_id",
         )
@@ -193,8 +194,8 @@ async def _apply_state(engine: Engine, owner: str, req: f.CreateModelResponse, r
     state = req.thread_state
     thread_id = r.thread_id
     try:
-        await engine.with_store(
-            lambda store: store.update_thread(thread_id, owner=owner, state=state)
+        await engine.in_turn(
+            owner, thread_id, lambda store: store.update_thread(thread_id, owner=owner, state=state)
         )
     except ThreadloomError as e:
         raise _named(e, "threadState") from None
@@ -202,11 +203,10 @@ async def _apply_state(engine: Engine, owner: str, req: f.CreateModelResponse, r
 
 def _model_response(req: f.CreateModelResponse, r: Result, created_at: int) -> f.ModelResponse:
     u = r.usage
-    error = (
-        f.ResponseError(code="server_error", message="the generation failed")
-        if r.status == "failed"
-        else None
-    )
+    error = None
+    if r.status == "failed":
+        code, message = failure(r.error)
+        error = f.ResponseError(code=code, message=message)
     return f.ModelResponse(
         id=r.response_id,
         created_at=created_at,
@@ -320,20 +320,17 @@ def _message(turn: Turn) -> f.ThreadMessage:
 
 async def thread_messages(request: web.Request) -> web.Response:
     """A page of the thread's messages, oldest first: the newest `limit`, or with `before` (a
-    message id from a page already read) the `limit` before that one. Only the page (and one
-    more, to tell `hasMore`) is read from the store."""
+    message id from a page already read) the `limit` before that one. The first page reads
+    only itself (and one more, to tell `hasMore`); a cursor is looked up on the thread's path,
+    so one from another thread is refused."""
     query = msgspec.convert(dict(request.query), f.MessagesQuery, strict=False)
 
     def page(store: ConversationStore, tid: str, owner: str) -> list[Turn]:
         if query.before is None:
             return store.history(owner=owner, thread=tid, limit=query.limit + 1)
-        try:
-            [before] = store.history(owner=owner, turn=query.before, limit=1)
-        except NotFound:
-            raise InvalidInput(f"no message {query.before!r}") from None
-        if before.parent_id is None:
-            return []
-        return store.history(owner=owner, turn=before.parent_id, limit=query.limit + 1)
+        path = store.history(owner=owner, thread=tid)
+        end = cursor_index(path, query.before, "message")
+        return path[max(0, end - query.limit - 1) : end]
 
     try:
         turns = await _load(request, page)
@@ -354,13 +351,16 @@ async def thread_messages(request: web.Request) -> web.Response:
 
 async def update_thread(request: web.Request) -> web.Response:
     req = decode_body(_update_thread, await request.read())
+    engine, tid, owner = request.app[ENGINE], _path_thread_id(request), request[OWNER]
     try:
-        t = await _load(
-            request,
-            lambda s, tid, owner: s.update_thread(
-                tid, owner=owner, metadata=req.metadata, state=req.state
-            ),
+        # In the thread's turn: a reply generating on it is stored before it is locked.
+        t = await engine.in_turn(
+            owner,
+            tid,
+            lambda s: s.update_thread(tid, owner=owner, metadata=req.metadata, state=req.state),
         )
+    except NotFound as e:
+        raise _named(e, "threadId") from None
     except StateConflict as e:
         raise _named(e, "state" if req.state is not None else "metadata") from None
     except ThreadloomError as e:

@@ -22,6 +22,7 @@ from threadloom.server.keys import ENGINE, OWNER
 from threadloom.server.routes.common import (
     Events,
     decode_body,
+    failure,
     final_result,
     json_response,
     sampling_params,
@@ -133,8 +134,11 @@ def _chat_result(result: Result, engine: Engine) -> lm.ChatResult:
     )
 
 
-def _generation_failed() -> ApiError:
-    return ApiError(500, "the generation failed", type="server_error", code="server_error")
+def _generation_failed(result: Result) -> ApiError:
+    code, message = failure(result.error)
+    if code == "conversation_deleted":  # the client's own doing, not the server's
+        return ApiError(409, message, code=code)
+    return ApiError(500, message, type="server_error", code=code)
 
 
 def _stream_error(error: ApiError) -> lm.ChatErrorEvent:
@@ -182,7 +186,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return await sse.serve_stream(request, events, _LmStudioStream(engine))
     result = await final_result(events)
     if result.status == "failed":
-        raise _generation_failed()
+        raise _generation_failed(result)
     return json_response(_chat_result(result, engine))
 
 
@@ -261,7 +265,7 @@ class _LmStudioStream:
         assert self.phases is not None
         await self.phases.end()
         if result.status == "failed":
-            await self.phases.send(_stream_error(_generation_failed()))
+            await self.phases.send(_stream_error(_generation_failed(result)))
         await self.phases.send(lm.ChatEnd(result=_chat_result(result, self.engine)))
 
     async def error(self, response: web.StreamResponse, error: ApiError) -> None:

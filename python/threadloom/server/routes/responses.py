@@ -21,6 +21,7 @@ from threadloom.server.keys import ENGINE, OWNER
 from threadloom.server.routes import background, compat
 from threadloom.server.routes.common import (
     decode_items_body,
+    failure,
     final_result,
     json_response,
     sampling_params,
@@ -88,6 +89,11 @@ def _details(status: str) -> tuple[s.ResponseError | None, s.IncompleteDetails |
     return None, s.IncompleteDetails(reason="max_output_tokens") if status == "incomplete" else None
 
 
+def _failure(error: str | None) -> s.ResponseError:
+    code, message = failure(error)
+    return s.ResponseError(code=code, message=message)
+
+
 def _message(item_id: str, text: str, status: str) -> s.OutputMessage:
     item_status = "incomplete" if status in ("incomplete", "failed") else status
     return s.OutputMessage(
@@ -127,9 +133,13 @@ class _Draft:
         error, incomplete = None, None
         if result is not None:
             if result.status == "failed":
-                error = s.ResponseError(code="server_error", message="the generation failed")
+                error = _failure(result.error)
             elif result.status == "incomplete" and result.finish_reason == "length":
                 incomplete = s.IncompleteDetails(reason="max_output_tokens")
+        conversation = self.conversation
+        if result is not None and conversation is not None and result.thread_id != conversation.id:
+            # Not stored in the conversation (it was deleted meanwhile): the answer says so.
+            conversation = None
         return s.ResponseObject(
             id=(result.response_id if result and result.response_id else self.id),
             created_at=self.created_at,
@@ -144,7 +154,7 @@ class _Draft:
             error=error,
             incomplete_details=incomplete,
             max_output_tokens=self.req.max_output_tokens,
-            conversation=self.conversation,
+            conversation=conversation,
             background=bool(self.req.background),
             temperature=self.sampling.temperature,
             top_p=self.sampling.top_p,
@@ -196,9 +206,12 @@ def _prompt_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) 
 
 
 def _stream_kwargs(draft: _Draft, owner: str) -> dict[str, Any]:
+    # A conversation must exist (a thread id alone would create one), also when it is deleted
+    # while the request waits for its turn.
     return {
         **_prompt_kwargs(draft.req, owner, draft.sampling),
         "store": draft.req.store,
+        "create_thread": False,
         "output_schema": draft.schema,
         "output_schema_field": draft.schema_field,
     }
@@ -216,14 +229,6 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     sampling = _sampling(req, engine)
     draft = _Draft(req, engine, sampling)
     cid = conversation_id(req)
-    if cid is not None:
-        # A conversation must exist (a thread id alone would create one).
-        try:
-            await engine.with_store(lambda store: store.get_thread(cid, owner=owner))
-        except NotFound:
-            raise ApiError(
-                404, f"conversation {cid!r} not found", param="conversation", code="not_found"
-            ) from None
     events = engine.stream(inputs, **_stream_kwargs(draft, owner))
     try:
         first = await sse.started(events)
@@ -380,11 +385,7 @@ async def get_response(request: web.Request) -> web.Response:
             raise
         return json_response(running)
     status = stored.status
-    error = (
-        s.ResponseError(code="server_error", message="the generation failed")
-        if status == "failed"
-        else None
-    )
+    error = _failure(stored.error) if status == "failed" else None
     _, incomplete = _details(status)
     return json_response(
         s.ResponseObject(
@@ -424,7 +425,20 @@ async def input_items(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     rid = _response_id(request)
     query = msgspec.convert(dict(request.query), s.InputItemsQuery, strict=False)
-    _, inputs, _ = await _lookup(engine, request[OWNER], rid)
+    owner = request[OWNER]
+    try:
+        _, inputs, _ = await _lookup(engine, owner, rid)
+    except ApiError as e:
+        # Announced and still generating: it exists (GET answers in_progress), its items do not
+        # have their ids yet.
+        if e.status == 404 and await engine.pending_response(owner, rid) is not None:
+            raise ApiError(
+                409,
+                f"response {rid!r} is still generating; its input items are listed once stored",
+                param="response_id",
+                code="conflict",
+            ) from None
+        raise
     items: list[s.InputItem | FunctionCallItem | FunctionCallOutputItem] = [
         tool_item(t.id, t.role, t.content, t.tool)
         or s.InputItem(id=t.id, role=t.role, content=[s.InputTextPart(text=t.content)])

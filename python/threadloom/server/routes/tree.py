@@ -11,6 +11,7 @@ under the caller's tenant: another tenant's thread or turn is simply not found."
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import msgspec
@@ -133,7 +134,8 @@ async def _point(engine: Engine, owner: str, tid: str, after: str) -> _Point:
 
 def _anchor(point: _Point) -> dict[str, Any]:
     if point.into_thread:
-        return {"thread": point.thread}
+        # Into the thread only while it exists: one deleted meanwhile is not made again.
+        return {"thread": point.thread, "create_thread": False}
     return {"after_turn": point.after} if point.after is not None else {}
 
 
@@ -167,7 +169,8 @@ async def _record_moved(engine: Engine, owner: str, point: _Point, r: Result) ->
     """A reply meant for the thread that was kept as a branch (the thread moved on while it
     generated) is recorded as a branch of it."""
     if point.into_thread and r.thread_id is None and r.response_id is not None:
-        await engine.register_branch(owner, point.thread, r.response_id, point.after)
+        with contextlib.suppress(NotFound):  # the thread was deleted meanwhile: no tree left
+            await engine.register_branch(owner, point.thread, r.response_id, point.after)
 
 
 async def continue_thread(request: web.Request) -> web.StreamResponse:

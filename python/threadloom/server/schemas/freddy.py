@@ -19,8 +19,10 @@ from threadloom.server.schemas.responses import RESPONSE_ID_PATTERN
 
 # The store's thread id format; checked here too so a bad id is reported with its field. msgspec
 # checks it with Python's `re`, whose `$` also matches before a final newline: the routes check
-# ids again with `fullmatch` (the pattern stays ECMA-compatible for the OpenAPI document).
-THREAD_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+# ids again with `fullmatch` (the pattern stays ECMA-compatible for the OpenAPI document). `.` and
+# `..` are path segments a URL normaliser removes (`/v1/threads/./tree` is `/v1/threads/tree`),
+# so no URL could name such a thread.
+THREAD_ID_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,128}$"
 ThreadId = Annotated[str, Meta(pattern=THREAD_ID_PATTERN)]
 # For `fullmatch` in the routes (a conversation id is a thread id too).
 THREAD_ID = re.compile(THREAD_ID_PATTERN)

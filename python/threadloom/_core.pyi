@@ -15,6 +15,7 @@ __all__ = [
     "ROLES",
     "Appended",
     "Assembly",
+    "COMPACTION_KEY_BYTES",
     "ChatTemplate",
     "Constraint",
     "Grammars",
@@ -33,12 +34,14 @@ __all__ = [
     "new_thread_id",
     "new_turn_key",
     "normalize_metadata",
+    "open_compaction",
     "parse_anchor",
     "parse_thread_cursor",
     "parse_thread_state",
     "parse_turn_id",
     "parse_turns",
     "quote",
+    "seal_compaction",
     "thread_cursor",
     "turn_id_string",
     "validate_owner",
@@ -572,6 +575,14 @@ class PromptEngine:
         cache_key: str | None = None,
         protected: int = 1,
     ) -> Assembly: ...
+
+COMPACTION_KEY_BYTES: Final[int]
+
+def seal_compaction(key: bytes, owner: str, text: str) -> str:
+    """`text` sealed under `key` for `owner`: an opaque `encrypted_content`."""
+
+def open_compaction(key: bytes, owner: str, sealed: str) -> str:
+    """The text of an item sealed with this key for this owner; `InvalidInput` otherwise."""
 
 def convert_for_ctransformers(
     src: str | PathLike[str],

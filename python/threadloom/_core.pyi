@@ -8,6 +8,7 @@ from typing import Any, Final, Literal, final
 from threadloom.store_counts import StoreStats, SweepCounts
 
 __all__ = [
+    "COMPACTION_KEY_BYTES",
     "MAX_METADATA_BYTES",
     "MAX_THREAD_BRANCHES",
     "MAX_THREAD_MESSAGES",
@@ -15,7 +16,6 @@ __all__ = [
     "ROLES",
     "Appended",
     "Assembly",
-    "COMPACTION_KEY_BYTES",
     "ChatTemplate",
     "Constraint",
     "Grammars",

@@ -24,13 +24,20 @@ from threadloom.server.routes.common import (
     failure,
     final_result,
     json_response,
+    opener,
     sampling_params,
+    sealer,
 )
 from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import formats
 from threadloom.server.schemas import responses as s
 from threadloom.server.schemas.freddy import THREAD_ID
-from threadloom.server.schemas.items import FunctionCallItem, FunctionCallOutputItem, tool_item
+from threadloom.server.schemas.items import (
+    CompactionItem,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    tool_item,
+)
 from threadloom.storage import ConversationStore
 
 _create = msgspec.json.Decoder(s.CreateResponse)
@@ -54,14 +61,14 @@ def check_model(model: str | None, engine: Engine, param: str = "model") -> None
         raise ApiError(404, f"model {model!r} does not exist", param=param, code="model_not_found")
 
 
-def _inputs(req: s.CreateResponse) -> list[dict[str, str]]:
+def _inputs(req: s.CreateResponse, open_item: s.Opener) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     if req.instructions is not None:
         out.append({"role": "system", "content": req.instructions})
     if isinstance(req.input, str):
         out.append({"role": "user", "content": req.input})
     else:
-        out.extend(item.turn(f"input[{i}]") for i, item in enumerate(req.input))
+        out.extend(item.turn(f"input[{i}]", open_item) for i, item in enumerate(req.input))
     return out
 
 
@@ -75,7 +82,7 @@ def _sampling(req: s.CreateResponse, engine: Engine) -> SamplingParams:
     )
 
 
-def _usage(prompt: int, completion: int, cached: int) -> s.ResponseUsage:
+def usage(prompt: int, completion: int, cached: int) -> s.ResponseUsage:
     return s.ResponseUsage(
         input_tokens=prompt,
         input_tokens_details=s.InputTokensDetails(cached_tokens=cached),
@@ -170,7 +177,7 @@ class _Draft:
         return self.build(
             result.status,
             [message],
-            _usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+            usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens),
             result,
         )
 
@@ -225,7 +232,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if req.background and (req.stream or not req.store):
         raise ApiError(400, "background needs store true and stream false", param="background")
     check_model(req.model, engine)
-    inputs = _inputs(req)
+    inputs = _inputs(req, opener(engine, owner))
     sampling = _sampling(req, engine)
     draft = _Draft(req, engine, sampling)
     cid = conversation_id(req)
@@ -398,7 +405,7 @@ async def get_response(request: web.Request) -> web.Response:
                 for t in outputs
                 if t.role == "assistant"
             ],
-            usage=_usage(stored.prompt_tokens, stored.completion_tokens, stored.cached_tokens),
+            usage=usage(stored.prompt_tokens, stored.completion_tokens, stored.cached_tokens),
             previous_response_id=stored.previous_response_id,
             store=True,
             metadata={k: str(v) for k, v in stored.metadata.items()},
@@ -439,8 +446,9 @@ async def input_items(request: web.Request) -> web.Response:
                 code="conflict",
             ) from None
         raise
-    items: list[s.InputItem | FunctionCallItem | FunctionCallOutputItem] = [
-        tool_item(t.id, t.role, t.content, t.tool)
+    seal = sealer(engine, owner)
+    items: list[s.InputItem | FunctionCallItem | FunctionCallOutputItem | CompactionItem] = [
+        tool_item(t.id, t.role, t.content, t.tool, seal)
         or s.InputItem(id=t.id, role=t.role, content=[s.InputTextPart(text=t.content)])
         for t in inputs
     ]
@@ -472,7 +480,8 @@ async def input_tokens(request: web.Request) -> web.Response:
     sampling = _sampling(req, engine)
     try:
         assembly = await engine.assemble_prompt(
-            _inputs(req), **_prompt_kwargs(req, request[OWNER], sampling)
+            _inputs(req, opener(engine, request[OWNER])),
+            **_prompt_kwargs(req, request[OWNER], sampling),
         )
     except NotFound as e:
         raise ApiError(404, str(e), param="previous_response_id", code="not_found") from None

@@ -7,9 +7,12 @@ the call id. Chat templates see them as OpenAI's chat format does: the assistant
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
+
+from threadloom.compaction import COMPACTION
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
 FUNCTION_CALL = "function_call"
@@ -51,6 +54,13 @@ class FunctionCallOutputItem(
     namespace: str | None = None
 
 
+class CompactionItem(msgspec.Struct, tag=COMPACTION, tag_field="type", kw_only=True):
+    """A compaction turn, sealed for the caller (`threadloom.compaction`)."""
+
+    id: str
+    encrypted_content: str
+
+
 def call_turn(
     call_id: str, name: str, arguments: str, status: str | None, namespace: str | None
 ) -> dict[str, str]:
@@ -80,11 +90,15 @@ def output_turn(
     return {"role": "tool", "content": output, "tool": _encode(tool).decode()}
 
 
+Seal = Callable[[str], str]
+
+
 def tool_item(
-    turn_id: str, role: str, content: str, tool: str | None
-) -> FunctionCallItem | FunctionCallOutputItem | None:
-    """The function-call item a stored turn is, or None for a message. A `tool` turn is always
-    an output (one stored without tool data has no call id)."""
+    turn_id: str, role: str, content: str, tool: str | None, seal: Seal | None = None
+) -> FunctionCallItem | FunctionCallOutputItem | CompactionItem | None:
+    """The function-call or compaction item a stored turn is, or None for a message. A `tool`
+    turn is always an output (one stored without tool data has no call id); a compaction's
+    summary goes out sealed by `seal` for the caller."""
     data: _Tool | None = None
     if tool is not None:
         try:
@@ -92,6 +106,8 @@ def tool_item(
         except msgspec.DecodeError:  # also ValidationError
             data = None
     status = (data.status if data is not None else None) or "completed"
+    if role == "system" and data is not None and data.type == COMPACTION and seal is not None:
+        return CompactionItem(id=turn_id, encrypted_content=seal(content))
     if role == "assistant" and data is not None and data.type == FUNCTION_CALL:
         return FunctionCallItem(
             id=turn_id,

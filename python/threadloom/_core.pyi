@@ -594,7 +594,7 @@ def convert_for_ctransformers(
 class Grammars:
     """One model's format compiler: a trie of its vocabulary for llguidance."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None: ...
+    def __new__(cls, tokenizer: Tokenizer) -> Grammars: ...
     def compile(
         self, kind: Literal["json_object", "json_schema", "lark"], source: str | None = None
     ) -> Constraint:

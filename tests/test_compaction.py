@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from server_support import SDK_KEYS, EchoScript, attach_tokenizer, scripted
+from server_support import SDK_KEYS, EchoScript, attach_tokenizer, parse_sse, scripted
 from support import POSTGRES_URL, create_pg_schema, drop_pg_schema
 from threadloom._core import open_compaction
 from threadloom.compaction import store_key
@@ -191,3 +191,46 @@ async def test_compact_refuses_bad_input(aiohttp_client: Any, store_spec: str) -
         {"input": [{"type": "compaction", "encrypted_content": "tlc1.AAAA"}]},
     )
     assert status == 400 and body["error"]["param"] == "input[0]", body
+
+
+async def test_context_management_compacts_before_answering(
+    aiohttp_client: Any, store_spec: str
+) -> None:
+    client = await aiohttp_client(make_app(store_spec))
+    _, first = await post(client, "/v1/responses", {"input": "one"})
+    _, second = await post(
+        client, "/v1/responses", {"input": "two", "previous_response_id": first["id"]}
+    )
+    roomy = [{"type": "compaction", "compact_threshold": 4000}]
+    _, kept = await post(
+        client,
+        "/v1/responses",
+        {"input": "two b", "previous_response_id": second["id"], "context_management": roomy},
+    )
+    assert [o["type"] for o in kept["output"]] == ["message"]  # under the threshold
+    tight = [{"type": "compaction", "compact_threshold": 20}]
+    r = await client.post(
+        "/v1/responses",
+        json={
+            "input": "three",
+            "previous_response_id": second["id"],
+            "context_management": tight,
+            "stream": True,
+        },
+        headers=ALICE,
+    )
+    events = parse_sse(await r.text())
+    added = [
+        (d["output_index"], d["item"]["type"])
+        for n, d in events
+        if n == "response.output_item.added"
+    ]
+    assert added == [(0, "compaction"), (1, "message")]
+    [final] = [d["response"] for n, d in events if n == "response.completed"]
+    assert [o["type"] for o in final["output"]] == ["compaction", "message"]
+    assert answer(final) == "[three]"
+    # Stored: the conversation goes on from the summary.
+    _, fourth = await post(
+        client, "/v1/responses", {"input": "four", "previous_response_id": final["id"]}
+    )
+    assert answer(fourth) == "[three | four]"

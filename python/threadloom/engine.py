@@ -21,9 +21,9 @@ from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
 from threadloom.batch import run_batch
 from threadloom.bridge import LoopBridge
-from threadloom.compaction import Compactor, Summary, store_key
+from threadloom.compaction import Compactor, Summary, compaction_turn, store_key
 from threadloom.conversation import THREAD_DELETED, Conversations, Destination, Prepared
-from threadloom.errors import BackendError, InvalidInput, NotFound
+from threadloom.errors import BackendError, ContextLengthExceeded, InvalidInput, NotFound
 from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
 from threadloom.formats import OutputFormats
 from threadloom.generation import ENDED, Signal, TextJob
@@ -279,6 +279,38 @@ class Engine:
     async def compact(self, owner: str, messages: Sequence[Message]) -> Summary:
         """A summary of `messages` for a compaction item (the model writes it)."""
         return await self.offload(lambda: self.compactor.summarize(owner, messages))
+
+    async def compact_over(
+        self, inputs: list[dict[str, str]], threshold: int, **options: Any
+    ) -> tuple[list[dict[str, str]], Summary | None]:
+        """`inputs` as they go to `stream` with `options`, unless the whole prompt (untrimmed)
+        would cross `threshold` tokens: then the stored conversation and all but the newest
+        input are compacted, and the inputs become the instructions, a compaction turn and
+        that newest input. Returns the summary written, if any."""
+        try:
+            assembly = await self.assemble_prompt(inputs, **{**options, "strategy": "none"})
+            tokens = assembly.prompt_tokens
+        except ContextLengthExceeded as e:
+            tokens = e.prompt_tokens
+        if tokens <= threshold:
+            return inputs, None
+        owner = options.get("owner", "default")
+        thread, previous = options.get("thread"), options.get("previous_response_id")
+
+        def read(store: ConversationStore) -> list[dict[str, str]]:
+            if thread is None and previous is None:
+                return []
+            turns = store.history(owner=owner, thread=thread, response=previous)
+            return [
+                {"role": t.role, "content": t.content, **({"tool": t.tool} if t.tool else {})}
+                for t in turns
+            ]
+
+        history = await self.with_store(read)
+        head, last = inputs[:-1], inputs[-1]
+        summary = await self.compact(owner, [*history, *head])
+        instructions = [m for m in head if m["role"] == "system" and "tool" not in m]
+        return [*instructions, compaction_turn(summary.text), last], summary
 
     async def delete_thread(self, owner: str, thread: str) -> None:
         """Deletes a thread and the saved model states of its conversation. The generations

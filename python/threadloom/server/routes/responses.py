@@ -117,6 +117,8 @@ class _Draft:
         self.req = req
         self.sampling = sampling
         self.text, self.schema, self.schema_field = formats.responses_text(req.text)
+        # The compaction `context_management` made before generating: first in the output.
+        self.compaction: CompactionItem | None = None
         self.model = engine.model_name
         self.created_at = int(time.time())
         # Replaced by the engine's id for the stored response once generation starts.
@@ -133,7 +135,7 @@ class _Draft:
     def build(
         self,
         status: str,
-        output: list[s.OutputMessage],
+        output: list[s.OutputMessage | CompactionItem],
         usage: s.ResponseUsage | None,
         result: Result | None = None,
     ) -> s.ResponseObject:
@@ -176,7 +178,7 @@ class _Draft:
         message = _message(item_id or self.item_id, result.text, result.status)
         return self.build(
             result.status,
-            [message],
+            [*([self.compaction] if self.compaction else []), message],
             usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens),
             result,
         )
@@ -236,6 +238,14 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     sampling = _sampling(req, engine)
     draft = _Draft(req, engine, sampling)
     cid = conversation_id(req)
+    if req.context_management:
+        threshold = req.context_management[0].compact_threshold or engine.context_length // 2
+        inputs, summary = await engine.compact_over(
+            inputs, threshold, **_prompt_kwargs(req, owner, sampling)
+        )
+        if summary is not None:
+            sealed = engine.compactor.seal(owner, summary.text)
+            draft.compaction = CompactionItem(id=mint_id("cmp"), encrypted_content=sealed)
     events = engine.stream(inputs, **_stream_kwargs(draft, owner))
     try:
         first = await sse.started(events)
@@ -259,6 +269,8 @@ class _ResponsesStream:
     def __init__(self, draft: _Draft) -> None:
         self.draft = draft
         self.seq = 0
+        # The message's place in the output: after the compaction, where there is one.
+        self.index = 0 if draft.compaction is None else 1
 
     async def _send(self, response: web.StreamResponse, event: s._Event) -> None:
         event.sequence_number = self.seq
@@ -274,15 +286,24 @@ class _ResponsesStream:
         in_progress = draft.build("in_progress", [], None)
         await self._send(response, s.ResponseCreated(sequence_number=0, response=in_progress))
         await self._send(response, s.ResponseInProgress(sequence_number=0, response=in_progress))
+        if draft.compaction is not None:
+            compaction = draft.compaction
+            await self._send(
+                response, s.OutputItemAdded(sequence_number=0, output_index=0, item=compaction)
+            )
+            await self._send(
+                response, s.OutputItemDone(sequence_number=0, output_index=0, item=compaction)
+            )
         empty = _message(draft.item_id, "", "in_progress")
         empty.content = []
-        await self._send(response, s.OutputItemAdded(sequence_number=0, output_index=0, item=empty))
+        added = s.OutputItemAdded(sequence_number=0, output_index=self.index, item=empty)
+        await self._send(response, added)
         await self._send(
             response,
             s.ContentPartAdded(
                 sequence_number=0,
                 item_id=draft.item_id,
-                output_index=0,
+                output_index=self.index,
                 content_index=0,
                 part=s.OutputText(text=""),
             ),
@@ -294,7 +315,7 @@ class _ResponsesStream:
         delta = s.OutputTextDelta(
             sequence_number=0,
             item_id=self.draft.item_id,
-            output_index=0,
+            output_index=self.index,
             content_index=0,
             delta=event.text,
         )
@@ -304,18 +325,22 @@ class _ResponsesStream:
         item_id = self.draft.item_id
         final = self.draft.finished(result, item_id)
         text = s.OutputTextDone(
-            sequence_number=0, item_id=item_id, output_index=0, content_index=0, text=result.text
+            sequence_number=0,
+            item_id=item_id,
+            output_index=self.index,
+            content_index=0,
+            text=result.text,
         )
         await self._send(response, text)
         part = s.ContentPartDone(
             sequence_number=0,
             item_id=item_id,
-            output_index=0,
+            output_index=self.index,
             content_index=0,
             part=s.OutputText(text=result.text),
         )
         await self._send(response, part)
-        done = s.OutputItemDone(sequence_number=0, output_index=0, item=final.output[0])
+        done = s.OutputItemDone(sequence_number=0, output_index=self.index, item=final.output[-1])
         await self._send(response, done)
         end: type[s.ResponseCompleted | s.ResponseIncomplete | s.ResponseFailed] = (
             s.ResponseCompleted

@@ -142,6 +142,15 @@ def unsupported_item(body: bytes, field: str) -> InvalidInput | None:
     return None
 
 
+class ContextManagement(
+    msgspec.Struct, tag="compaction", tag_field="type", kw_only=True, forbid_unknown_fields=True
+):
+    """Compact on the server when the rendered prompt would cross `compact_threshold` tokens
+    (none: half the model's context)."""
+
+    compact_threshold: Annotated[int, Meta(ge=1)] | None = None
+
+
 class CreateResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     input: str | Annotated[list[InputItemParam], Meta(min_length=1, max_length=MAX_ITEMS)]
     model: str | None = None
@@ -173,6 +182,7 @@ class CreateResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reasoning: dict[str, Any] | None = None
     text: dict[str, Any] | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    context_management: Annotated[list[ContextManagement], Meta(max_length=1)] | None = None
 
 
 # ---- response object -------------------------------------------------------------------------
@@ -226,7 +236,7 @@ class ResponseObject(msgspec.Struct, kw_only=True):
     created_at: int
     status: Status
     model: str
-    output: list[OutputMessage]
+    output: list[OutputMessage | items.CompactionItem]
     usage: ResponseUsage | None
     previous_response_id: str | None
     store: bool
@@ -311,12 +321,12 @@ class ResponseFailed(_Event, tag="response.failed"):
 
 class OutputItemAdded(_Event, tag="response.output_item.added"):
     output_index: int
-    item: OutputMessage
+    item: OutputMessage | items.CompactionItem
 
 
 class OutputItemDone(_Event, tag="response.output_item.done"):
     output_index: int
-    item: OutputMessage
+    item: OutputMessage | items.CompactionItem
 
 
 class ContentPartAdded(_Event, tag="response.content_part.added"):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
@@ -32,7 +31,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_concurrency import free_port, turn_texts, wait_ready
+from bench_concurrency import free_port, response_events, turn_texts, wait_ready
 
 CONTEXT = 2048
 
@@ -52,24 +51,15 @@ async def turn(
     if previous is not None:
         body["previous_response_id"] = previous
     sent, first, rid, tokens, kinds = time.perf_counter(), None, "", 0, []
-    async with session.post(f"{url}/v1/responses", json=body) as r:
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
-        async for raw in r.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:"):
-                continue
-            event = json.loads(line[5:])
-            kind = event["type"]
-            if kind == "response.created":
-                rid = event["response"]["id"]
-            elif kind == "response.output_text.delta" and first is None:
-                first = time.perf_counter()
-            elif kind in ("response.completed", "response.incomplete"):
-                tokens = event["response"]["usage"]["input_tokens"]
-                kinds = [item["type"] for item in event["response"]["output"]]
-            elif kind in ("response.failed", "error"):
-                raise RuntimeError(f"generation failed: {event}")
+    async for event in response_events(session, f"{url}/v1/responses", body):
+        kind = event["type"]
+        if kind == "response.created":
+            rid = event["response"]["id"]
+        elif kind == "response.output_text.delta" and first is None:
+            first = time.perf_counter()
+        elif kind in ("response.completed", "response.incomplete"):
+            tokens = event["response"]["usage"]["input_tokens"]
+            kinds = [item["type"] for item in event["response"]["output"]]
     return rid, tokens, (first or time.perf_counter()) - sent, kinds
 
 

@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[k]
 
 
+async def response_events(
+    session: ClientSession, url: str, body: dict[str, Any]
+) -> AsyncIterator[dict[str, Any]]:
+    """The events of one streamed `POST /v1/responses`; a failed generation raises."""
+    async with session.post(url, json=body) as r:
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
+        async for raw in r.content:
+            line = raw.decode().strip()
+            if not line.startswith("data:"):
+                continue
+            event = json.loads(line[5:])
+            if event["type"] in ("response.failed", "error"):
+                raise RuntimeError(f"generation failed: {event}")
+            yield event
+
+
 async def one_turn(
     session: ClientSession, url: str, text: str, previous: str | None
 ) -> tuple[Request, str, str]:
@@ -106,25 +124,16 @@ async def one_turn(
         body["previous_response_id"] = previous
     req = Request(sent=time.perf_counter())
     response_id, answer = "", []
-    async with session.post(f"{url}/v1/responses", json=body) as r:
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
-        async for raw in r.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:"):
-                continue
-            event = json.loads(line[5:])
-            kind = event["type"]
-            if kind == "response.created":
-                response_id = event["response"]["id"]
-            elif kind == "response.output_text.delta":
-                if req.first is None:
-                    req.first = time.perf_counter()
-                answer.append(event["delta"])
-            elif kind in ("response.completed", "response.incomplete"):
-                req.tokens = event["response"]["usage"]["output_tokens"]
-            elif kind in ("response.failed", "error"):
-                raise RuntimeError(f"generation failed: {event}")
+    async for event in response_events(session, f"{url}/v1/responses", body):
+        kind = event["type"]
+        if kind == "response.created":
+            response_id = event["response"]["id"]
+        elif kind == "response.output_text.delta":
+            if req.first is None:
+                req.first = time.perf_counter()
+            answer.append(event["delta"])
+        elif kind in ("response.completed", "response.incomplete"):
+            req.tokens = event["response"]["usage"]["output_tokens"]
     req.done = time.perf_counter()
     return req, response_id, "".join(answer)
 

@@ -36,7 +36,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_concurrency import free_port, percentile, wait_ready
+from bench_concurrency import free_port, percentile, response_events, wait_ready
 
 SCHEMA: dict[str, Any] = {
     "$defs": {
@@ -130,21 +130,12 @@ async def one_request(session: ClientSession, url: str, constrained: bool) -> tu
     if constrained:
         body["text"] = {"format": {"type": "json_schema", "name": "team", "schema": SCHEMA}}
     first, tokens = None, 0
-    async with session.post(f"{url}/v1/responses", json=body) as r:
-        if r.status != 200:
-            raise RuntimeError(f"HTTP {r.status}: {await r.text()}")
-        async for raw in r.content:
-            line = raw.decode().strip()
-            if not line.startswith("data:"):
-                continue
-            event = json.loads(line[5:])
-            kind = event["type"]
-            if kind == "response.output_text.delta" and first is None:
-                first = time.perf_counter()
-            elif kind in ("response.completed", "response.incomplete"):
-                tokens = event["response"]["usage"]["output_tokens"]
-            elif kind in ("response.failed", "error"):
-                raise RuntimeError(f"generation failed: {event}")
+    async for event in response_events(session, f"{url}/v1/responses", body):
+        kind = event["type"]
+        if kind == "response.output_text.delta" and first is None:
+            first = time.perf_counter()
+        elif kind in ("response.completed", "response.incomplete"):
+            tokens = event["response"]["usage"]["output_tokens"]
     span = time.perf_counter() - (first or time.perf_counter())
     return tokens, (tokens - 1) / span if tokens > 1 and span > 0 else 0.0
 

@@ -12,6 +12,9 @@ pub mod store;
 pub mod template;
 pub mod tokens;
 
+#[cfg(test)]
+mod testutil;
+
 #[cfg(feature = "python")]
 mod py;
 

@@ -18,21 +18,7 @@ fn tokenizer() -> Tokenizer {
     Tokenizer::from_gguf(test_model_path().unwrap()).unwrap()
 }
 
-/// Deterministic xorshift, so the property tests need no extra crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::testutil::Rng;
 
 fn allowed_ids(c: &mut Constraint) -> Vec<u32> {
     let mut ids = vec![];

@@ -23,21 +23,7 @@ fn strings(v: &[String]) -> Value {
     Value::Array(Array::String(v.to_vec()))
 }
 
-/// Deterministic xorshift, so the property tests need no extra crate.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::testutil::Rng;
 
 // ---------------------------------------------------------------------------------------------
 // The default model against llama.cpp's own ids.

@@ -111,6 +111,12 @@ async def test_compaction_items_in_a_conversation(aiohttp_client: Any, store_spe
     assert [i["type"] for i in listed] == ["message", "compaction"]
     _, reply = await post(client, "/v1/responses", {"input": "new", "conversation": conv["id"]})
     assert answer(reply) == "[new]"
+    # The branch tree (the web page's source) tells the compaction from the messages.
+    r = await client.get(f"/v1/threads/{conv['id']}/tree", headers=ALICE)
+    nodes = (await r.json())["nodes"]
+    kinds = {n["content"]: n["kind"] for n in nodes}
+    assert kinds["old"] == "message" and kinds["new"] == "message"
+    assert sorted(kinds.values()).count("compaction") == 1
 
 
 def tamper(sealed: str) -> str:

@@ -31,6 +31,7 @@ from threadloom.server.routes.common import (
 )
 from threadloom.server.schemas import tree as s
 from threadloom.server.schemas.freddy import THREAD_ID
+from threadloom.server.schemas.items import item_kind
 
 _continue = msgspec.json.Decoder(s.ContinueRequest)
 
@@ -59,6 +60,7 @@ def _node(n: branches.TreeNode) -> s.TreeNode:
         on_thread=n.on_thread,
         children=n.children,
         response_id=n.response_id,
+        kind=item_kind(t.role, t.tool),
     )
 
 

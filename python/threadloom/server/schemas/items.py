@@ -15,6 +15,7 @@ import msgspec
 from threadloom.compaction import COMPACTION
 
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
+ItemKind = Literal["message", "function_call", "function_call_output", "compaction"]
 FUNCTION_CALL = "function_call"
 FUNCTION_CALL_OUTPUT = "function_call_output"
 
@@ -99,12 +100,7 @@ def tool_item(
     """The function-call or compaction item a stored turn is, or None for a message. A `tool`
     turn is always an output (one stored without tool data has no call id); a compaction's
     summary goes out sealed by `seal` for the caller."""
-    data: _Tool | None = None
-    if tool is not None:
-        try:
-            data = _decode(tool)
-        except msgspec.DecodeError:  # also ValidationError
-            data = None
+    data = _data(tool)
     status = (data.status if data is not None else None) or "completed"
     if role == "system" and data is not None and data.type == COMPACTION and seal is not None:
         return CompactionItem(id=turn_id, encrypted_content=seal(content))
@@ -128,3 +124,24 @@ def tool_item(
             namespace=data.namespace if known and data is not None else None,
         )
     return None
+
+
+def _data(tool: str | None) -> _Tool | None:
+    if tool is None:
+        return None
+    try:
+        return _decode(tool)
+    except msgspec.DecodeError:  # also ValidationError
+        return None
+
+
+def item_kind(role: str, tool: str | None) -> ItemKind:
+    """What a stored turn is as an item."""
+    if role == "tool":
+        return "function_call_output"
+    data = _data(tool)
+    if data is not None and role == "assistant" and data.type == FUNCTION_CALL:
+        return "function_call"
+    if data is not None and role == "system" and data.type == COMPACTION:
+        return "compaction"
+    return "message"

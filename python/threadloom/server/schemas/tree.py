@@ -11,6 +11,7 @@ import msgspec
 from msgspec import Meta
 
 from threadloom.server.schemas.freddy import ThreadState
+from threadloom.server.schemas.items import ItemKind
 from threadloom.server.schemas.limits import MAX_ITEMS
 
 # `head` (the thread's newest turn: the reply goes into the thread), `root` (a new first
@@ -34,6 +35,9 @@ class TreeNode(msgspec.Struct, kw_only=True):
     children: list[str]
     # The response whose reply this turn is, when it ends a recorded branch.
     response_id: str | None = None
+    # What the turn is: a message, a tool call or its output, or a compaction (a summary that
+    # stands in for every turn before it; the page folds it).
+    kind: ItemKind = "message"
 
 
 class ThreadTree(msgspec.Struct, kw_only=True):

@@ -162,7 +162,16 @@ export class ThreadView {
       li.append(details);
     }
     const body = el("div", "content");
-    body.append(renderMarkdown(node.content));
+    if (node.kind === "compaction") {
+      // A summary that stands in for every turn before it: folded, as it is not a message.
+      li.classList.add("compaction");
+      const details = el("details", "compaction");
+      details.append(el("summary", "", "Compacted: the conversation so far, summarised"));
+      details.append(renderMarkdown(node.content));
+      body.append(details);
+    } else {
+      body.append(renderMarkdown(node.content));
+    }
     li.append(body);
     li.append(this.actions(node));
     return li;

@@ -243,9 +243,7 @@ async def test_context_management_compacts_before_answering(
     assert answer(fourth) == "[three | four]"
 
 
-def test_a_restarted_engine_continues_the_compacted_conversation(store_spec: str) -> None:
-    import asyncio
-
+async def test_a_restarted_engine_continues_the_compacted_conversation(store_spec: str) -> None:
     from threadloom.engine import Engine
     from threadloom.testing import ScriptedFactory
 
@@ -278,6 +276,6 @@ def test_a_restarted_engine_continues_the_compacted_conversation(store_spec: str
         finally:
             await e.aclose()
 
-    third = asyncio.run(before())
+    third = await before()
     gc.collect()  # the LMDB store closes with its last reference
-    assert asyncio.run(after(third)) == "[three | four]"
+    assert await after(third) == "[three | four]"

@@ -4,7 +4,6 @@ and the server key that sealed it, unchanged."""
 
 from __future__ import annotations
 
-import gc
 import os
 import stat
 from collections.abc import Callable
@@ -241,41 +240,3 @@ async def test_context_management_compacts_before_answering(
         client, "/v1/responses", {"input": "four", "previous_response_id": final["id"]}
     )
     assert answer(fourth) == "[three | four]"
-
-
-async def test_a_restarted_engine_continues_the_compacted_conversation(store_spec: str) -> None:
-    from threadloom.engine import Engine
-    from threadloom.testing import ScriptedFactory
-
-    def engine() -> Engine:
-        script = EchoScript()
-        e = Engine(store_spec, backend=ScriptedFactory(script), slots=1)
-        script.tokenizer = e.tokenizer
-        return e
-
-    async def before() -> str:
-        e = engine()
-        try:
-            one = await e.respond("one")
-            two = await e.respond("two", previous_response_id=one.response_id)
-            inputs, summary = await e.compact_over(
-                [{"role": "user", "content": "three"}], 5, previous_response_id=two.response_id
-            )
-            assert summary is not None and [m["role"] for m in inputs] == ["system", "user"]
-            three = await e.respond(inputs, previous_response_id=two.response_id)
-            assert three.text == "[three]"
-            assert three.response_id is not None
-            return three.response_id
-        finally:
-            await e.aclose()
-
-    async def after(previous: str) -> str:
-        e = engine()
-        try:
-            return (await e.respond("four", previous_response_id=previous)).text
-        finally:
-            await e.aclose()
-
-    third = await before()
-    gc.collect()  # the LMDB store closes with its last reference
-    assert await after(third) == "[three | four]"

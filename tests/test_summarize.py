@@ -119,3 +119,38 @@ def test_stateless_history_is_summarized_too(setup: tuple[Engine, Script]) -> No
     assert f"{SUMMARY_HEADER}\nSUMMARY-1" in script.prompts[-1]
     # Nothing is stored for a stateless request.
     assert engine.store.stats()["turns"] == 0
+
+
+def test_a_summary_is_kept_across_a_restart(store_spec: str) -> None:
+    """Written once per cut point, also across a restart: the store keeps it (both stores)."""
+    import gc
+
+    def open_engine(script: Script) -> Engine:
+        engine = Engine(
+            store_spec, backend=ScriptedFactory(script, context_length=CONTEXT), slots=1
+        )
+        script.tok = engine.tokenizer
+        return engine
+
+    first = Script()
+    engine = open_engine(first)
+    try:
+        fill(engine, "long", 60)
+        r = engine.respond_sync("and now?", thread="long", strategy="summarize", sampling=SHORT)
+        assert r.status == "completed" and first.summaries == 1
+        [tail] = engine.store.history(thread="long", limit=1)
+    finally:
+        engine.close()
+    del engine
+    gc.collect()  # the LMDB store closes with its last reference
+    second = Script()
+    engine = open_engine(second)
+    try:
+        # The same cut point (the question's answer moved the head by two turns only).
+        r = engine.respond_sync(
+            "again?", after_turn=tail.id, strategy="summarize", sampling=SHORT, store=False
+        )
+        assert r.status == "completed" and second.summaries == 0
+        assert any("SUMMARY-1" in p for p in second.prompts)
+    finally:
+        engine.close()

@@ -29,6 +29,7 @@ __all__ = [
     "Tokenizer",
     "Turn",
     "check_state_change",
+    "check_summary",
     "convert_for_ctransformers",
     "new_response_id",
     "new_thread_id",
@@ -311,6 +312,9 @@ def parse_turn_id(text: str) -> bytes: ...
 def validate_thread_id(thread_id: str) -> None: ...
 def validate_response_id(response_id: str) -> None: ...
 def validate_owner(owner: str) -> None: ...
+def check_summary(owner: str, name: str, text: str | None = None) -> None:
+    """Checks a summary a store is asked to keep (owner, key, the text's size)."""
+
 def parse_thread_state(text: str) -> _ThreadState: ...
 def check_state_change(old: str, new: str) -> None:
     """StateConflict unless a thread may go from `old` to `new`."""
@@ -431,6 +435,10 @@ class Store:
     def put_pending(self, response_id: str, payload: bytes, *, owner: str) -> None:
         """Records an announced response whose generation runs."""
     def remove_pending(self, response_id: str, *, owner: str) -> None: ...
+    def put_summary(self, name: str, text: str, *, owner: str) -> None:
+        """Keeps a summary the model wrote under `name` (the owner's own)."""
+    def get_summary(self, name: str, *, owner: str) -> str | None:
+        """The owner's summary kept under `name`, or None."""
     def get_pending(self, response_id: str, *, owner: str) -> bytes | None: ...
     def pending(self) -> list[tuple[str, str, bytes]]:
         """Every pending record as (owner, response id, payload)."""

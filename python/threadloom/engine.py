@@ -124,7 +124,7 @@ class Engine:
         # Called on the event loop with every finished generation (cancelled and failed ones
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
-        summarizer = Summarizer(self.prompt, self.generate_text)
+        summarizer = Summarizer(self.prompt, self.generate_text, opened, self.model_name)
         self.conversations = Conversations(opened, self.prompt, summarizer, self.model_name)
         self.compactor = Compactor(compaction_key or store_key(opened), summarizer)
         self._recover(states)

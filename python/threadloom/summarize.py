@@ -2,7 +2,8 @@
 summary the model itself writes, instead of being dropped silently.
 
 The cut point comes from the `tokens` strategy (which trims in blocks, so it moves rarely); the
-summary of everything up to a cut point is written once and cached by that turn's id, so
+summary of everything up to a cut point is written once and cached by that turn's id (and kept
+in the store, so a restart does not write it again), so
 consecutive prompts of a conversation start with the same system text and summary: a stable
 prefix that the slot's evaluated-token cache keeps reusing.
 """
@@ -10,12 +11,14 @@ prefix that the slot's evaluated-token cache keeps reusing.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from threadloom.backends.base import SamplingParams
+from threadloom.errors import ThreadloomError
 
 if TYPE_CHECKING:
     from threadloom._core import Assembly, PromptEngine
@@ -23,6 +26,16 @@ if TYPE_CHECKING:
 # A blocking generation for the summarizer's own use: prompt ids, sampler settings and owner
 # in, text out, nothing stored (`Engine.generate_text`; called from a worker thread).
 GenerateText = Callable[[Sequence[int], SamplingParams, str], str]
+
+log = logging.getLogger("threadloom.summarize")
+
+
+class SummaryStore(Protocol):
+    """Where summaries are kept across restarts (both stores have these)."""
+
+    def put_summary(self, name: str, text: str, *, owner: str) -> None: ...
+    def get_summary(self, name: str, *, owner: str) -> str | None: ...
+
 
 SUMMARY_TOKENS = 192
 # The transcript handed to the summarizer keeps its newest part when it is longer than this share
@@ -41,12 +54,22 @@ class Summarizer:
     """Writes and caches summaries of the turns a `tokens` trim would drop, with the model's
     prompt engine (templates, tokenizer, context) and `generate` (the model)."""
 
-    def __init__(self, prompt: PromptEngine, generate: GenerateText) -> None:
+    def __init__(
+        self,
+        prompt: PromptEngine,
+        generate: GenerateText,
+        keep: SummaryStore | None = None,
+        scope: str = "",
+    ) -> None:
         self._prompt = prompt
         self._generate = generate
         self.tokenizer = prompt.tokenizer
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
+        # Where written summaries are kept (the store), under names scoped by `scope` (the
+        # model's name: another model would summarise differently).
+        self._keep = keep
+        self._scope = scope
 
     def assemble(
         self,
@@ -83,17 +106,34 @@ class Summarizer:
     def summary(self, key: str, turns: Sequence[Mapping[str, str | None]], owner: str) -> str:
         """The summary of `turns`, cached per owner: a tenant never gets another tenant's
         summary, nor learns from a fast answer that another tenant had the same turns."""
+        name = f"{self._scope}:{key}"
         key = f"{owner}\0{key}"
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        text = self._write(turns, owner)
+        text = self._kept(name, owner)
+        if text is None:
+            text = self._write(turns, owner)
+            if self._keep is not None:
+                try:
+                    self._keep.put_summary(name, text, owner=owner)
+                except ThreadloomError:  # a summary not kept is written again later, no worse
+                    log.warning("keeping a summary failed", exc_info=True)
         with self._lock:
             self._cache[key] = text
             while len(self._cache) > CACHE_SIZE:
                 self._cache.popitem(last=False)
         return text
+
+    def _kept(self, name: str, owner: str) -> str | None:
+        if self._keep is None:
+            return None
+        try:
+            return self._keep.get_summary(name, owner=owner)
+        except ThreadloomError:
+            log.warning("reading a kept summary failed", exc_info=True)
+            return None
 
     def _write(self, turns: Sequence[Mapping[str, str | None]], owner: str) -> str:
         transcript = "\n".join(f"{t['role']}: {t['content']}" for t in turns)

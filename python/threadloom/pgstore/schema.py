@@ -147,11 +147,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (
         6,
-        "secrets every server on the database shares (the compaction key)",
+        "secrets every server on the database shares (the compaction key); kept summaries",
         """
         CREATE TABLE threadloom_secrets (
             name text COLLATE "C" PRIMARY KEY,
             value bytea NOT NULL
+        );
+        CREATE TABLE threadloom_summaries (
+            owner text COLLATE "C" NOT NULL,
+            name text COLLATE "C" NOT NULL,
+            text bytea NOT NULL,             -- UTF-8; bytea because text cannot hold NUL
+            PRIMARY KEY (owner, name)
         );
         """,
     ),

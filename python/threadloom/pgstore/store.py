@@ -452,6 +452,28 @@ class PostgresStore:
         )
         return None if row is None else bytes(row[0])
 
+    def put_summary(self, name: str, text: str, *, owner: str) -> None:
+        """Keeps a summary the model wrote under `name` (the owner's own)."""
+        _core.check_summary(owner, name, text)
+        self._db.call(
+            lambda c: c.execute(
+                "INSERT INTO threadloom_summaries (owner, name, text) VALUES (%s, %s, %s) "
+                "ON CONFLICT (owner, name) DO UPDATE SET text = EXCLUDED.text",
+                (owner, name, text.encode()),
+            ),
+            write=True,
+        )
+
+    def get_summary(self, name: str, *, owner: str) -> str | None:
+        _core.check_summary(owner, name)
+        row = self._db.call(
+            lambda c: c.execute(
+                "SELECT text FROM threadloom_summaries WHERE owner = %s AND name = %s",
+                (owner, name),
+            ).fetchone()
+        )
+        return None if row is None else bytes(row[0]).decode()
+
     def shared_secret(self, name: str, fresh: bytes) -> bytes:
         """The secret `name`, set to `fresh` by the first server that asks: every server on
         this database gets the same one."""

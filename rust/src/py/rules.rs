@@ -239,6 +239,13 @@ pub fn validate_response_id(response_id: &str) -> PyResult<()> {
     Ok(ids::validate_response_id(response_id)?)
 }
 
+/// Checks a summary a store is asked to keep (owner, key and, when given, the text's size).
+#[pyfunction]
+#[pyo3(signature = (owner, name, text=None))]
+pub fn check_summary(owner: &str, name: &str, text: Option<&str>) -> PyResult<()> {
+    Ok(crate::store::check_summary(owner, name, text)?)
+}
+
 /// Raises InvalidInput unless `owner` is 1 to 128 characters without NUL.
 #[pyfunction]
 pub fn validate_owner(owner: &str) -> PyResult<()> {

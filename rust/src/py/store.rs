@@ -307,6 +307,18 @@ impl Store {
         Ok(py.detach(|| self.inner.remove_pending(owner, &response_id))?)
     }
 
+    /// Keeps a summary the model wrote under `name` (the owner's own), replacing an earlier one.
+    #[pyo3(signature = (name, text, *, owner))]
+    fn put_summary(&self, py: Python<'_>, name: String, text: String, owner: &str) -> PyResult<()> {
+        Ok(py.detach(|| self.inner.put_summary(owner, &name, &text))?)
+    }
+
+    /// The owner's summary kept under `name`, or None.
+    #[pyo3(signature = (name, *, owner))]
+    fn get_summary(&self, py: Python<'_>, name: String, owner: &str) -> PyResult<Option<String>> {
+        Ok(py.detach(|| self.inner.get_summary(owner, &name))?)
+    }
+
     /// The payload recorded for this owner's running response, or None.
     #[pyo3(signature = (response_id, *, owner))]
     fn get_pending(

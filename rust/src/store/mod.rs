@@ -7,6 +7,7 @@ mod keys;
 mod pending;
 pub mod records;
 mod retention;
+mod summaries;
 pub mod turn;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ pub use records::{
     MAX_METADATA_BYTES, MAX_THREAD_MESSAGES,
 };
 pub use retention::Retention;
+pub use summaries::check_summary;
 pub use turn::{NewTurn, Role, TurnView};
 
 /// The on-disk format this code reads and writes. Bump it with every layout change.
@@ -129,6 +131,7 @@ pub struct Store {
     tombstones: Db,
     pending: Db,
     branches: Db,
+    summaries: Db,
 }
 
 pub fn now_ms() -> i64 {
@@ -157,6 +160,7 @@ struct Dbs {
     tombstones: Db,
     pending: Db,
     branches: Db,
+    summaries: Db,
 }
 
 /// Creates (or opens) the databases and checks the format header, in one write transaction.
@@ -179,6 +183,7 @@ fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Option<Dbs>> {
         // Added after format version 1 shipped; older code ignores them.
         pending: create("pending_responses")?,
         branches: create("thread_branches")?,
+        summaries: create("summaries")?,
     };
     let meta = dbs.meta;
     match meta.get(&txn, b"format")? {
@@ -268,6 +273,7 @@ impl Store {
             token_counts: dbs.token_counts,
             tombstones: dbs.tombstones,
             pending: dbs.pending,
+            summaries: dbs.summaries,
             branches: dbs.branches,
         })
     }

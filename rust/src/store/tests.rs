@@ -2650,3 +2650,26 @@ fn tool_data_is_stored_with_its_turn() {
     assert!(msg.contains("turns[0].tool"), "{msg}");
     s.verify().unwrap();
 }
+
+#[test]
+fn summaries_are_kept_per_owner_and_survive_a_reopen() {
+    let (dir, s) = store();
+    s.put_summary("alice", "cut:msg_1", "Ada lives in Oslo.")
+        .unwrap();
+    assert_eq!(
+        s.get_summary("alice", "cut:msg_1").unwrap().as_deref(),
+        Some("Ada lives in Oslo.")
+    );
+    assert_eq!(s.get_summary("bob", "cut:msg_1").unwrap(), None);
+    assert_eq!(s.get_summary("alice", "cut:msg_2").unwrap(), None);
+    s.put_summary("alice", "cut:msg_1", "replaced").unwrap();
+    assert!(s.put_summary("alice", "", "x").is_err());
+    assert!(s.put_summary("alice", "a\0b", "x").is_err());
+    assert!(s.put_summary("alice", &"k".repeat(300), "x").is_err());
+    drop(s);
+    let again = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(
+        again.get_summary("alice", "cut:msg_1").unwrap().as_deref(),
+        Some("replaced")
+    );
+}

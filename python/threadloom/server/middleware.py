@@ -22,6 +22,8 @@ from threadloom.errors import (
     ContextLengthExceeded,
     InvalidInput,
     LimitExceeded,
+    ModelNotFound,
+    ModelUnavailable,
     NotFound,
     Overloaded,
     StateConflict,
@@ -112,8 +114,13 @@ def to_api_error(e: BaseException) -> ApiError:
         return ApiError(400, message, param=validation_param(message), code="invalid_value")
     if isinstance(e, msgspec.DecodeError):
         return ApiError(400, f"invalid JSON body: {e}", code="invalid_json")
+    if isinstance(e, ModelNotFound):
+        return ApiError(404, str(e), param=e.param, code="model_not_found")
     if isinstance(e, NotFound):
         return ApiError(404, str(e), param=e.param, code="not_found")
+    if isinstance(e, ModelUnavailable):
+        # Its file is broken or its backend failed: the other models keep serving.
+        return ApiError(503, str(e), param=e.param, type="server_error", code="model_unavailable")
     if isinstance(e, StateConflict):
         return ApiError(409, str(e), param=e.param, code="conflict")
     if isinstance(e, ContextLengthExceeded):

@@ -23,8 +23,13 @@ from aiohttp import web
 from threadloom import Thread, Turn
 from threadloom.errors import InvalidInput, NotFound
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER
-from threadloom.server.routes.common import decode_body, decode_items_body, json_response
+from threadloom.server.keys import OWNER
+from threadloom.server.routes.common import (
+    decode_body,
+    decode_items_body,
+    json_response,
+    store_engine,
+)
 from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import conversations as c
 from threadloom.server.schemas.freddy import THREAD_ID
@@ -73,7 +78,7 @@ def _not_found(cid: str) -> ApiError:
 
 
 async def create(request: web.Request) -> web.Response:
-    engine, owner = request.app[ENGINE], request[OWNER]
+    engine, owner = await store_engine(request), request[OWNER]
     body = await request.read()
     req = decode_items_body(_create, body, "items") if body.strip() else c.CreateConversation()
     new = [m.turn(f"items[{i}]") for i, m in enumerate(req.items or ())]
@@ -89,7 +94,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def get(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     try:
         t = await engine.with_store(lambda store: store.get_thread(cid, owner=owner))
     except NotFound:
@@ -98,7 +103,7 @@ async def get(request: web.Request) -> web.Response:
 
 
 async def update(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     req = decode_body(_update, await request.read())
     try:
         t = await engine.with_store(
@@ -110,7 +115,7 @@ async def update(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     try:
         await engine.delete_thread(owner, cid)
     except NotFound:
@@ -119,7 +124,7 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def list_conversations(request: web.Request) -> web.Response:
-    engine, owner = request.app[ENGINE], request[OWNER]
+    engine, owner = await store_engine(request), request[OWNER]
     query = msgspec.convert(dict(request.query), c.ListQuery, strict=False)
     try:
         page = await engine.with_store(
@@ -164,7 +169,7 @@ def _item_list(data: list[c.AnyItem], more: bool) -> c.ItemList:
 
 
 async def list_items(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     query = msgspec.convert(dict(request.query), c.ItemsQuery, strict=False)
     try:
         turns, more = await engine.with_store(lambda store: _page(store, owner, cid, query))
@@ -176,7 +181,7 @@ async def list_items(request: web.Request) -> web.Response:
 
 
 async def add_items(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     req = decode_items_body(_add, await request.read(), "items")
     new = [m.turn(f"items[{i}]") for i, m in enumerate(req.items)]
 
@@ -197,7 +202,7 @@ async def add_items(request: web.Request) -> web.Response:
 
 
 async def get_item(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     item_id = request.match_info["item_id"]
 
     def find(store: ConversationStore) -> Turn:
@@ -218,7 +223,7 @@ async def delete_item(request: web.Request) -> web.Response:
     """Takes an item out of the conversation and answers the conversation. The items after it
     come back under new ids (the conversation moves to a new path of the turn tree); responses
     that reached the item keep it."""
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     item_id = request.match_info["item_id"]
     try:
         t = await engine.remove_turn(owner, cid, item_id)

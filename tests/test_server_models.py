@@ -246,3 +246,54 @@ async def test_idle_ttl_unloads_and_store_routes_need_no_model(
     r = await client.get(f"/v1/responses/{first['id']}")
     assert r.status == 200 and (await r.json())["model"] == "beta"
     assert await loaded(client) == {"alpha": True, "beta": False}
+
+
+@pytestmark_async
+async def test_lmstudio_list_load_and_unload(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await serve(aiohttp_client, tmp_path, context_length=2048)
+    listed = await (await client.get("/api/v1/models")).json()
+    assert [(m["key"], m["loaded_instances"]) for m in listed["models"]] == [
+        ("alpha", [{"id": "alpha", "config": {"context_length": 2048}}]),
+        ("beta", []),
+    ]
+    assert all(m["size_bytes"] > 0 and m["format"] == "gguf" for m in listed["models"])
+    r = await client.post("/api/v1/models/load", json={"model": "b"})
+    loaded_now = await r.json()
+    assert r.status == 200, loaded_now
+    assert loaded_now["model_instance_id"] == "beta"
+    assert loaded_now["config"] == {"context_length": 2048}
+    assert await loaded(client) == {"alpha": True, "beta": True}
+    r = await client.post("/api/v1/models/load", json={"model": "beta", "config": {"x": 1}})
+    assert r.status == 400
+    r = await client.post(
+        "/api/v1/models/load", json={"model": "beta", "config": {"context_length": 9999}}
+    )
+    assert r.status == 400 and (await r.json())["error"]["param"] == "config.context_length"
+    r = await client.post("/api/v1/models/unload", json={"instance_id": "beta"})
+    assert r.status == 200 and (await r.json()) == {"instance_id": "beta"}
+    assert await loaded(client) == {"alpha": True, "beta": False}
+    r = await client.post("/api/v1/models/unload", json={"instance_id": "beta"})
+    assert r.status == 404 and "not loaded" in (await r.json())["error"]["message"]
+    r = await client.post("/api/v1/models/unload", json={"instance_id": "delta"})
+    error = (await r.json())["error"]
+    assert (r.status, error["code"], error["param"]) == (404, "model_not_found", "instance_id")
+    # Unloaded, it answers again on its next request.
+    assert (await ask(client, "beta", "x"))["model"] == "beta"
+
+
+@pytestmark_async
+async def test_load_and_unload_take_the_operators_key(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await serve(aiohttp_client, tmp_path, api_keys={"k1": "t1"}, metrics_key="op")
+    tenant = {"Authorization": "Bearer k1"}
+    operator = {"Authorization": "Bearer op"}
+    for path, body in (
+        ("/api/v1/models/load", {"model": "beta"}),
+        ("/api/v1/models/unload", {"instance_id": "beta"}),
+    ):
+        r = await client.post(path, json=body, headers=tenant)
+        assert r.status == 403, await r.text()
+        r = await client.post(path, json=body, headers=operator)
+        assert r.status == 200, await r.text()
+    # Listing and generating stay the tenants'.
+    r = await client.get("/api/v1/models", headers=tenant)
+    assert r.status == 200

@@ -29,6 +29,7 @@ from threadloom.server.routes import (
     conversations,
     freddy,
     lmstudio,
+    lmstudio_models,
     metrics,
     paddler,
     page,
@@ -73,6 +74,7 @@ def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> 
     paddler.setup(app)
     tokenize.setup(app)
     lmstudio.setup(app)
+    lmstudio_models.setup(app)
     tree.setup(app)
     page.setup(app)
     metrics.setup(app)

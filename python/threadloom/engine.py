@@ -28,7 +28,7 @@ from threadloom.formats import OutputFormats
 from threadloom.generation import ENDED, Signal, TextJob
 from threadloom.kvstate import StateCache, StateTag
 from threadloom.request import Message, Request, make_request
-from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, Scheduler
+from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, ComputeTurns, Scheduler
 from threadloom.serial import KeyedLocks
 from threadloom.storage import ConversationStore, StoreStats, close_store, open_store
 from threadloom.summarize import Summarizer
@@ -55,9 +55,12 @@ class EngineGroup:
     thread's turn and the running generations are the conversation's, not the model's, so a
     conversation that changes model between turns still takes turns, a delete ends its
     replies whichever model writes them, and only the first engine stores what a previous
-    process left unfinished (a later one would take the others' running replies for that)."""
+    process left unfinished (a later one would take the others' running replies for that).
+    Their schedulers step in turns (`compute`): the thread budget is the process's, so two
+    models generating at once share the cores instead of oversubscribing them."""
 
     def __init__(self, max_queue: int = 64) -> None:
+        self.compute = ComputeTurns()
         self.thread_turns = KeyedLocks(max_waiting=max_queue)
         self.runs: dict[tuple[str, str], _Run] = {}
         self.engines: list[Engine] = []
@@ -141,8 +144,13 @@ class Engine:
             states = StateCache.for_model(
                 self.model_path, settings, Path(kv_cache_dir), kv_cache_bytes
             )
+        self.group = group or EngineGroup(max_queue)
         self.scheduler = Scheduler(
-            backend(slots), max_queue=max_queue, prefill_chunk=prefill_chunk, states=states
+            backend(slots),
+            max_queue=max_queue,
+            prefill_chunk=prefill_chunk,
+            states=states,
+            compute=self.group.compute,
         )
         # Assembly and store reads and writes.
         self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
@@ -154,7 +162,6 @@ class Engine:
         self.conversations = Conversations(
             opened, self.prompt, Summarizer(self.prompt, self.generate_text), self.model_name
         )
-        self.group = group or EngineGroup(max_queue)
         self._recover(states, first=not self.group.recovered)
         self.group.recovered = True
         self.group.engines.append(self)

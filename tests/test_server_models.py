@@ -297,3 +297,20 @@ async def test_load_and_unload_take_the_operators_key(aiohttp_client: Any, tmp_p
     # Listing and generating stay the tenants'.
     r = await client.get("/api/v1/models", headers=tenant)
     assert r.status == 200
+
+
+@pytestmark_async
+async def test_a_broken_default_model_fails_the_start_with_its_own_error(tmp_path: Path) -> None:
+    from aiohttp import web
+    from threadloom.errors import ModelFormatError
+    from threadloom.server.app import init_app
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"GGUF" + bytes(60))
+    app = init_app(
+        config(tmp_path, models=[ModelSpec(name="x", file=str(broken))]),
+        backend=scripted(EchoScript()),
+    )
+    runner = web.AppRunner(app)
+    with pytest.raises(ModelFormatError):
+        await runner.setup()

@@ -109,8 +109,12 @@ class Models:
         return entry
 
     async def start(self) -> None:
-        """Loads the default model (a broken one fails the start) and starts the TTL watch."""
-        await self._load(self.default)
+        """Loads the default model (a broken one fails the start with its own error, as a
+        server of one model always did) and starts the TTL watch."""
+        try:
+            await self._load(self.default)
+        except ModelUnavailable as e:
+            raise (e.__cause__ or e) from None
         if any(e.ttl > 0 for e in self.entries):
             self._ttl_task = asyncio.create_task(self._watch_ttl())
 

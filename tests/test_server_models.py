@@ -314,3 +314,17 @@ async def test_a_broken_default_model_fails_the_start_with_its_own_error(tmp_pat
     runner = web.AppRunner(app)
     with pytest.raises(ModelFormatError):
         await runner.setup()
+
+
+@pytestmark_async
+async def test_a_running_response_names_its_model(aiohttp_client: Any, tmp_path: Path) -> None:
+    client = await serve(aiohttp_client, tmp_path, delay_s=0.02)
+    started = await ask(client, "beta", "long:20", background=True, max_output_tokens=20)
+    running = await (await client.get(f"/v1/responses/{started['id']}")).json()
+    assert (running["status"], running["model"]) == ("in_progress", "beta")
+    for _ in range(100):
+        done = await (await client.get(f"/v1/responses/{started['id']}")).json()
+        if done["status"] != "in_progress":
+            break
+        await asyncio.sleep(0.05)
+    assert (done["status"], done["model"]) == ("incomplete", "beta")

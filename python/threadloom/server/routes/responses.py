@@ -356,7 +356,7 @@ async def _running(engine: Engine, owner: str, rid: str) -> s.ResponseObject | N
         id=rid,
         created_at=int(time.time()),
         status="in_progress",
-        model=engine.model_name,
+        model=to.model or engine.model_name,
         output=[],
         usage=None,
         previous_response_id=to.previous_response_id,

@@ -13,7 +13,7 @@ import pytest
 from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Started
 from threadloom.errors import Overloaded
-from threadloom.scheduler import Finish, Job, Scheduler
+from threadloom.scheduler import ComputeTurns, Finish, Job, Scheduler
 from threadloom.testing import ScriptedBackend, ScriptedFactory
 
 TOKEN = 7
@@ -192,3 +192,26 @@ async def _started(engine: Engine, history: list[dict[str, str]], owner: str) ->
     async for _ in events:
         pass
     return first
+
+
+def test_compute_turns_are_first_come_first_served() -> None:
+    """Two models' schedulers stepping without pause alternate: a step that ends and asks
+    again goes behind the one already waiting (a plain lock lets it jump the queue)."""
+    turns = ComputeTurns()
+    order: list[str] = []
+    both = threading.Barrier(2)
+
+    def step_often(name: str) -> None:
+        both.wait()
+        for _ in range(100):
+            with turns:
+                order.append(name)
+                threading.Event().wait(0.0002)  # a step's work, the GIL released
+
+    threads = [threading.Thread(target=step_often, args=(n,)) for n in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    middle = "".join(order[20:180])
+    assert "aaa" not in middle and "bbb" not in middle, "".join(order)

@@ -101,6 +101,7 @@ async def test_exposition_format_and_types(make_client: MakeClient) -> None:
         "threadloom_cached_prompt_tokens_total": "counter",
         "threadloom_generated_tokens_total": "counter",
         "threadloom_generations_total": "counter",
+        "threadloom_model_loaded": "gauge",
         "threadloom_slots": "gauge",
         "threadloom_slots_busy": "gauge",
         "threadloom_queue_depth": "gauge",
@@ -116,7 +117,7 @@ async def test_exposition_format_and_types(make_client: MakeClient) -> None:
         "threadloom_decode_tokens_per_second": "histogram",
     }
     # Unlabelled counters exist before anything happened.
-    assert value(samples, "threadloom_generated_tokens_total") == 0
+    assert total(samples, "threadloom_generated_tokens_total") == 0
     # The histogram: cumulative buckets at every bound, +Inf equal to the count.
     series = {"method": "GET", "route": "/v1/models"}
     name = "threadloom_http_request_duration_seconds"
@@ -240,11 +241,11 @@ async def test_token_counters_equal_reported_usage(make_client: MakeClient) -> N
     assert chat["choices"][0]["finish_reason"] == "length"
 
     samples = await scrape(client)
-    assert value(samples, "threadloom_prompt_tokens_total") == prompt > 0
-    assert value(samples, "threadloom_generated_tokens_total") == generated > 0
-    assert value(samples, "threadloom_cached_prompt_tokens_total") == cached
-    assert value(samples, "threadloom_generations_total", status="completed") == 3
-    assert value(samples, "threadloom_generations_total", status="incomplete") == 1
+    assert total(samples, "threadloom_prompt_tokens_total") == prompt > 0
+    assert total(samples, "threadloom_generated_tokens_total") == generated > 0
+    assert total(samples, "threadloom_cached_prompt_tokens_total") == cached
+    assert total(samples, "threadloom_generations_total", status="completed") == 3
+    assert total(samples, "threadloom_generations_total", status="incomplete") == 1
     # Errors before generation (a bad body) produce no generation.
     assert (await client.post("/v1/responses", json={"input": []})).status == 400
     again = await scrape(client)
@@ -259,8 +260,8 @@ async def test_pool_and_store_gauges(make_client: MakeClient) -> None:
     engine = client.app[ENGINE]
     await client.post("/v1/responses", json={"input": "Hello"})
     samples = await scrape(client)
-    assert value(samples, "threadloom_slots") == 2
-    assert value(samples, "threadloom_threads") == 3
+    assert total(samples, "threadloom_slots") == 2
+    assert total(samples, "threadloom_threads") == 3
     # The one generation's scheduler timings, one observation each.
     for name in (
         "threadloom_queue_wait_seconds",
@@ -270,8 +271,8 @@ async def test_pool_and_store_gauges(make_client: MakeClient) -> None:
     ):
         assert value(samples, f"{name}_count") == 1, name
     assert value(samples, "threadloom_time_to_first_token_seconds_sum") > 0
-    assert value(samples, "threadloom_slots_busy") == 0
-    assert value(samples, "threadloom_queue_depth") == 0
+    assert total(samples, "threadloom_slots_busy") == 0
+    assert total(samples, "threadloom_queue_depth") == 0
     stats = engine.store.stats()
     assert stats["responses"] == 1
     for key, n in stats.items():
@@ -288,8 +289,8 @@ async def test_pool_and_store_gauges(make_client: MakeClient) -> None:
             break
         await asyncio.sleep(0.01)
     busy = await scrape(client)
-    assert value(busy, "threadloom_slots_busy") == 2
-    assert value(busy, "threadloom_queue_depth") == 1
+    assert total(busy, "threadloom_slots_busy") == 2
+    assert total(busy, "threadloom_queue_depth") == 1
     for r in responses:
         r.close()
     third = await waiting
@@ -318,15 +319,15 @@ async def test_queue_depth_under_more_requests_than_worker_threads(
     while not all(p.done() for p in posts):
         assert asyncio.get_running_loop().time() < deadline, "the server stopped answering"
         samples = await scrape(client)
-        deepest = max(deepest, value(samples, "threadloom_queue_depth"))
-        assert value(samples, "threadloom_slots_busy") <= 2
+        deepest = max(deepest, total(samples, "threadloom_queue_depth"))
+        assert total(samples, "threadloom_slots_busy") <= 2
         await asyncio.sleep(0.01)
     assert deepest >= 4 and engine.scheduler.waiting == 0
     statuses = [p.result().status for p in posts]
     assert statuses == [200] * 12
     samples = await scrape(client)
-    assert value(samples, "threadloom_generations_total", status="incomplete") == 12
-    assert value(samples, "threadloom_generated_tokens_total") == 12 * 20
+    assert total(samples, "threadloom_generations_total", status="incomplete") == 12
+    assert total(samples, "threadloom_generated_tokens_total") == 12 * 20
 
 
 async def test_no_tenant_reads_metrics_without_the_operator_key(make_client: MakeClient) -> None:

@@ -43,6 +43,9 @@ class Destination(msgspec.Struct, frozen=True, kw_only=True):
     after_turn: str | None = None
     metadata: dict[str, Any] | None = None
     prompt_tokens: int = 0
+    # The model generating it (several models share a store): what a GET of the running
+    # response and a restart's recovery name. None in records of older versions.
+    model: str | None = None
 
 
 class Prepared(msgspec.Struct, frozen=True):
@@ -284,7 +287,8 @@ class Conversations:
 
     def announce(self, owner: str, to: Destination, response_id: str) -> None:
         """Records the response as running before its id is announced."""
-        self.store.put_pending(response_id, msgspec.json.encode(to), owner=owner)
+        record = msgspec.structs.replace(to, model=self.model_name)
+        self.store.put_pending(response_id, msgspec.json.encode(record), owner=owner)
 
     def pending(self, owner: str, response_id: str) -> Destination | None:
         """The pending record of an announced response still generating, if there is one."""
@@ -306,7 +310,7 @@ class Conversations:
                     reasoning=None,
                     finish_reason="cancelled",
                     usage=Usage(to.prompt_tokens, 0, 0),
-                    model=self.model_name,
+                    model=to.model or self.model_name,
                     error=INTERRUPTED,
                 )
                 # Where it was going, else (that conversation is gone) as a conversation of its

@@ -29,16 +29,46 @@ from threadloom.formats import OutputFormats
 from threadloom.generation import ENDED, Signal, TextJob
 from threadloom.kvstate import StateCache, StateTag
 from threadloom.request import Message, Request, make_request
-from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, Scheduler
+from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, ComputeTurns, Scheduler
 from threadloom.serial import KeyedLocks
 from threadloom.storage import ConversationStore, StoreStats, close_store, open_store
 from threadloom.summarize import Summarizer
 
-__all__ = ["Engine", "Event", "Finished", "Request", "Result", "Started", "TokenEvent", "Usage"]
+__all__ = [
+    "Engine",
+    "EngineGroup",
+    "Event",
+    "Finished",
+    "Request",
+    "Result",
+    "Started",
+    "TokenEvent",
+    "Usage",
+]
 
 T = TypeVar("T")
 DEFAULT_KV_CACHE_BYTES = 2 << 30
 log = logging.getLogger("threadloom.engine")
+
+
+class EngineGroup:
+    """What the engines of several models over one store share (`threadloom.registry`): a
+    thread's turn and the running generations are the conversation's, not the model's, so a
+    conversation that changes model between turns still takes turns, a delete ends its
+    replies whichever model writes them, and only the first engine stores what a previous
+    process left unfinished (a later one would take the others' running replies for that).
+    Their schedulers step in turns (`compute`): the thread budget is the process's, so two
+    models generating at once share the cores instead of oversubscribing them."""
+
+    def __init__(self, max_queue: int = 64) -> None:
+        self.compute = ComputeTurns()
+        self.thread_turns = KeyedLocks(max_waiting=max_queue)
+        self.runs: dict[tuple[str, str], _Run] = {}
+        self.engines: list[Engine] = []
+        self.recovered = False
+
+    def state_caches(self) -> list[StateCache]:
+        return [e.scheduler.states for e in self.engines if e.scheduler.states is not None]
 
 
 class Engine:
@@ -48,7 +78,8 @@ class Engine:
     a name: "ctransformers" (the default; it runs a converted copy kept in `cache_dir`) or
     "llama-cpp" (the `.[llama]` extra; reads the file as is). `chat_template` (a file or a
     built-in name) serves models whose GGUF has none. `kv_cache_dir` turns on saved
-    conversation states (`threadloom.kvstate`), at most `kv_cache_bytes`.
+    conversation states (`threadloom.kvstate`), at most `kv_cache_bytes`. `group` joins
+    other engines over the same (caller's) store; alone, an engine is a group of one.
     """
 
     def __init__(
@@ -72,6 +103,7 @@ class Engine:
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
         compaction_key: bytes | None = None,
         progress: bool | None = None,
+        group: EngineGroup | None = None,
     ) -> None:
         from threadloom.models import default_model_path, prompt_engine
 
@@ -114,8 +146,13 @@ class Engine:
             states = StateCache.for_model(
                 self.model_path, settings, Path(kv_cache_dir), kv_cache_bytes
             )
+        self.group = group or EngineGroup(max_queue)
         self.scheduler = Scheduler(
-            backend(slots), max_queue=max_queue, prefill_chunk=prefill_chunk, states=states
+            backend(slots),
+            max_queue=max_queue,
+            prefill_chunk=prefill_chunk,
+            states=states,
+            compute=self.group.compute,
         )
         # Assembly and store reads and writes.
         self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
@@ -127,13 +164,15 @@ class Engine:
         summarizer = Summarizer(self.prompt, self.generate_text, opened, self.model_name)
         self.conversations = Conversations(opened, self.prompt, summarizer, self.model_name)
         self.compactor = Compactor(compaction_key or store_key(opened), summarizer)
-        self._recover(states)
+        self._recover(states, first=not self.group.recovered)
+        self.group.recovered = True
+        self.group.engines.append(self)
         # Requests on one thread run one after another, in arrival order.
-        self._thread_turns = KeyedLocks(max_waiting=max_queue)
+        self._thread_turns = self.group.thread_turns
         # Generations that store a response, by (owner, response id), from their prompt to
         # their stored reply: what deleting their thread or response, a cancel and a request
         # continuing one stop or wait for.
-        self._runs: dict[tuple[str, str], _Run] = {}
+        self._runs = self.group.runs
 
     @property
     def store(self) -> ConversationStore:
@@ -146,10 +185,16 @@ class Engine:
     def close(self) -> None:
         """Cancels running generations and closes everything. From async code prefer
         `aclose`, which also waits for the cancelled generations' replies to be stored."""
+        with contextlib.suppress(ValueError):
+            self.group.engines.remove(self)
         self.scheduler.close()
         self._executor.shutdown(wait=True, cancel_futures=True)
         if self._owns_store:
             close_store(self.store)
+
+    def idle(self) -> bool:
+        """Nothing generating, queued or being stored: closing now stops nobody."""
+        return not self._completions and not self.scheduler.running()
 
     async def aclose(self) -> None:
         """Stops generating, stores what every running generation produced (as incomplete),
@@ -323,8 +368,8 @@ class Engine:
         finally:
             for run in ending:
                 await run.wait()
-        if self.scheduler.states is not None:
-            self.scheduler.states.forget(thread=thread)
+        for states in self.group.state_caches():
+            states.forget(thread=thread)
 
     async def delete_response(self, owner: str, response_id: str) -> None:
         """Deletes a response and the saved model state that ends with it. A running one is
@@ -336,8 +381,8 @@ class Engine:
             check = self.conversations.check_not_running
             await self.offload(lambda: check(owner, response_id, "response_id"))
             raise
-        if self.scheduler.states is not None:
-            self.scheduler.states.forget(response=response_id)
+        for states in self.group.state_caches():
+            states.forget(response=response_id)
 
     async def cancel_response(self, owner: str, response_id: str) -> bool:
         """Stops a generation of this server and waits until its reply is stored (as
@@ -379,10 +424,11 @@ class Engine:
         """The store's `stats()` (for /metrics), read in the engine's worker threads."""
         return await self.offload(self.store.stats)
 
-    def _recover(self, states: StateCache | None) -> None:
-        """What a previous run left: responses it announced but did not store, and saved
-        states of conversations deleted or swept while it was down."""
-        recovered = self.conversations.recover()
+    def _recover(self, states: StateCache | None, *, first: bool) -> None:
+        """What a previous run left: responses it announced but did not store (for the
+        group's first engine only), and saved states of conversations deleted or swept while
+        it was down."""
+        recovered = self.conversations.recover() if first else 0
         if recovered:
             log.warning(
                 "stored %d responses a previous run announced but did not finish", recovered

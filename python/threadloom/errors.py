@@ -8,7 +8,9 @@ __all__ = [
     "InvalidInput",
     "LimitExceeded",
     "ModelFormatError",
+    "ModelNotFound",
     "ModelNotInstalled",
+    "ModelUnavailable",
     "NotFound",
     "Overloaded",
     "StateConflict",
@@ -81,6 +83,15 @@ class ModelFormatError(ThreadloomError, ValueError):
 
 class ModelNotInstalled(ThreadloomError):
     """The model file is missing; the message says how to install it."""
+
+
+class ModelNotFound(NotFound):
+    """No declared model has this name or alias."""
+
+
+class ModelUnavailable(ThreadloomError):
+    """A declared model could not be loaded (a broken or unreadable file, a backend that
+    failed): its own requests fail with this, the other models keep serving."""
 
 
 class Overloaded(ThreadloomError):

@@ -112,9 +112,34 @@ class _Slot:
     tag: StateTag | None = None
 
 
+class ComputeTurns:
+    """A first-come, first-served lock the schedulers of several models take around each step
+    (a prompt chunk and one decode step): each model computes with the whole thread budget in
+    turn instead of two models oversubscribing the cores. FIFO, so a scheduler that steps
+    again at once cannot starve another that waits (a plain Lock gives no such order)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while ticket != self._serving:
+                self._cond.wait()
+
+    def __exit__(self, *_: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
 class Scheduler:
     """Owns `backend` and drives it from one thread. `max_queue` requests may wait while every
-    slot is busy; beyond that `submit` raises `Overloaded`."""
+    slot is busy; beyond that `submit` raises `Overloaded`. Schedulers given the same
+    `compute` turns step one at a time."""
 
     def __init__(
         self,
@@ -123,6 +148,7 @@ class Scheduler:
         max_queue: int = 64,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         states: StateCache | None = None,
+        compute: ComputeTurns | None = None,
     ) -> None:
         if backend.sequences < 1:
             raise ValueError("a scheduler needs at least one slot")
@@ -136,6 +162,7 @@ class Scheduler:
         self.affinity = True
         # Saved states of conversations whose slot went to another (backends that can).
         self.states = states
+        self._compute = compute or ComputeTurns()
         self._clock = itertools.count(1)
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
@@ -211,7 +238,8 @@ class Scheduler:
             if done:
                 return
             try:
-                self._step()
+                with self._compute:
+                    self._step()
             except BaseException:  # a bug (or a Rust panic) must not kill the thread all wait on
                 log.exception("scheduler step failed")
                 for job in list(self._active):

@@ -16,6 +16,7 @@ import msgspec
 from threadloom.backends import BACKENDS, BackendName
 from threadloom.compaction import parse_key
 from threadloom.errors import InvalidInput
+from threadloom.registry import ModelSpec, load_models_file
 from threadloom.storage import describe
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -61,14 +62,34 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # llama-cpp: the KV cache's element type, "f16" or "q8_0" (half the bytes).
     kv_cache_type: str = "f16"
     kv_cache_bytes: int = 2 << 30
+    # --models FILE: several declared models (exclusive with model and alias); the file is
+    # read when the config is built, so `models` holds its checked tables.
+    models_file: str | None = None
+    models: list[ModelSpec] = msgspec.field(default_factory=list)
+    # Models loaded at once; None: no limit. The least recently used idle one goes first.
+    max_loaded_models: int | None = None
+    # Seconds a model may stay idle before it is unloaded (0: never); a model's own `ttl` wins.
+    model_ttl: float = 0.0
 
-    def states_dir(self) -> str | None:
-        """Where saved conversation states go, or None when they are off."""
+    def model_specs(self) -> list[ModelSpec]:
+        """The declared models; without --models, the one model of --model and the flags."""
+        if self.models:
+            return self.models
+        name = self.alias
+        if name is None:
+            from threadloom.models import default_model_path
+
+            name = Path(self.model).stem if self.model is not None else default_model_path().stem
+        return [ModelSpec(name=name, file=self.model)]
+
+    def states_dir(self, backend: str | None = None) -> str | None:
+        """Where saved conversation states go (for a model on `backend`, default the
+        server's), or None when they are off."""
         if self.kv_cache_bytes == 0:
             return None
         if self.kv_cache_dir is not None:
             return self.kv_cache_dir
-        if self.backend != "llama-cpp":
+        if (backend or self.backend) != "llama-cpp":
             return None
         if "://" in self.store:
             return str(Path.home() / ".cache" / "threadloom" / "kv")
@@ -101,6 +122,14 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}")
         if self.alias is not None and not self.alias.strip():
             raise ConfigError("alias must not be empty")
+        if self.models and (self.model is not None or self.alias is not None):
+            raise ConfigError(
+                "--models declares every model: give --model and --alias in its tables instead"
+            )
+        if self.max_loaded_models is not None and self.max_loaded_models < 1:
+            raise ConfigError("max_loaded_models must be at least 1")
+        if self.model_ttl < 0:
+            raise ConfigError("model_ttl must not be negative (0: never unloaded)")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
         for key, owner in self.api_keys.items():
@@ -187,6 +216,21 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         "chat template for models without one: a Jinja file, or gemma, chatml or llama3",
     ),
     "alias": ("THREADLOOM_ALIAS", str, "the model's name in /v1/models and requests"),
+    "models_file": (
+        "THREADLOOM_MODELS",
+        str,
+        "TOML file declaring several models ([models.<name>] tables), loaded when asked for",
+    ),
+    "max_loaded_models": (
+        "THREADLOOM_MAX_LOADED_MODELS",
+        int,
+        "models loaded at once, least recently used idle one unloaded first (no limit)",
+    ),
+    "model_ttl": (
+        "THREADLOOM_MODEL_TTL",
+        float,
+        "seconds idle before a model is unloaded (0: never; a model's ttl wins)",
+    ),
     "api_keys_file": ("THREADLOOM_API_KEYS_FILE", str, "file of API keys: {key: tenant}"),
     "metrics_key": (
         "THREADLOOM_METRICS_KEY",
@@ -242,10 +286,14 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
 }
 
 
+# Flags spelled otherwise than their setting.
+_FLAG_NAMES = {"models_file": "models"}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, (env, kind, help_text) in _FLAGS.items():
         parser.add_argument(
-            "--" + name.replace("_", "-"),
+            "--" + _FLAG_NAMES.get(name, name).replace("_", "-"),
             dest=name,
             type=kind,
             default=None,
@@ -278,6 +326,12 @@ def from_sources(
         keys.update(parse_api_keys(env["THREADLOOM_API_KEYS"]))
     if isinstance(given.get("api_keys"), dict):
         keys.update(given["api_keys"])
+    models_file = values.get("models_file")
+    if models_file is not None:
+        try:
+            values["models"] = load_models_file(models_file)
+        except InvalidInput as e:
+            raise ConfigError(f"--models: {e}") from None
     config = ServerConfig(**values, api_keys=keys)
     config.validate()
     return config

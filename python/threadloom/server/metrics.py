@@ -6,16 +6,18 @@ What is exported:
 - `threadloom_http_requests_total{method,route,status}`: every request the app answered.
 - `threadloom_http_request_duration_seconds{method,route}`: a histogram of the time until the
   handler returned; for a stream that is the whole stream.
-- `threadloom_prompt_tokens_total`, `threadloom_cached_prompt_tokens_total`,
-  `threadloom_generated_tokens_total` and `threadloom_generations_total{status}`: from the
-  engine's `on_finished` hook, so every dialect is counted without code of its own.
+- `threadloom_prompt_tokens_total{model}`, `threadloom_cached_prompt_tokens_total{model}`,
+  `threadloom_generated_tokens_total{model}` and `threadloom_generations_total{model,status}`:
+  from every engine's `on_finished` hook, so every dialect is counted without code of its own.
 - `threadloom_queue_wait_seconds`, `threadloom_prompt_eval_seconds`,
   `threadloom_time_to_first_token_seconds` and `threadloom_decode_tokens_per_second`:
   histograms of each generation's scheduler timings, from the same hook.
-- `threadloom_slots`, `threadloom_slots_busy`, `threadloom_queue_depth`, `threadloom_threads` and
-  `threadloom_store_*` gauges, read when scraped.
+- `threadloom_model_loaded{model}` (1 or 0) for every declared model; `threadloom_slots`,
+  `threadloom_slots_busy`, `threadloom_queue_depth` and `threadloom_threads` by `model` for the
+  loaded ones; `threadloom_store_*` gauges (one store for all models), read when scraped.
 - With saved conversation states (llama-cpp): `threadloom_kv_states_{saved,restored,evicted,
-  rejected}_total` counters and the `threadloom_kv_states` / `threadloom_kv_state_bytes` gauges.
+  rejected}_total` counters and the `threadloom_kv_states` / `threadloom_kv_state_bytes` gauges,
+  by `model` (the loaded ones; a model's counts start again when it is loaded again).
 
 Labels stay bounded whatever clients send: `route` is the matched route's template
 (`/v1/responses/{response_id}`), never the raw path, and "unmatched" for anything no route
@@ -32,13 +34,14 @@ everything is open anyway.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import cast
 
 from aiohttp import web
 
-from threadloom.engine import Engine, Result
+from threadloom.engine import Result
 from threadloom.kvstate import StateCache
+from threadloom.registry import LoadedModel
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # From a cached /health (milliseconds) to a long generation streamed to the end (minutes).
@@ -150,24 +153,64 @@ def _gauge(name: str, help: str, value: float) -> Iterable[str]:
     yield f"{name} {_num(value)}"
 
 
-def _counter(name: str, help: str, value: float) -> Iterable[str]:
+def _by_model(
+    kind: str, name: str, help: str, samples: Sequence[tuple[str, float]]
+) -> Iterable[str]:
+    """One metric family with a sample per model."""
     yield f"# HELP {name} {help}"
-    yield f"# TYPE {name} counter"
-    yield f"{name} {_num(value)}"
+    yield f"# TYPE {name} {kind}"
+    for model, value in samples:
+        yield f"{name}{_labels(('model',), (model,))} {_num(value)}"
 
 
-def _states(states: StateCache) -> Iterable[str]:
-    stats = states.stats
-    yield from _counter("threadloom_kv_states_saved_total", "States saved.", stats.saved)
-    yield from _counter("threadloom_kv_states_restored_total", "States restored.", stats.restored)
-    yield from _counter(
-        "threadloom_kv_states_evicted_total", "States dropped for the budget.", stats.evicted
+def _models(models: Sequence[LoadedModel]) -> Iterable[str]:
+    yield from _by_model(
+        "gauge",
+        "threadloom_model_loaded",
+        "Whether the declared model is loaded (1) or not (0).",
+        [(m.name, int(m.engine is not None)) for m in models],
     )
-    yield from _counter(
-        "threadloom_kv_states_rejected_total", "Damaged or refused states.", stats.rejected
+    loaded = [(m.name, m.engine) for m in models if m.engine is not None]
+    gauges = (
+        ("threadloom_slots", "Generation slots.", lambda e: len(e.scheduler.slots)),
+        ("threadloom_slots_busy", "Slots generating now.", lambda e: e.scheduler.busy),
+        (
+            "threadloom_queue_depth",
+            "Requests waiting for a free slot.",
+            lambda e: e.scheduler.waiting,
+        ),
+        ("threadloom_threads", "Compute thread budget.", lambda e: e.threads),
     )
-    yield from _gauge("threadloom_kv_states", "Saved conversation states.", len(states))
-    yield from _gauge("threadloom_kv_state_bytes", "Bytes of saved states.", states.bytes_held)
+    for name, help, read in gauges:
+        yield from _by_model("gauge", name, help, [(m, read(e)) for m, e in loaded])
+    states = [(m, e.scheduler.states) for m, e in loaded if e.scheduler.states is not None]
+    if not states:
+        return
+    families: tuple[tuple[str, str, str, Callable[[StateCache], float]], ...] = (
+        ("counter", "threadloom_kv_states_saved_total", "States saved.", lambda s: s.stats.saved),
+        (
+            "counter",
+            "threadloom_kv_states_restored_total",
+            "States restored.",
+            lambda s: s.stats.restored,
+        ),
+        (
+            "counter",
+            "threadloom_kv_states_evicted_total",
+            "States dropped for the budget.",
+            lambda s: s.stats.evicted,
+        ),
+        (
+            "counter",
+            "threadloom_kv_states_rejected_total",
+            "Damaged or refused states.",
+            lambda s: s.stats.rejected,
+        ),
+        ("gauge", "threadloom_kv_states", "Saved conversation states.", len),
+        ("gauge", "threadloom_kv_state_bytes", "Bytes of saved states.", lambda s: s.bytes_held),
+    )
+    for kind, name, help, read_state in families:
+        yield from _by_model(kind, name, help, [(m, read_state(c)) for m, c in states])
 
 
 class Metrics:
@@ -186,17 +229,22 @@ class Metrics:
             LATENCY_BUCKETS,
         )
         self.prompt_tokens = Counter(
-            "threadloom_prompt_tokens_total", "Prompt tokens of finished generations."
+            "threadloom_prompt_tokens_total", "Prompt tokens of finished generations.", ("model",)
         )
         self.cached_tokens = Counter(
             "threadloom_cached_prompt_tokens_total",
             "Prompt tokens a slot already held, so the model did not evaluate them again.",
+            ("model",),
         )
         self.generated_tokens = Counter(
-            "threadloom_generated_tokens_total", "Tokens generated by finished generations."
+            "threadloom_generated_tokens_total",
+            "Tokens generated by finished generations.",
+            ("model",),
         )
         self.generations = Counter(
-            "threadloom_generations_total", "Finished generations, by status.", ("status",)
+            "threadloom_generations_total",
+            "Finished generations, by model and status.",
+            ("model", "status"),
         )
         self.queue_wait = Histogram(
             "threadloom_queue_wait_seconds",
@@ -231,10 +279,11 @@ class Metrics:
 
     def record_generation(self, result: Result) -> None:
         usage = result.usage
-        self.prompt_tokens.inc(amount=usage.prompt_tokens)
-        self.cached_tokens.inc(amount=usage.cached_tokens)
-        self.generated_tokens.inc(amount=usage.completion_tokens)
-        self.generations.inc((result.status,))
+        model = (result.model,)
+        self.prompt_tokens.inc(model, amount=usage.prompt_tokens)
+        self.cached_tokens.inc(model, amount=usage.cached_tokens)
+        self.generated_tokens.inc(model, amount=usage.completion_tokens)
+        self.generations.inc((result.model, result.status))
         if result.finish_reason == "cancelled" and result.time_to_first_token_s is None:
             return  # never got a slot's first step: it has no timings to speak of
         self.queue_wait.observe((), result.queue_s)
@@ -244,9 +293,11 @@ class Metrics:
         if result.decode_tokens_per_s is not None:
             self.decode_speed.observe((), result.decode_tokens_per_s)
 
-    def render(self, engine: Engine | None, store_stats: Mapping[str, object] | None = None) -> str:
+    def render(
+        self, models: Sequence[LoadedModel], store_stats: Mapping[str, object] | None = None
+    ) -> str:
         """The exposition text. `store_stats` is the store's `stats()`, which the caller reads
-        off the event loop (`Engine.store_stats`)."""
+        off the event loop."""
         lines: list[str] = []
         for metric in (
             self.requests,
@@ -261,23 +312,10 @@ class Metrics:
             self.decode_speed,
         ):
             lines.extend(metric.render())
-        if engine is not None:
-            scheduler = engine.scheduler
-            lines.extend(_gauge("threadloom_slots", "Generation slots.", len(scheduler.slots)))
-            lines.extend(_gauge("threadloom_slots_busy", "Slots generating now.", scheduler.busy))
-            lines.extend(
-                _gauge(
-                    "threadloom_queue_depth",
-                    "Requests waiting for a free slot.",
-                    scheduler.waiting,
-                )
-            )
-            lines.extend(_gauge("threadloom_threads", "Compute thread budget.", engine.threads))
-            if scheduler.states is not None:
-                lines.extend(_states(scheduler.states))
-            for key, value in sorted((store_stats or {}).items()):
-                help = STORE_HELP.get(key, f"Store statistic {key}.")
-                lines.extend(_gauge(f"threadloom_store_{key}", help, cast(int, value)))
+        lines.extend(_models(models))
+        for key, value in sorted((store_stats or {}).items()):
+            help = STORE_HELP.get(key, f"Store statistic {key}.")
+            lines.extend(_gauge(f"threadloom_store_{key}", help, cast(int, value)))
         lines.append("")
         return "\n".join(lines)
 

@@ -22,6 +22,8 @@ from threadloom.errors import (
     ContextLengthExceeded,
     InvalidInput,
     LimitExceeded,
+    ModelNotFound,
+    ModelUnavailable,
     NotFound,
     Overloaded,
     StateConflict,
@@ -39,6 +41,9 @@ _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # /openapi.json describes only what the public source says; tools fetch it before a key.
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})
 METRICS_PATH = "/metrics"
+# What only the operator's key may call once API keys are configured: /metrics tells about
+# every tenant, and loading or unloading a model changes every tenant's service.
+OPERATOR_PATHS = frozenset({METRICS_PATH, "/api/v1/models/load", "/api/v1/models/unload"})
 # The web page's static files (routes/web.py): the page asks for a key and sends it itself.
 OPEN_PREFIXES = ("/ui/",)
 RETRY_AFTER_S = "1"
@@ -112,8 +117,13 @@ def to_api_error(e: BaseException) -> ApiError:
         return ApiError(400, message, param=validation_param(message), code="invalid_value")
     if isinstance(e, msgspec.DecodeError):
         return ApiError(400, f"invalid JSON body: {e}", code="invalid_json")
+    if isinstance(e, ModelNotFound):
+        return ApiError(404, str(e), param=e.param, code="model_not_found")
     if isinstance(e, NotFound):
         return ApiError(404, str(e), param=e.param, code="not_found")
+    if isinstance(e, ModelUnavailable):
+        # Its file is broken or its backend failed: the other models keep serving.
+        return ApiError(503, str(e), param=e.param, type="server_error", code="model_unavailable")
     if isinstance(e, StateConflict):
         return ApiError(409, str(e), param=e.param, code="conflict")
     if isinstance(e, ContextLengthExceeded):
@@ -230,8 +240,8 @@ def auth_middleware(
     api_keys: Mapping[str, str], metrics_key: str | None = None
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Sets `request[OWNER]`. With no keys configured, everyone is owner "default". With keys,
-    `METRICS_PATH` takes only `metrics_key`: its store and token counters sum every tenant's
-    work, which no tenant may watch."""
+    `OPERATOR_PATHS` take only `metrics_key`: /metrics sums every tenant's work, which no
+    tenant may watch, and a model loaded or unloaded is every tenant's."""
     # Compare digests so every comparison has the same length; check every key, no early exit.
     table = [(_digest(k), owner) for k, owner in api_keys.items()]
     operator = _digest(metrics_key) if metrics_key is not None else None
@@ -244,11 +254,11 @@ def auth_middleware(
         if request.path in OPEN_PATHS or request.path.startswith(OPEN_PREFIXES):
             return await handler(request)
         key = presented_key(request)
-        if request.path == METRICS_PATH:
+        if request.path in OPERATOR_PATHS:
             if not _matches(key, operator):
                 raise ApiError(
                     401 if key is None else 403,
-                    "/metrics needs the operator's key (--metrics-key), not a tenant's",
+                    f"{request.path} needs the operator's key (--metrics-key), not a tenant's",
                     type="authentication_error",
                     code="invalid_api_key",
                     headers={"WWW-Authenticate": "Bearer"},

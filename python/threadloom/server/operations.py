@@ -18,6 +18,7 @@ from threadloom.server.schemas import compaction as cp
 from threadloom.server.schemas import conversations as cv
 from threadloom.server.schemas import freddy as fr
 from threadloom.server.schemas import lmstudio as lm
+from threadloom.server.schemas import lmstudio_models as lmm
 from threadloom.server.schemas import paddler as pd
 from threadloom.server.schemas import responses as r
 from threadloom.server.schemas import tokenize as tk
@@ -30,13 +31,15 @@ SSE = "text/event-stream"
 ERROR_DESCRIPTIONS: Mapping[int, str] = {
     400: "The request is invalid: bad JSON, a field out of range, or a prompt over the context.",
     401: "The API key is missing or unknown.",
+    403: "The key is a tenant's; this takes the operator's key (--metrics-key).",
     404: "The model, or the object named in the path or body, does not exist for this tenant.",
     409: "The object is in a state that does not allow this (a failed response, a locked thread).",
     413: "The request body is larger than the configured limit.",
     429: "Every slot is busy and the waiting queue is full; retry after `Retry-After` seconds.",
     500: "The generation failed.",
+    503: "The model named could not be loaded (the log says why), or the store is unavailable.",
 }
-GENERATION_ERRORS = (400, 404, 409, 413, 429, 500)
+GENERATION_ERRORS = (400, 404, 409, 413, 429, 500, 503)
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,12 @@ OPERATIONS: tuple[Operation, ...] = (
         authenticated=False,
     ),
     Operation(
-        "GET", "/v1/models", "listModels", "The served model", common.ModelList, tag="models"
+        "GET",
+        "/v1/models",
+        "listModels",
+        "The declared models, and whether each is loaded",
+        common.ModelList,
+        tag="models",
     ),
     # ---- OpenAI Responses ------------------------------------------------------------------
     Operation(
@@ -297,6 +305,34 @@ OPERATIONS: tuple[Operation, ...] = (
         request=lm.StatefulChatRequest,
         stream=("LMStudioChatEvent", lm.StreamEvent),
         errors=GENERATION_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/api/v1/models",
+        "lmstudioListModels",
+        "The declared models with their loaded instance (one per model)",
+        lmm.ModelList,
+        tag="lmstudio",
+    ),
+    Operation(
+        "POST",
+        "/api/v1/models/load",
+        "lmstudioLoadModel",
+        "Load a declared model now (with API keys: the operator's key)",
+        lmm.LoadResult,
+        tag="lmstudio",
+        request=lmm.LoadRequest,
+        errors=(400, 403, 404, 429, 503),
+    ),
+    Operation(
+        "POST",
+        "/api/v1/models/unload",
+        "lmstudioUnloadModel",
+        "Unload a model; its running replies stop and are stored (the operator's key)",
+        lmm.UnloadResult,
+        tag="lmstudio",
+        request=lmm.UnloadRequest,
+        errors=(400, 403, 404),
     ),
     # ---- Paddler ---------------------------------------------------------------------------
     Operation(

@@ -15,8 +15,8 @@ from aiohttp import web
 
 from threadloom.events import Result
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER, RUNNING
-from threadloom.server.routes.common import Events, final_result
+from threadloom.server.keys import OWNER, RUNNING
+from threadloom.server.routes.common import Events, final_result, store_engine
 
 log = logging.getLogger("threadloom.server")
 
@@ -52,7 +52,7 @@ async def cancel(
         )
     # The engine stops the generation and waits until its reply is stored; the task then ends
     # with that result by itself. Concurrent cancels all wait for the same stored reply.
-    await request.app[ENGINE].cancel_response(request[OWNER], response_id)
+    await (await store_engine(request)).cancel_response(request[OWNER], response_id)
     return await show()
 
 

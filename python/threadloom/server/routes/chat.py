@@ -13,17 +13,18 @@ from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER
+from threadloom.server.keys import OWNER
 from threadloom.server.middleware import error_body
 from threadloom.server.routes import compat
 from threadloom.server.routes.common import (
     decode_body,
+    engine_for,
     final_result,
     json_response,
     sampling_params,
 )
 from threadloom.server.routes.compat import refuse_unsupported
-from threadloom.server.routes.responses import check_model, mint_id
+from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import chat as c
 from threadloom.server.schemas import formats
 
@@ -65,10 +66,9 @@ def _finish_reason(result: Result) -> Literal["stop", "length"]:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    engine = request.app[ENGINE]
     req = decode_body(_decoder, await request.read())
     refuse_unsupported(req, compat.CHAT)
-    check_model(req.model, engine)
+    engine = await engine_for(request, req.model)
     sampling = _sampling(req, engine)
     messages = _messages(req)
     schema, schema_field = formats.chat_response_format(req.response_format)

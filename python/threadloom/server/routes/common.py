@@ -13,9 +13,11 @@ from aiohttp import web
 from threadloom.backends.base import SamplingParams
 from threadloom.conversation import THREAD_DELETED
 from threadloom.engine import Engine, Event, Finished, Result
+from threadloom.registry import Lease, LoadedModel
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE
-from threadloom.server.schemas.common import Health, Model, ModelList
+from threadloom.server.keys import LEASES, MODELS
+from threadloom.server.middleware import Handler
+from threadloom.server.schemas.common import Health, Model, ModelHealth, ModelList
 from threadloom.server.schemas.items import Seal
 from threadloom.server.schemas.responses import Opener, unsupported_item
 
@@ -100,24 +102,89 @@ def sampling_params(
     return SamplingParams(**{k: v for k, v in given.items() if v is not None})
 
 
+# ---- the model of a request -----------------------------------------------------------------
+
+
+async def engine_for(request: web.Request, model: str | None, param: str = "model") -> Engine:
+    """The engine of the model a request names (a declared name or alias; None or "default":
+    the first declared model), loaded first if it is not, and held until the request's
+    handler returns. A name nobody declared is a 404 `model_not_found` naming `param`."""
+    return _hold(request, await request.app[MODELS].acquire(model, param))
+
+
+async def store_engine(request: web.Request) -> Engine:
+    """An engine for a route's store work (threads, items, deletes, reads): every model's
+    engine shares the store, a thread's turn and the running generations, so any loaded one
+    does; the default model is loaded only when none is."""
+    return _hold(request, await request.app[MODELS].any_engine())
+
+
+def _hold(request: web.Request, lease: Lease) -> Engine:
+    if LEASES not in request:
+        request[LEASES] = []
+    request[LEASES].append(lease)
+    return lease.engine
+
+
+@web.middleware
+async def release_models(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Innermost: the models a request held are released once its handler returned (a
+    stream's last byte written; a background response is held by its own generation)."""
+    try:
+        return await handler(request)
+    finally:
+        for lease in request.get(LEASES, ()):
+            lease.release()
+
+
 async def health(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    scheduler = engine.scheduler
+    """The default model's figures at the top (as with one model), every declared model's
+    under `models`; nothing is loaded to answer."""
+    models = [_model_health(e) for e in request.app[MODELS].entries]
+    first = models[0]
     return json_response(
         Health(
-            model=engine.model_name,
-            backend=engine.backend_name,
-            slots=len(scheduler.slots),
-            slots_busy=scheduler.busy,
-            queue_depth=scheduler.waiting,
-            threads=engine.threads,
+            model=first.name,
+            backend=first.backend,
+            slots=first.slots,
+            slots_busy=first.slots_busy,
+            queue_depth=first.queue_depth,
+            threads=first.threads,
+            models=models,
         )
     )
 
 
+def _model_health(entry: LoadedModel) -> ModelHealth:
+    engine = entry.engine
+    if engine is None:
+        return ModelHealth(name=entry.name, loaded=False, aliases=entry.spec.aliases)
+    scheduler = engine.scheduler
+    return ModelHealth(
+        name=entry.name,
+        loaded=True,
+        aliases=entry.spec.aliases,
+        backend=engine.backend_name,
+        slots=len(scheduler.slots),
+        slots_busy=scheduler.busy,
+        queue_depth=scheduler.waiting,
+        threads=engine.threads,
+    )
+
+
 async def models(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
-    return json_response(ModelList(data=[Model(id=engine.model_name, created=_STARTED)]))
+    """Every declared model, loaded or not (`loaded` says which)."""
+    entries = request.app[MODELS].entries
+    return json_response(
+        ModelList(
+            data=[
+                Model(
+                    id=e.name, created=_STARTED, loaded=e.engine is not None, aliases=e.spec.aliases
+                )
+                for e in entries
+            ]
+        )
+    )
 
 
 def setup(app: web.Application) -> None:

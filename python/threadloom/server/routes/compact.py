@@ -13,9 +13,9 @@ from aiohttp import web
 
 from threadloom.errors import InvalidInput, NotFound
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER
-from threadloom.server.routes.common import decode_items_body, json_response, opener
-from threadloom.server.routes.responses import check_model, mint_id, usage
+from threadloom.server.keys import OWNER
+from threadloom.server.routes.common import decode_items_body, engine_for, json_response, opener
+from threadloom.server.routes.responses import mint_id, usage
 from threadloom.server.schemas import compaction as cp
 from threadloom.server.schemas.items import CompactionItem
 from threadloom.server.schemas.responses import InputTextPart
@@ -25,9 +25,9 @@ _decoder = msgspec.json.Decoder(cp.CompactRequest)
 
 
 async def compact(request: web.Request) -> web.Response:
-    engine, owner = request.app[ENGINE], request[OWNER]
+    owner = request[OWNER]
     req = decode_items_body(_decoder, await request.read(), "input")
-    check_model(req.model, engine)
+    engine = await engine_for(request, req.model)
     messages: list[dict[str, str]] = []
     rid = req.previous_response_id
     if rid is not None:

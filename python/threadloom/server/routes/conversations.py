@@ -23,13 +23,14 @@ from aiohttp import web
 from threadloom import Thread, Turn
 from threadloom.errors import InvalidInput, NotFound
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER
+from threadloom.server.keys import OWNER
 from threadloom.server.routes.common import (
     decode_body,
     decode_items_body,
     json_response,
     opener,
     sealer,
+    store_engine,
 )
 from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import conversations as c
@@ -79,7 +80,7 @@ def _not_found(cid: str) -> ApiError:
 
 
 async def create(request: web.Request) -> web.Response:
-    engine, owner = request.app[ENGINE], request[OWNER]
+    engine, owner = await store_engine(request), request[OWNER]
     body = await request.read()
     req = decode_items_body(_create, body, "items") if body.strip() else c.CreateConversation()
     new = [m.turn(f"items[{i}]", opener(engine, owner)) for i, m in enumerate(req.items or ())]
@@ -95,7 +96,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def get(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     try:
         t = await engine.with_store(lambda store: store.get_thread(cid, owner=owner))
     except NotFound:
@@ -104,7 +105,7 @@ async def get(request: web.Request) -> web.Response:
 
 
 async def update(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     req = decode_body(_update, await request.read())
     try:
         t = await engine.with_store(
@@ -116,7 +117,7 @@ async def update(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     try:
         await engine.delete_thread(owner, cid)
     except NotFound:
@@ -125,7 +126,7 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def list_conversations(request: web.Request) -> web.Response:
-    engine, owner = request.app[ENGINE], request[OWNER]
+    engine, owner = await store_engine(request), request[OWNER]
     query = msgspec.convert(dict(request.query), c.ListQuery, strict=False)
     try:
         page = await engine.with_store(
@@ -170,7 +171,7 @@ def _item_list(data: list[c.AnyItem], more: bool) -> c.ItemList:
 
 
 async def list_items(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     query = msgspec.convert(dict(request.query), c.ItemsQuery, strict=False)
     try:
         turns, more = await engine.with_store(lambda store: _page(store, owner, cid, query))
@@ -183,7 +184,7 @@ async def list_items(request: web.Request) -> web.Response:
 
 
 async def add_items(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     req = decode_items_body(_add, await request.read(), "items")
     new = [m.turn(f"items[{i}]", opener(engine, owner)) for i, m in enumerate(req.items)]
 
@@ -204,7 +205,7 @@ async def add_items(request: web.Request) -> web.Response:
 
 
 async def get_item(request: web.Request) -> web.Response:
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     item_id = request.match_info["item_id"]
 
     def find(store: ConversationStore) -> Turn:
@@ -225,7 +226,7 @@ async def delete_item(request: web.Request) -> web.Response:
     """Takes an item out of the conversation and answers the conversation. The items after it
     come back under new ids (the conversation moves to a new path of the turn tree); responses
     that reached the item keep it."""
-    engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
+    engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     item_id = request.match_info["item_id"]
     try:
         t = await engine.remove_turn(owner, cid, item_id)

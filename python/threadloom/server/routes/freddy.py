@@ -28,17 +28,18 @@ from threadloom.errors import (
     ThreadloomError,
 )
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER
+from threadloom.server.keys import OWNER
 from threadloom.server.middleware import to_api_error
 from threadloom.server.routes.common import (
     Events,
     decode_body,
+    engine_for,
     failure,
     final_result,
     json_response,
     sampling_params,
+    store_engine,
 )
-from threadloom.server.routes.responses import check_model
 from threadloom.server.schemas import freddy as f
 from threadloom.storage import ConversationStore, cursor_index
 
@@ -226,11 +227,10 @@ def _model_response(req: f.CreateModelResponse, r: Result, created_at: int) -> f
 
 
 async def create_model_response(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
     owner = request[OWNER]
     created_at = int(time.time())
     req = decode_body(_create_response, await request.read())
-    check_model(req.model, engine)
+    engine = await engine_for(request, req.model)
     _check_combination(req)
     sampling = _sampling(req, engine)
     inputs = [{"role": m.role, "content": m.content()} for m in req.inputs]
@@ -255,7 +255,7 @@ async def create_model_response(request: web.Request) -> web.Response:
 
 
 async def create_thread(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    engine = await store_engine(request)
     body = await request.read()
     req = decode_body(_create_thread, body) if body.strip() else f.CreateThread()
     _check_id(req.id, "id")
@@ -271,7 +271,7 @@ async def create_thread(request: web.Request) -> web.Response:
 
 
 async def list_threads(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    engine = await store_engine(request)
     query = msgspec.convert(dict(request.query), f.ListThreadsQuery, strict=False)
     try:
         page = await engine.with_store(
@@ -295,7 +295,7 @@ async def list_threads(request: web.Request) -> web.Response:
 
 async def _load(request: web.Request, call: Callable[[ConversationStore, str, str], T]) -> T:
     """Runs `call(store, thread_id, owner)` for the thread in the path."""
-    engine = request.app[ENGINE]
+    engine = await store_engine(request)
     tid = _path_thread_id(request)
     owner = request[OWNER]
     try:
@@ -351,7 +351,7 @@ async def thread_messages(request: web.Request) -> web.Response:
 
 async def update_thread(request: web.Request) -> web.Response:
     req = decode_body(_update_thread, await request.read())
-    engine, tid, owner = request.app[ENGINE], _path_thread_id(request), request[OWNER]
+    engine, tid, owner = await store_engine(request), _path_thread_id(request), request[OWNER]
     try:
         # In the thread's turn: a reply generating on it is stored before it is locked.
         t = await engine.in_turn(
@@ -369,7 +369,7 @@ async def update_thread(request: web.Request) -> web.Response:
 
 
 async def delete_thread(request: web.Request) -> web.Response:
-    engine, tid = request.app[ENGINE], _path_thread_id(request)
+    engine, tid = await store_engine(request), _path_thread_id(request)
     try:
         await engine.delete_thread(request[OWNER], tid)
     except NotFound as e:

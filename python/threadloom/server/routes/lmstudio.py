@@ -18,16 +18,16 @@ from threadloom.engine import Engine, Result, TokenEvent
 from threadloom.errors import NotFound, StateConflict
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER
+from threadloom.server.keys import OWNER
 from threadloom.server.routes.common import (
     Events,
     decode_body,
+    engine_for,
     failure,
     final_result,
     json_response,
     sampling_params,
 )
-from threadloom.server.routes.responses import check_model
 from threadloom.server.schemas import lmstudio as lm
 
 _decoder = msgspec.json.Decoder(lm.StatefulChatRequest)
@@ -167,9 +167,8 @@ async def _start(events: Events, anchor_param: str) -> None:
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
-    engine = request.app[ENGINE]
     req = decode_body(_decoder, await request.read())
-    check_model(req.model, engine)
+    engine = await engine_for(request, req.model)
     inputs = _inputs(req)
     sampling = _sampling(req, engine)
     anchor, anchor_param = _anchor(req)

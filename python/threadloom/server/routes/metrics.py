@@ -8,7 +8,7 @@ import time
 
 from aiohttp import web
 
-from threadloom.server.keys import ENGINE, METRICS
+from threadloom.server.keys import METRICS, MODELS, STORE
 from threadloom.server.metrics import CLIENT_CLOSED, CONTENT_TYPE, Metrics, route_template
 from threadloom.server.middleware import Handler
 
@@ -38,10 +38,12 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    engine = request.app.get(ENGINE)
+    models = request.app[MODELS]
+    store = request.app.get(STORE)
     # The store's counts are a store read (a PostgreSQL round trip): off the event loop.
-    stats = await engine.store_stats() if engine is not None else None
-    body = request.app[METRICS].render(engine, stats)
+    loop = asyncio.get_running_loop()
+    stats = await loop.run_in_executor(None, store.stats) if store is not None else None
+    body = request.app[METRICS].render(models.entries, stats)
     return web.Response(body=body.encode(), headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -49,10 +51,6 @@ def setup(app: web.Application) -> None:
     """Adds the registry, `GET /metrics` and the engine hook; the app also needs
     `metrics_middleware` in its middleware list."""
     metrics = app[METRICS] = Metrics()
-
-    async def observe_engine(app: web.Application) -> None:
-        # Runs after the engine context opened it (cleanup contexts start first).
-        app[ENGINE].on_finished.append(metrics.record_generation)
-
-    app.on_startup.append(observe_engine)
+    # Every model's engine gets it as it loads.
+    app[MODELS].on_finished.append(metrics.record_generation)
     app.router.add_get("/metrics", metrics_handler)

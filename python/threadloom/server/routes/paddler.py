@@ -15,9 +15,9 @@ from threadloom.backends.base import SamplingParams
 from threadloom.engine import Result, TokenEvent
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER, PADDLER_REQUEST_ID
+from threadloom.server.keys import OWNER, PADDLER_REQUEST_ID
 from threadloom.server.middleware import register_error_format
-from threadloom.server.routes.common import decode_body
+from threadloom.server.routes.common import decode_body, engine_for
 from threadloom.server.schemas import paddler as p
 
 PATH = "/api/v1/continue_from_conversation_history"
@@ -67,8 +67,8 @@ def _error_body(request: web.Request, error: ApiError) -> p.ErrorFrame:
 
 async def continue_from_conversation_history(request: web.Request) -> web.StreamResponse:
     request[PADDLER_REQUEST_ID] = request_id = new_request_id()
-    engine = request.app[ENGINE]
     req = decode_body(_decoder, await request.read())
+    engine = await engine_for(request, None)  # Paddler's requests name no model
     messages = [{"role": m.role, "content": m.content} for m in req.conversation_history]
     events = engine.stream(
         messages[-1:],

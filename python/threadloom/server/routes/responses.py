@@ -17,16 +17,18 @@ from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.errors import NotFound
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER
+from threadloom.server.keys import OWNER
 from threadloom.server.routes import background, compat
 from threadloom.server.routes.common import (
     decode_items_body,
+    engine_for,
     failure,
     final_result,
     json_response,
     opener,
     sampling_params,
     sealer,
+    store_engine,
 )
 from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import formats
@@ -54,11 +56,6 @@ def output_item_id(response_id: str) -> str:
     """The id of a response's output message: derived from the response id, so a stream can
     name it before the turn is stored and a later GET names it the same."""
     return "msg_" + response_id.removeprefix("resp_")
-
-
-def check_model(model: str | None, engine: Engine, param: str = "model") -> None:
-    if model is not None and model not in (engine.model_name, "default"):
-        raise ApiError(404, f"model {model!r} does not exist", param=param, code="model_not_found")
 
 
 def _inputs(req: s.CreateResponse, open_item: s.Opener) -> list[dict[str, str]]:
@@ -227,13 +224,12 @@ def _stream_kwargs(draft: _Draft, owner: str) -> dict[str, Any]:
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
-    engine = request.app[ENGINE]
     owner = request[OWNER]
     req = decode_items_body(_create, await request.read(), "input")
     refuse_unsupported(req, compat.RESPONSES)
     if req.background and (req.stream or not req.store):
         raise ApiError(400, "background needs store true and stream false", param="background")
-    check_model(req.model, engine)
+    engine = await engine_for(request, req.model)
     inputs = _inputs(req, opener(engine, owner))
     sampling = _sampling(req, engine)
     draft = _Draft(req, engine, sampling)
@@ -392,7 +388,7 @@ async def _running(engine: Engine, owner: str, rid: str) -> s.ResponseObject | N
         id=rid,
         created_at=int(time.time()),
         status="in_progress",
-        model=engine.model_name,
+        model=to.model or engine.model_name,
         output=[],
         usage=None,
         previous_response_id=to.previous_response_id,
@@ -407,7 +403,7 @@ async def cancel_response(request: web.Request) -> web.Response:
 
 
 async def get_response(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    engine = await store_engine(request)
     owner, rid = request[OWNER], _response_id(request)
     try:
         stored, _, outputs = await _lookup(engine, owner, rid)
@@ -441,7 +437,7 @@ async def get_response(request: web.Request) -> web.Response:
 
 
 async def delete_response(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    engine = await store_engine(request)
     rid = _response_id(request)
     owner = request[OWNER]
     try:
@@ -454,7 +450,7 @@ async def delete_response(request: web.Request) -> web.Response:
 
 
 async def input_items(request: web.Request) -> web.Response:
-    engine = request.app[ENGINE]
+    engine = await store_engine(request)
     rid = _response_id(request)
     query = msgspec.convert(dict(request.query), s.InputItemsQuery, strict=False)
     owner = request[OWNER]
@@ -498,10 +494,9 @@ async def input_items(request: web.Request) -> web.Response:
 async def input_tokens(request: web.Request) -> web.Response:
     """`POST /v1/responses/input_tokens`: the body of a create; the prompt tokens it would use,
     history behind `previous_response_id` and trimming included. Generates and stores nothing."""
-    engine = request.app[ENGINE]
     req = decode_items_body(_create, await request.read(), "input")
     refuse_unsupported(req, compat.RESPONSES)
-    check_model(req.model, engine)
+    engine = await engine_for(request, req.model)
     sampling = _sampling(req, engine)
     try:
         assembly = await engine.assemble_prompt(

@@ -11,9 +11,8 @@ from aiohttp import web
 
 from threadloom.engine import Engine
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER
-from threadloom.server.routes.common import decode_body, json_response
-from threadloom.server.routes.responses import check_model
+from threadloom.server.keys import OWNER
+from threadloom.server.routes.common import decode_body, engine_for, json_response
 from threadloom.server.schemas import tokenize as t
 
 _decoder = msgspec.json.Decoder(t.TokenizeRequest)
@@ -51,9 +50,8 @@ def _piece(engine: Engine, token: int) -> t.Piece:
 
 
 async def tokenize(request: web.Request, *, count_only: bool) -> web.Response:
-    engine = request.app[ENGINE]
     req = decode_body(_decoder, await request.read())
-    check_model(req.model, engine)
+    engine = await engine_for(request, req.model)
     if (req.text is None) == (req.messages is None):
         raise ApiError(400, "give exactly one of text and messages", code="invalid_value")
     owner = request[OWNER]

@@ -22,12 +22,14 @@ from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.errors import NotFound, StateConflict
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
-from threadloom.server.keys import ENGINE, OWNER
+from threadloom.server.keys import OWNER
 from threadloom.server.routes.common import (
     decode_body,
+    engine_for,
     final_result,
     json_response,
     sampling_params,
+    store_engine,
 )
 from threadloom.server.schemas import tree as s
 from threadloom.server.schemas.freddy import THREAD_ID
@@ -65,7 +67,7 @@ def _node(n: branches.TreeNode) -> s.TreeNode:
 
 
 async def _tree(request: web.Request) -> branches.Tree:
-    engine, owner, tid = request.app[ENGINE], request[OWNER], _thread_id(request)
+    engine, owner, tid = await store_engine(request), request[OWNER], _thread_id(request)
     try:
         return await engine.thread_tree(owner, tid)
     except NotFound:
@@ -176,8 +178,9 @@ async def _record_moved(engine: Engine, owner: str, point: _Point, r: Result) ->
 
 
 async def continue_thread(request: web.Request) -> web.StreamResponse:
-    engine, owner, tid = request.app[ENGINE], request[OWNER], _thread_id(request)
+    owner, tid = request[OWNER], _thread_id(request)
     req = decode_body(_continue, await request.read())
+    engine = await engine_for(request, req.model)
     sampling = sampling_params(
         engine,
         max_tokens=req.max_output_tokens,

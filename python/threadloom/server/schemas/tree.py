@@ -70,6 +70,8 @@ class ContinueRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     after: After = "head"
     stream: bool = False
     max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
+    # The model of this reply (a declared name or alias); None: the default model.
+    model: str | None = None
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
     top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
 

@@ -1,0 +1,108 @@
+"""Tool-call formats: how a model family writes calls, recognised from its chat template.
+
+- hermes (a template that mentions `<tool_call>`: Qwen 2.5, Hermes): one block per call,
+  `<tool_call>\\n{"name": f, "arguments": {...}}\\n</tool_call>`, blocks on separate lines.
+- llama3 (Llama 3 headers and a template that renders tools): bare
+  `{"name": f, "parameters": {...}}`, calls on separate lines.
+- mistral (a template that mentions `[TOOL_CALLS]`):
+  `[TOOL_CALLS][{"name": f, "arguments": {...}}, ...]`.
+- fallback (a template that renders no `tools`: SmolLM2's, the built-in gemma, chatml and
+  llama3): `<tool_call>[{"name": f, "arguments": {...}}, ...]</tool_call>`.
+
+A template family gets the tool definitions through the template's own `tools` variable. The
+fallback gets them in a system message (`fallback_block`) placed before the request's new
+messages, with the call format spelled out: the format SmolLM2 was trained on, and one any
+instruction model can follow; tools are never silently dropped. Calls are always written with
+one space after `:` and `,`: the grammar enforces that layout, so the parser and the stream
+splitter rely on it."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import msgspec
+
+from threadloom.tools.spec import FunctionTool
+
+FamilyName = Literal["hermes", "llama3", "mistral", "fallback"]
+
+
+class Family(msgspec.Struct, frozen=True, kw_only=True):
+    """The text around a group of calls: `open` call (`sep` call)* `close`. `trigger` is how
+    `open` begins: what the model writes to start calling (empty: the call itself starts the
+    reply). `args_key` is the key holding the arguments."""
+
+    name: FamilyName
+    open: str
+    sep: str
+    close: str
+    trigger: str
+    args_key: str = "arguments"
+    # Whether the template renders `tools` itself (else `fallback_block` carries them).
+    template_renders_tools: bool = True
+
+
+HERMES = Family(
+    name="hermes",
+    open="<tool_call>\n",
+    sep="\n</tool_call>\n<tool_call>\n",
+    close="\n</tool_call>",
+    trigger="<tool_call>",
+)
+LLAMA3 = Family(name="llama3", open="", sep="\n", close="", trigger="", args_key="parameters")
+MISTRAL = Family(name="mistral", open="[TOOL_CALLS][", sep=", ", close="]", trigger="[TOOL_CALLS]")
+FALLBACK = Family(
+    name="fallback",
+    open="<tool_call>[",
+    sep=", ",
+    close="]</tool_call>",
+    trigger="<tool_call>",
+    template_renders_tools=False,
+)
+
+
+def detect(template: str) -> Family:
+    """The family a chat template's source belongs to. Only a template that uses `tools` can
+    show the model its tools, so one that does not gets the fallback whatever it mentions."""
+    if "tools" not in template:
+        return FALLBACK
+    if "<tool_call>" in template:
+        return HERMES
+    if "[TOOL_CALLS]" in template:
+        return MISTRAL
+    if "<|start_header_id|>" in template:
+        return LLAMA3
+    return FALLBACK
+
+
+def template_tools(functions: tuple[FunctionTool, ...]) -> str:
+    """The `tools` JSON chat templates read: OpenAI's chat form, as Hugging Face's
+    templates expect."""
+    return json.dumps([_definition(f) for f in functions], ensure_ascii=False)
+
+
+def _definition(f: FunctionTool) -> dict[str, object]:
+    function: dict[str, object] = {"name": f.name}
+    if f.description:
+        function["description"] = f.description
+    function["parameters"] = f.schema()
+    return {"type": "function", "function": function}
+
+
+def fallback_block(functions: tuple[FunctionTool, ...], forced: bool, parallel: bool) -> str:
+    """The system message that carries tools for a template that renders none."""
+    tools = "\n".join(json.dumps(_definition(f), ensure_ascii=False) for f in functions)
+    one = '{"name": "<function name>", "arguments": {<arguments as JSON>}}'
+    calls = f"[{one}]" if not parallel else f"[{one}, ...]"
+    when = (
+        "You must call a tool now: answer only with the call."
+        if forced
+        else "If a tool helps, answer only with the call; otherwise answer in plain text."
+    )
+    return (
+        "You have access to the following tools:\n<tools>\n"
+        f"{tools}\n</tools>\n\n"
+        f"To call tools, write <tool_call>{calls}</tool_call> "
+        f"with arguments that match the tool's parameters. {when}"
+    )

@@ -83,7 +83,8 @@ async def test_chat_completions_accept_neutral_and_refuse_the_rest(
     r = await client.post("/v1/chat/completions", json={"messages": messages, **neutral})
     assert r.status == 200, await r.text()
     for extra, param in [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools[0].type"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"logprobs": True}, "logprobs"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
     ]:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from threadloom._core import ChatTemplate, Constraint, Grammars, Tokenizer
 from threadloom.errors import InvalidInput
-from threadloom.models import default_model_path
+from threadloom.models import default_model_path, prompt_engine
 from threadloom.tools import (
     CallArguments,
     CallDone,
@@ -26,7 +26,15 @@ from threadloom.tools import (
     parse,
     template_tools,
 )
-from threadloom.tools.families import FALLBACK, HERMES, LLAMA3, MISTRAL, Family
+from threadloom.tools.families import (
+    FALLBACK,
+    HERMES,
+    LLAMA3,
+    MISTRAL,
+    PROBE_MESSAGES,
+    PROBE_TOOLS,
+    Family,
+)
 
 WEATHER = FunctionTool(
     name="weather",
@@ -65,17 +73,32 @@ def accepts(g: Grammars, tk: Tokenizer, grammar: str, text: str) -> bool:
     return c.accepting
 
 
+def family_of(source: str) -> Family:
+    template = ChatTemplate(source)
+    return detect(template.render(PROBE_MESSAGES, add_generation_prompt=True, tools=PROBE_TOOLS))
+
+
 def test_families_are_detected_from_the_template() -> None:
-    qwen = "{% if tools %}<tools>{{ tools }}</tools>{% endif %}<tool_call>"
-    assert detect(qwen) is HERMES
-    assert detect("{% for t in tools %}[AVAILABLE_TOOLS]{% endfor %}[TOOL_CALLS]") is MISTRAL
-    assert detect("<|start_header_id|>{% if tools %}{{ tools }}{% endif %}") is LLAMA3
-    # Templates that never use `tools` get the fallback, whatever else they mention.
+    qwen = (
+        "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }}{% endfor %}</tools>"
+        "Call with <tool_call></tool_call>{% endif %}{% for m in messages %}{{ m.content }}"
+        "{% endfor %}"
+    )
+    assert family_of(qwen) is HERMES
+    mistral = "[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]"
+    assert family_of(mistral) is MISTRAL
+    llama = "<|start_header_id|>system<|end_header_id|>{{ tools | tojson }}<|eot_id|>"
+    assert family_of(llama) is LLAMA3
+    # Templates that never show the tools get the fallback, whatever else they mention.
     for name in ("chatml", "gemma", "llama3"):
         source = ChatTemplate.builtin_source(name)
         assert source is not None
-        assert detect(source) is FALLBACK
-    assert detect("<tool_call>{{ messages }}") is FALLBACK
+        assert family_of(source) is FALLBACK
+    assert family_of("<tool_call>{% for m in messages %}{{ m.content }}{% endfor %}") is FALLBACK
+    # The real default model's template (SmolLM2's) renders no tools.
+    prompt = prompt_engine(default_model_path(), None, None)
+    probe = prompt.assemble_messages(PROBE_MESSAGES, tools=PROBE_TOOLS)
+    assert detect(probe.prompt) is FALLBACK
 
 
 def test_tool_definitions_render_for_templates_and_the_fallback() -> None:

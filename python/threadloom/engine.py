@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from threadloom import branches
+from threadloom import branches, tools
 from threadloom._core import Assembly, Constraint, Thread, new_response_id
 from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
@@ -105,7 +105,13 @@ class Engine:
         self.context_length = self.prompt.context_length
         self.tokenizer = self.prompt.tokenizer
         self._eog = frozenset(self.tokenizer.eog_ids)
-        self.formats = OutputFormats(self.tokenizer)
+        # The template's own rendering says how this model calls tools.
+        probe = self.prompt.assemble_messages(
+            tools.PROBE_MESSAGES, tools=tools.PROBE_TOOLS, max_tokens=1, budget=1 << 30
+        )
+        self.tool_family = tools.detect(probe.prompt)
+        log.info("tool calls: the %s format", self.tool_family.name)
+        self.formats = OutputFormats(self.tokenizer, self.tool_family)
         states = None
         if kv_cache_dir is not None and kv_cache_bytes > 0:
             settings = f"{backend.name}/{self.context_length}/{kv_cache_type}"
@@ -123,7 +129,11 @@ class Engine:
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
         self.conversations = Conversations(
-            opened, self.prompt, Summarizer(self.prompt, self.generate_text), self.model_name
+            opened,
+            self.prompt,
+            Summarizer(self.prompt, self.generate_text),
+            self.model_name,
+            self.tool_family,
         )
         self._recover(states)
         # Requests on one thread run one after another, in arrival order.
@@ -569,9 +579,13 @@ class _Run:
             else "incomplete"
         )
         t = job.timings
+        text, calls = "".join(job.text), list[tools.ToolCall]()
+        if self.req.tools is not None:
+            text, calls = tools.parse(self.engine.tool_family, self.req.tools, text)
         return Result(
             status=status,
-            text="".join(job.text),
+            text=text,
+            tool_calls=tuple(calls),
             reasoning="".join(job.reasoning) or None,
             finish_reason=finish,
             usage=Usage(assembly.prompt_tokens, len(job.output_ids), job.cached),

@@ -7,7 +7,8 @@
 - mistral (a template that mentions `[TOOL_CALLS]`):
   `[TOOL_CALLS][{"name": f, "arguments": {...}}, ...]`.
 - fallback (a template that renders no `tools`: SmolLM2's, the built-in gemma, chatml and
-  llama3): `<tool_call>[{"name": f, "arguments": {...}}, ...]</tool_call>`.
+  llama3; or renders them in a format not known here):
+  `<tool_call>[{"name": f, "arguments": {...}}, ...]</tool_call>`.
 
 A template family gets the tool definitions through the template's own `tools` variable. The
 fallback gets them in a system message (`fallback_block`) placed before the request's new
@@ -62,16 +63,41 @@ FALLBACK = Family(
 )
 
 
-def detect(template: str) -> Family:
-    """The family a chat template's source belongs to. Only a template that uses `tools` can
-    show the model its tools, so one that does not gets the fallback whatever it mentions."""
-    if "tools" not in template:
+# What the engine renders once at start to learn the family: a conversation with a stored call
+# and its output, and one tool whose name appears in the prompt only if the template renders
+# `tools`. Judged by what the template writes, not by the model's name.
+PROBE_NAME = "threadloom_probe_tool"
+PROBE_TOOLS = json.dumps(
+    [{"type": "function", "function": {"name": PROBE_NAME, "parameters": {"type": "object"}}}]
+)
+PROBE_MESSAGES: list[dict[str, str]] = [
+    {"role": "user", "content": "hi"},
+    {
+        "role": "assistant",
+        "content": "",
+        "tool": json.dumps(
+            {"type": "function_call", "call_id": "c1", "name": PROBE_NAME, "arguments": "{}"}
+        ),
+    },
+    {
+        "role": "tool",
+        "content": "ok",
+        "tool": json.dumps({"type": "function_call_output", "call_id": "c1"}),
+    },
+]
+
+
+def detect(rendered: str) -> Family:
+    """The family of a template, from its rendering of `PROBE_MESSAGES` with `PROBE_TOOLS`. A
+    template that does not show the model the tools gets the fallback whatever else it
+    writes; so does one that shows them in a format not known here."""
+    if PROBE_NAME not in rendered:
         return FALLBACK
-    if "<tool_call>" in template:
+    if "<tool_call>" in rendered:
         return HERMES
-    if "[TOOL_CALLS]" in template:
+    if "[TOOL_CALLS]" in rendered or "[AVAILABLE_TOOLS]" in rendered:
         return MISTRAL
-    if "<|start_header_id|>" in template:
+    if "<|start_header_id|>" in rendered:
         return LLAMA3
     return FALLBACK
 
@@ -106,3 +132,9 @@ def fallback_block(functions: tuple[FunctionTool, ...], forced: bool, parallel: 
         f"To call tools, write <tool_call>{calls}</tool_call> "
         f"with arguments that match the tool's parameters. {when}"
     )
+
+
+def call_text(family: Family, calls: list[tuple[str, str]]) -> str:
+    """`(name, arguments)` calls written as the model writes them in `family`'s format."""
+    objects = [f'{{"name": "{name}", "{family.args_key}": {args or "{}"}}}' for name, args in calls]
+    return family.open + family.sep.join(objects) + family.close

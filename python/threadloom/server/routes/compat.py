@@ -40,7 +40,6 @@ RESPONSES: Mapping[str, Neutral] = {
 
 # POST /v1/chat/completions
 CHAT: Mapping[str, Neutral] = {
-    "tools": _empty,
     "functions": _empty,
     "function_call": lambda v: v in ("none", "auto"),
     "logprobs": _false,
@@ -54,9 +53,9 @@ CHAT: Mapping[str, Neutral] = {
 }
 
 _WHY = {
-    "tools": "tool calling is not built",
-    "functions": "tool calling is not built",
-    "function_call": "tool calling is not built",
+    "tools": "tool calling is not built on this endpoint",
+    "functions": "the legacy functions API is not built; use tools",
+    "function_call": "the legacy functions API is not built; use tool_choice",
 }
 
 

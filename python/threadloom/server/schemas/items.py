@@ -7,28 +7,28 @@ the call id. Chat templates see them as OpenAI's chat format does: the assistant
 
 from __future__ import annotations
 
-from typing import Literal
-
 import msgspec
 
-ItemStatus = Literal["in_progress", "completed", "incomplete"]
-FUNCTION_CALL = "function_call"
-FUNCTION_CALL_OUTPUT = "function_call_output"
+from threadloom.tools.turns import (
+    FUNCTION_CALL,
+    FUNCTION_CALL_OUTPUT,
+    ItemStatus,
+    call_turn,
+    output_turn,
+    read,
+)
 
-
-class _Tool(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """A turn's tool data as stored (unknown keys are ignored when read back)."""
-
-    type: str
-    call_id: str | None = None
-    name: str | None = None
-    arguments: str | None = None
-    namespace: str | None = None
-    status: ItemStatus | None = None
-
-
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(_Tool).decode
+# The turns themselves are built in `threadloom.tools.turns` (the engine stores calls too).
+__all__ = [
+    "FUNCTION_CALL",
+    "FUNCTION_CALL_OUTPUT",
+    "FunctionCallItem",
+    "FunctionCallOutputItem",
+    "ItemStatus",
+    "call_turn",
+    "output_turn",
+    "tool_item",
+]
 
 
 class FunctionCallItem(msgspec.Struct, tag=FUNCTION_CALL, tag_field="type", kw_only=True):
@@ -51,46 +51,12 @@ class FunctionCallOutputItem(
     namespace: str | None = None
 
 
-def call_turn(
-    call_id: str, name: str, arguments: str, status: str | None, namespace: str | None
-) -> dict[str, str]:
-    """A `function_call` item as the turn to store."""
-    tool = _Tool(
-        type=FUNCTION_CALL,
-        call_id=call_id,
-        name=name,
-        arguments=arguments,
-        namespace=namespace,
-        status=status,  # type: ignore[arg-type]
-    )
-    return {"role": "assistant", "content": "", "tool": _encode(tool).decode()}
-
-
-def output_turn(
-    call_id: str | None, output: str, status: str | None, name: str | None, namespace: str | None
-) -> dict[str, str]:
-    """A `function_call_output` item as the turn to store."""
-    tool = _Tool(
-        type=FUNCTION_CALL_OUTPUT,
-        call_id=call_id,
-        name=name,
-        namespace=namespace,
-        status=status,  # type: ignore[arg-type]
-    )
-    return {"role": "tool", "content": output, "tool": _encode(tool).decode()}
-
-
 def tool_item(
     turn_id: str, role: str, content: str, tool: str | None
 ) -> FunctionCallItem | FunctionCallOutputItem | None:
     """The function-call item a stored turn is, or None for a message. A `tool` turn is always
     an output (one stored without tool data has no call id)."""
-    data: _Tool | None = None
-    if tool is not None:
-        try:
-            data = _decode(tool)
-        except msgspec.DecodeError:  # also ValidationError
-            data = None
+    data = read(tool)
     status = (data.status if data is not None else None) or "completed"
     if role == "assistant" and data is not None and data.type == FUNCTION_CALL:
         return FunctionCallItem(

@@ -48,7 +48,7 @@ async def test_responses_accept_the_agents_sdk_request_and_neutral_fields(
     ("extra", "param"),
     [
         ({"include": ["message.output_text.logprobs"]}, "include"),
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"top_logprobs": 2}, "top_logprobs"),
     ],

@@ -5,68 +5,17 @@ model, SmolLM2 (the fallback format, `tool_choice="required"`)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
 import pytest
-from server_support import (
-    EchoScript,
-    ThreadedServer,
-    attach_tokenizer,
-    config,
-    scripted,
-    sdk_client,
-)
+from server_support import ThreadedServer, attach_tokenizer, config, scripted, sdk_client
 from threadloom.errors import ModelNotInstalled
+from tool_support import SCHEMAS, TIME, TOOLS, TWO_CALLS, SayScript
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-WEATHER = {
-    "type": "object",
-    "properties": {"city": {"type": "string", "minLength": 1, "maxLength": 30}},
-    "required": ["city"],
-    "additionalProperties": False,
-}
-TIME = {
-    "type": "object",
-    "properties": {"zone": {"enum": ["UTC", "CET", "JST"]}},
-    "required": ["zone"],
-    "additionalProperties": False,
-}
-TOOLS: list[Any] = [
-    {
-        "type": "function",
-        "function": {
-            "name": "weather",
-            "description": "The weather in a city",
-            "parameters": WEATHER,
-        },
-    },
-    {
-        "type": "function",
-        "function": {"name": "time", "description": "The time in a zone", "parameters": TIME},
-    },
-]
-SCHEMAS = {"weather": WEATHER, "time": TIME}
-TWO_CALLS = (
-    '<tool_call>[{"name": "weather", "arguments": {"city": "Paris"}}, '
-    '{"name": "time", "arguments": {"zone": "JST"}}]</tool_call>'
-)
-
-
-class SayScript(EchoScript):
-    """A last user message `say:TEXT` makes the model write TEXT (then end); otherwise it
-    echoes, as `EchoScript` does."""
-
-    def __call__(self, ids: Sequence[int]) -> list[int]:
-        prompt = self.tokenizer.decode(list(ids))
-        self.prompts.append(prompt)
-        last = prompt.rsplit("<|im_start|>user\n", 1)[-1].split("<|im_end|>")[0]
-        if last.startswith("say:"):
-            return [*self.tokenizer.encode(last[4:]), 2]
-        return super().__call__(ids)
 
 
 @pytest.fixture(scope="module")

@@ -105,11 +105,7 @@ class Engine:
         self.context_length = self.prompt.context_length
         self.tokenizer = self.prompt.tokenizer
         self._eog = frozenset(self.tokenizer.eog_ids)
-        # The template's own rendering says how this model calls tools.
-        probe = self.prompt.assemble_messages(
-            tools.PROBE_MESSAGES, tools=tools.PROBE_TOOLS, max_tokens=1, budget=1 << 30
-        )
-        self.tool_family = tools.detect(probe.prompt)
+        self.tool_family = tools.template_family(self.prompt)
         log.info("tool calls: the %s format", self.tool_family.name)
         self.formats = OutputFormats(self.tokenizer, self.tool_family)
         states = None

@@ -8,6 +8,7 @@ from threadloom.tools.families import (
     Family,
     detect,
     fallback_block,
+    template_family,
     template_tools,
 )
 from threadloom.tools.grammar import build
@@ -46,5 +47,6 @@ __all__ = [
     "fallback_block",
     "output_turn",
     "parse",
+    "template_family",
     "template_tools",
 ]

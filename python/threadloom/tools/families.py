@@ -24,6 +24,7 @@ from typing import Literal
 
 import msgspec
 
+from threadloom._core import PromptEngine
 from threadloom.tools.spec import FunctionTool
 
 FamilyName = Literal["hermes", "llama3", "mistral", "fallback"]
@@ -100,6 +101,14 @@ def detect(rendered: str) -> Family:
     if "<|start_header_id|>" in rendered:
         return LLAMA3
     return FALLBACK
+
+
+def template_family(prompt: PromptEngine) -> Family:
+    """The family of the template `prompt` renders with: its rendering of the probe."""
+    probe = prompt.assemble_messages(
+        PROBE_MESSAGES, tools=PROBE_TOOLS, max_tokens=1, budget=1 << 30
+    )
+    return detect(probe.prompt)
 
 
 def template_tools(functions: tuple[FunctionTool, ...]) -> str:

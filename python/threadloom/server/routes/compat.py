@@ -32,7 +32,6 @@ def _no_reasoning(value: Any) -> bool:
 # POST /v1/responses
 RESPONSES: Mapping[str, Neutral] = {
     "include": _empty,
-    "tools": _empty,
     "prompt": _empty,
     "reasoning": _no_reasoning,
     "top_logprobs": _empty,
@@ -53,7 +52,6 @@ CHAT: Mapping[str, Neutral] = {
 }
 
 _WHY = {
-    "tools": "tool calling is not built on this endpoint",
     "functions": "the legacy functions API is not built; use tools",
     "function_call": "the legacy functions API is not built; use tool_choice",
 }

@@ -94,13 +94,13 @@ def test_schema_is_versioned_and_a_newer_one_refused(schema_url: str) -> None:
     import psycopg
 
     with PostgresStore(schema_url) as s:
-        assert s.format_version == 5
+        assert s.format_version == 6
         s.create_thread("t")
     with psycopg.connect(schema_url, autocommit=True) as conn:
         rows = conn.execute("SELECT version, description FROM threadloom_schema").fetchall()
-        assert [r[0] for r in rows] == [1, 2, 3, 4, 5]
+        assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
         conn.execute("INSERT INTO threadloom_schema (version, description) VALUES (7, 'future')")
-    with pytest.raises(StoreFormatError, match=r"schema version 7.*up to 5"):
+    with pytest.raises(StoreFormatError, match=r"schema version 7.*up to 6"):
         PostgresStore(schema_url)
     with psycopg.connect(schema_url, autocommit=True) as conn:
         conn.execute("DELETE FROM threadloom_schema WHERE version = 7")

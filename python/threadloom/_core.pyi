@@ -8,6 +8,7 @@ from typing import Any, Final, Literal, final
 from threadloom.store_counts import StoreStats, SweepCounts
 
 __all__ = [
+    "COMPACTION_KEY_BYTES",
     "MAX_METADATA_BYTES",
     "MAX_THREAD_BRANCHES",
     "MAX_THREAD_MESSAGES",
@@ -33,12 +34,14 @@ __all__ = [
     "new_thread_id",
     "new_turn_key",
     "normalize_metadata",
+    "open_compaction",
     "parse_anchor",
     "parse_thread_cursor",
     "parse_thread_state",
     "parse_turn_id",
     "parse_turns",
     "quote",
+    "seal_compaction",
     "thread_cursor",
     "turn_id_string",
     "validate_owner",
@@ -573,6 +576,14 @@ class PromptEngine:
         protected: int = 1,
     ) -> Assembly: ...
 
+COMPACTION_KEY_BYTES: Final[int]
+
+def seal_compaction(key: bytes, owner: str, text: str) -> str:
+    """`text` sealed under `key` for `owner`: an opaque `encrypted_content`."""
+
+def open_compaction(key: bytes, owner: str, sealed: str) -> str:
+    """The text of an item sealed with this key for this owner; `InvalidInput` otherwise."""
+
 def convert_for_ctransformers(
     src: str | PathLike[str],
     dst: str | PathLike[str],
@@ -583,7 +594,7 @@ def convert_for_ctransformers(
 class Grammars:
     """One model's format compiler: a trie of its vocabulary for llguidance."""
 
-    def __init__(self, tokenizer: Tokenizer) -> None: ...
+    def __new__(cls, tokenizer: Tokenizer) -> Grammars: ...
     def compile(
         self, kind: Literal["json_object", "json_schema", "lark"], source: str | None = None
     ) -> Constraint:

@@ -21,6 +21,7 @@ from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
 from threadloom.batch import run_batch
 from threadloom.bridge import LoopBridge
+from threadloom.compaction import Compactor, Summary, store_key
 from threadloom.conversation import THREAD_DELETED, Conversations, Destination, Prepared
 from threadloom.errors import BackendError, InvalidInput, NotFound
 from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
@@ -69,6 +70,7 @@ class Engine:
         kv_cache_type: str = "f16",
         kv_cache_dir: str | os.PathLike[str] | None = None,
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        compaction_key: bytes | None = None,
         progress: bool | None = None,
     ) -> None:
         from threadloom.models import default_model_path, prompt_engine
@@ -124,13 +126,11 @@ class Engine:
         # Called on the event loop with every finished generation (cancelled and failed ones
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
+        summarizer = Summarizer(self.prompt, self.generate_text)
         self.conversations = Conversations(
-            opened,
-            self.prompt,
-            Summarizer(self.prompt, self.generate_text),
-            self.model_name,
-            self.tool_family,
+            opened, self.prompt, summarizer, self.model_name, self.tool_family
         )
+        self.compactor = Compactor(compaction_key or store_key(opened), summarizer)
         self._recover(states)
         # Requests on one thread run one after another, in arrival order.
         self._thread_turns = KeyedLocks(max_waiting=max_queue)
@@ -279,6 +279,10 @@ class Engine:
         if job.finish == "error":
             raise BackendError(job.error or "generation failed")
         return "".join(job.text)
+
+    async def compact(self, owner: str, messages: Sequence[Message]) -> Summary:
+        """A summary of `messages` for a compaction item (the model writes it)."""
+        return await self.offload(lambda: self.compactor.summarize(owner, messages))
 
     async def delete_thread(self, owner: str, thread: str) -> None:
         """Deletes a thread and the saved model states of its conversation. The generations

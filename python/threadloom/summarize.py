@@ -44,6 +44,7 @@ class Summarizer:
     def __init__(self, prompt: PromptEngine, generate: GenerateText) -> None:
         self._prompt = prompt
         self._generate = generate
+        self.tokenizer = prompt.tokenizer
         self._cache: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
 

@@ -7,6 +7,7 @@ pub mod error;
 pub mod gguf;
 pub mod ids;
 pub mod prompt;
+pub mod seal;
 pub mod store;
 pub mod template;
 pub mod tokens;
@@ -33,6 +34,8 @@ mod _core {
         Retention,
     };
     #[pymodule_export]
+    use crate::py::seal::{open_compaction, seal_compaction};
+    #[pymodule_export]
     use crate::py::store::Store;
     #[pymodule_export]
     use crate::py::template::ChatTemplate;
@@ -48,6 +51,7 @@ mod _core {
         m.add("MAX_THREAD_BRANCHES", crate::store::MAX_THREAD_BRANCHES)?;
         // Role names in the order of their stored index (`parse_turns` gives the index).
         m.add("ROLES", ("system", "user", "assistant", "tool"))?;
+        m.add("COMPACTION_KEY_BYTES", crate::seal::KEY_LEN)?;
         Ok(())
     }
 }

@@ -145,6 +145,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "secrets every server on the database shares (the compaction key)",
+        """
+        CREATE TABLE threadloom_secrets (
+            name text COLLATE "C" PRIMARY KEY,
+            value bytea NOT NULL
+        );
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

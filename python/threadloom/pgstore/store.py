@@ -452,6 +452,24 @@ class PostgresStore:
         )
         return None if row is None else bytes(row[0])
 
+    def shared_secret(self, name: str, fresh: bytes) -> bytes:
+        """The secret `name`, set to `fresh` by the first server that asks: every server on
+        this database gets the same one."""
+
+        def settle(conn: Conn) -> bytes:
+            conn.execute(
+                "INSERT INTO threadloom_secrets (name, value) VALUES (%s, %s) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, fresh),
+            )
+            row = conn.execute(
+                "SELECT value FROM threadloom_secrets WHERE name = %s", (name,)
+            ).fetchone()
+            assert row is not None  # inserted above, or by another server first
+            return bytes(row[0])
+
+        return self._db.call(settle, write=True)
+
     def pending(self) -> list[tuple[str, str, bytes]]:
         """Every pending record as (owner, response id, payload)."""
         found = self._db.call(

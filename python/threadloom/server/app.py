@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from threadloom.backends.base import BackendFactory
+from threadloom.compaction import parse_key
 from threadloom.engine import Engine
 from threadloom.server import openapi
 from threadloom.server.config import ServerConfig, redacted
@@ -24,6 +25,7 @@ from threadloom.server.middleware import (
 from threadloom.server.routes import (
     chat,
     common,
+    compact,
     conversations,
     freddy,
     lmstudio,
@@ -62,6 +64,7 @@ def init_app(config: ServerConfig, *, backend: BackendFactory | None = None) -> 
     app.cleanup_ctx.append(_engine_ctx)
     common.setup(app)
     responses.setup(app)
+    compact.setup(app)
     conversations.setup(app)
     chat.setup(app)
     freddy.setup(app)
@@ -98,6 +101,9 @@ async def _engine_ctx(app: web.Application) -> AsyncIterator[None]:
             kv_cache_type=config.kv_cache_type,
             kv_cache_dir=config.states_dir(),
             kv_cache_bytes=config.kv_cache_bytes,
+            compaction_key=(
+                parse_key(config.compaction_key) if config.compaction_key is not None else None
+            ),
         )
 
     engine = await loop.run_in_executor(None, open_engine)

@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 
 from threadloom.backends import BACKENDS, BackendName
+from threadloom.compaction import parse_key
+from threadloom.errors import InvalidInput
 from threadloom.storage import describe
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -38,6 +40,8 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
     # The operator's key for /metrics, which tells about every tenant: with API keys, no
     # tenant key reads it. None: /metrics is refused while API keys are configured.
     metrics_key: str | None = None
+    # Seals compaction items (64 hex digits); None: the key the store keeps.
+    compaction_key: str | None = None
     max_body_bytes: int = 1 << 20
     max_queue: int = 64
     log_level: str = "info"
@@ -107,6 +111,11 @@ class ServerConfig(msgspec.Struct, kw_only=True, frozen=True):
                 raise ConfigError("metrics_key must not be empty")
             if self.metrics_key in self.api_keys:
                 raise ConfigError("metrics_key must not be a tenant's API key")
+        if self.compaction_key is not None:
+            try:
+                parse_key(self.compaction_key)
+            except InvalidInput as e:
+                raise ConfigError(str(e)) from None
         if not self.api_keys and not is_loopback(self.host):
             raise ConfigError(
                 f"refusing to listen on {self.host} without API keys; configure "
@@ -183,6 +192,11 @@ _FLAGS: dict[str, tuple[str, type, str]] = {
         "THREADLOOM_METRICS_KEY",
         str,
         "the operator's key for /metrics (with API keys, tenants' keys cannot read it)",
+    ),
+    "compaction_key": (
+        "THREADLOOM_COMPACTION_KEY",
+        str,
+        "64 hex digits sealing compaction items (default: a key the store keeps)",
     ),
     "max_body_bytes": ("THREADLOOM_MAX_BODY_BYTES", int, "largest request body (1 MiB)"),
     "max_queue": ("THREADLOOM_MAX_QUEUE", int, "requests that may wait for a slot (64)"),
@@ -274,5 +288,6 @@ def redacted(config: ServerConfig) -> str:
     data = msgspec.to_builtins(config)
     data["api_keys"] = sorted(set(config.api_keys.values()))
     data["metrics_key"] = None if config.metrics_key is None else "(set)"
+    data["compaction_key"] = None if config.compaction_key is None else "(set)"
     data["store"] = describe(config.store)
     return json.dumps(data)

@@ -14,6 +14,7 @@ import msgspec
 
 from threadloom.server.schemas import chat as c
 from threadloom.server.schemas import common
+from threadloom.server.schemas import compaction as cp
 from threadloom.server.schemas import conversations as cv
 from threadloom.server.schemas import freddy as fr
 from threadloom.server.schemas import lmstudio as lm
@@ -109,6 +110,16 @@ OPERATIONS: tuple[Operation, ...] = (
         request=r.CreateResponse,
         stream=("ResponseStreamEvent", r.StreamEvent),
         errors=GENERATION_ERRORS,
+    ),
+    Operation(
+        "POST",
+        "/v1/responses/compact",
+        "compactResponse",
+        "Summarise a conversation into a sealed compaction item (with its user messages)",
+        cp.CompactedResponse,
+        tag="responses",
+        request=cp.CompactRequest,
+        errors=(400, 404, 413, 429, 500),
     ),
     Operation(
         "POST",

@@ -79,6 +79,7 @@ pub struct Assembly {
 type FreshCounts = Vec<(TurnKey, u32)>;
 
 /// A message on its way into the template, borrowed from the store or the caller.
+#[derive(Clone, Copy)]
 struct Msg<'a> {
     role: Role,
     content: &'a str,
@@ -415,6 +416,45 @@ impl PromptEngine {
                 options.max_tokens
             )));
         }
+        // A compaction turn stands in for everything before it: the conversation restarts
+        // from one system message, the instructions given so far and the summary.
+        let merged: String;
+        let counted: (Vec<Msg<'_>>, Vec<usize>);
+        let (msgs, counts, protected) = match msgs
+            .iter()
+            .rposition(|m| tools::is_compaction(m.role, m.tool))
+        {
+            None => (msgs, counts, protected),
+            Some(k) => {
+                let mut parts: Vec<&str> = msgs[..k]
+                    .iter()
+                    .filter(|m| m.role == Role::System && !tools::is_compaction(m.role, m.tool))
+                    .map(|m| m.content)
+                    .collect();
+                parts.push(msgs[k].content);
+                merged = parts.join("\n\n");
+                let head = Msg {
+                    role: Role::System,
+                    content: &merged,
+                    reasoning: None,
+                    tool: None,
+                    turn: msgs[k].turn,
+                };
+                let (head_count, _) = self.content_counts(&[head], &[])?;
+                counted = (
+                    std::iter::once(head)
+                        .chain(msgs[k + 1..].iter().copied())
+                        .collect(),
+                    head_count
+                        .into_iter()
+                        .chain(counts[k + 1..].iter().copied())
+                        .collect(),
+                );
+                // The request's own inputs stay protected, less those the compaction replaced.
+                let protected = protected.min(msgs.len() - k);
+                (&counted.0[..], &counted.1[..], protected)
+            }
+        };
         let room = ctx - options.max_tokens;
         let budget = match options.strategy {
             Strategy::Tokens(Some(b)) => b.min(room),
@@ -471,3 +511,6 @@ impl PromptEngine {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

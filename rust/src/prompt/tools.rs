@@ -3,11 +3,28 @@
 //! assistant turn becomes that message's `tool_calls` (OpenAI's chat format, with `arguments`
 //! parsed when it is JSON, as templates expect an object), and
 //! `{"type": "function_call_output", "call_id"}` on a tool turn becomes its `tool_call_id`.
-//! Anything else renders as the turn's content alone.
+//! `{"type": "compaction"}` on a system turn marks a summary that stands in for everything
+//! before it (see `PromptEngine::build`). Anything else renders as the turn's content alone.
 
 use serde_json::{json, Value};
 
 use crate::store::Role;
+
+/// Whether a turn is a compaction: a system turn whose content (a summary of the conversation
+/// before it) replaces every turn before it in the prompt.
+pub(super) fn is_compaction(role: Role, tool: Option<&str>) -> bool {
+    role == Role::System
+        && tool.is_some_and(|t| {
+            serde_json::from_str::<Value>(t)
+                .ok()
+                .and_then(|v| {
+                    v.get("type")
+                        .and_then(Value::as_str)
+                        .map(|k| k == "compaction")
+                })
+                .unwrap_or(false)
+        })
+}
 
 /// A message's `tool_calls` and `tool_call_id`.
 pub(super) type ToolFields = (Option<Value>, Option<String>);

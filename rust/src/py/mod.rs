@@ -7,5 +7,6 @@ pub mod model;
 pub mod prompt;
 pub mod records;
 pub mod rules;
+pub mod seal;
 pub mod store;
 pub mod template;

@@ -16,7 +16,8 @@ from threadloom.engine import Engine, Event, Finished, Result
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE
 from threadloom.server.schemas.common import Health, Model, ModelList
-from threadloom.server.schemas.responses import unsupported_item
+from threadloom.server.schemas.items import Seal
+from threadloom.server.schemas.responses import Opener, unsupported_item
 
 T = TypeVar("T")
 Events = AsyncGenerator[Event, None]
@@ -42,6 +43,16 @@ async def final_result(events: Events) -> Result:
             if isinstance(event, Finished):
                 return event.result
     raise RuntimeError("the generation ended without a result")
+
+
+def sealer(engine: Engine, owner: str) -> Seal:
+    """Seals a compaction turn's summary for `owner`, as its item's `encrypted_content`."""
+    return lambda text: engine.compactor.seal(owner, text)
+
+
+def opener(engine: Engine, owner: str) -> Opener:
+    """Opens `owner`'s compaction items; anything else is a 400 naming the item."""
+    return lambda sealed, field: engine.compactor.open(owner, sealed, field)
 
 
 def json_response(data: object, status: int = 200) -> web.Response:

@@ -24,11 +24,17 @@ from threadloom import Thread, Turn
 from threadloom.errors import InvalidInput, NotFound
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import ENGINE, OWNER
-from threadloom.server.routes.common import decode_body, decode_items_body, json_response
+from threadloom.server.routes.common import (
+    decode_body,
+    decode_items_body,
+    json_response,
+    opener,
+    sealer,
+)
 from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import conversations as c
 from threadloom.server.schemas.freddy import THREAD_ID
-from threadloom.server.schemas.items import tool_item
+from threadloom.server.schemas.items import Seal, tool_item
 from threadloom.server.schemas.responses import OutputText
 from threadloom.storage import ConversationStore, cursor_index
 
@@ -45,12 +51,12 @@ def conversation_object(t: Thread) -> c.Conversation:
     )
 
 
-def item(t: Turn) -> c.AnyItem:
-    return _item(t.id, t.role, t.content, t.tool)
+def item(t: Turn, seal: Seal) -> c.AnyItem:
+    return _item(t.id, t.role, t.content, t.tool, seal)
 
 
-def _item(turn_id: str, role: str, content: str, tool: str | None) -> c.AnyItem:
-    called = tool_item(turn_id, role, content, tool)
+def _item(turn_id: str, role: str, content: str, tool: str | None, seal: Seal) -> c.AnyItem:
+    called = tool_item(turn_id, role, content, tool, seal)
     if called is not None:
         return called
     part: c.InputText | OutputText = (
@@ -76,7 +82,7 @@ async def create(request: web.Request) -> web.Response:
     engine, owner = request.app[ENGINE], request[OWNER]
     body = await request.read()
     req = decode_items_body(_create, body, "items") if body.strip() else c.CreateConversation()
-    new = [m.turn(f"items[{i}]") for i, m in enumerate(req.items or ())]
+    new = [m.turn(f"items[{i}]", opener(engine, owner)) for i, m in enumerate(req.items or ())]
     cid = mint_id("conv")
 
     def make(store: ConversationStore) -> Thread:
@@ -172,13 +178,14 @@ async def list_items(request: web.Request) -> web.Response:
         raise _not_found(cid) from None
     except InvalidInput as e:
         raise ApiError(400, str(e), param="after") from None
-    return json_response(_item_list([item(t) for t in turns], more))
+    seal = sealer(engine, owner)
+    return json_response(_item_list([item(t, seal) for t in turns], more))
 
 
 async def add_items(request: web.Request) -> web.Response:
     engine, owner, cid = request.app[ENGINE], request[OWNER], _conversation_id(request)
     req = decode_items_body(_add, await request.read(), "items")
-    new = [m.turn(f"items[{i}]") for i, m in enumerate(req.items)]
+    new = [m.turn(f"items[{i}]", opener(engine, owner)) for i, m in enumerate(req.items)]
 
     # In the conversation's turn: after a reply generating on it is stored, never under it.
     try:
@@ -190,7 +197,7 @@ async def add_items(request: web.Request) -> web.Response:
     # The answer is what this append wrote (its own ids), never a re-read that could hold
     # another request's items.
     items = [
-        _item(turn_id, m["role"], m["content"], m.get("tool"))
+        _item(turn_id, m["role"], m["content"], m.get("tool"), sealer(engine, owner))
         for turn_id, m in zip(appended.turn_ids, new, strict=True)
     ]
     return json_response(_item_list(items, False))
@@ -211,7 +218,7 @@ async def get_item(request: web.Request) -> web.Response:
         raise ApiError(
             404, f"item {item_id!r} not found", param="item_id", code="not_found"
         ) from None
-    return json_response(item(turn))
+    return json_response(item(turn, sealer(engine, owner)))
 
 
 async def delete_item(request: web.Request) -> web.Response:

@@ -25,14 +25,21 @@ from threadloom.server.routes.common import (
     failure,
     final_result,
     json_response,
+    opener,
     sampling_params,
+    sealer,
 )
 from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import formats
 from threadloom.server.schemas import responses as s
-from threadloom.server.schemas import tools as t
+from threadloom.server.schemas import tools as tool_schemas
 from threadloom.server.schemas.freddy import THREAD_ID
-from threadloom.server.schemas.items import FunctionCallItem, FunctionCallOutputItem, tool_item
+from threadloom.server.schemas.items import (
+    CompactionItem,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    tool_item,
+)
 from threadloom.storage import ConversationStore
 
 _create = msgspec.json.Decoder(s.CreateResponse)
@@ -50,14 +57,14 @@ def check_model(model: str | None, engine: Engine, param: str = "model") -> None
         raise ApiError(404, f"model {model!r} does not exist", param=param, code="model_not_found")
 
 
-def _inputs(req: s.CreateResponse) -> list[dict[str, str]]:
+def _inputs(req: s.CreateResponse, open_item: s.Opener) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     if req.instructions is not None:
         out.append({"role": "system", "content": req.instructions})
     if isinstance(req.input, str):
         out.append({"role": "user", "content": req.input})
     else:
-        out.extend(item.turn(f"input[{i}]") for i, item in enumerate(req.input))
+        out.extend(item.turn(f"input[{i}]", open_item) for i, item in enumerate(req.input))
     return out
 
 
@@ -71,7 +78,7 @@ def _sampling(req: s.CreateResponse, engine: Engine) -> SamplingParams:
     )
 
 
-def _usage(prompt: int, completion: int, cached: int) -> s.ResponseUsage:
+def usage(prompt: int, completion: int, cached: int) -> s.ResponseUsage:
     return s.ResponseUsage(
         input_tokens=prompt,
         input_tokens_details=s.InputTokensDetails(cached_tokens=cached),
@@ -97,7 +104,9 @@ class _Draft:
         self.req = req
         self.sampling = sampling
         self.text, self.schema, self.schema_field = formats.responses_text(req.text)
-        self.tools = t.responses_spec(req.tools, req.tool_choice, req.parallel_tool_calls)
+        self.tools = tool_schemas.responses_spec(
+            req.tools, req.tool_choice, req.parallel_tool_calls
+        )
         self.model = engine.model_name
         self.created_at = int(time.time())
         # Replaced by the engine's id for the stored response once generation starts.
@@ -158,7 +167,7 @@ class _Draft:
         return self.build(
             result.status,
             out.output(rid, result.text, result.tool_calls, result.status),
-            _usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens),
+            usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens),
             result,
         )
 
@@ -214,7 +223,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     if req.background and (req.stream or not req.store):
         raise ApiError(400, "background needs store true and stream false", param="background")
     check_model(req.model, engine)
-    inputs = _inputs(req)
+    inputs = _inputs(req, opener(engine, owner))
     sampling = _sampling(req, engine)
     draft = _Draft(req, engine, sampling)
     cid = conversation_id(req)
@@ -306,7 +315,7 @@ async def get_response(request: web.Request) -> web.Response:
             status=status,
             model=stored.model,
             output=_stored_output(stored.id, outputs, status),
-            usage=_usage(stored.prompt_tokens, stored.completion_tokens, stored.cached_tokens),
+            usage=usage(stored.prompt_tokens, stored.completion_tokens, stored.cached_tokens),
             previous_response_id=stored.previous_response_id,
             store=True,
             metadata={k: str(v) for k, v in stored.metadata.items()},
@@ -360,8 +369,9 @@ async def input_items(request: web.Request) -> web.Response:
                 code="conflict",
             ) from None
         raise
-    items: list[s.InputItem | FunctionCallItem | FunctionCallOutputItem] = [
-        tool_item(t.id, t.role, t.content, t.tool)
+    seal = sealer(engine, owner)
+    items: list[s.InputItem | FunctionCallItem | FunctionCallOutputItem | CompactionItem] = [
+        tool_item(t.id, t.role, t.content, t.tool, seal)
         or s.InputItem(id=t.id, role=t.role, content=[s.InputTextPart(text=t.content)])
         for t in inputs
     ]
@@ -393,7 +403,8 @@ async def input_tokens(request: web.Request) -> web.Response:
     sampling = _sampling(req, engine)
     try:
         assembly = await engine.assemble_prompt(
-            _inputs(req), **_prompt_kwargs(req, request[OWNER], sampling)
+            _inputs(req, opener(engine, request[OWNER])),
+            **_prompt_kwargs(req, request[OWNER], sampling),
         )
     except NotFound as e:
         raise ApiError(404, str(e), param="previous_response_id", code="not_found") from None

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from threadloom.server.schemas.items import FunctionCallItem, FunctionCallOutputItem
+from threadloom.server.schemas.items import CompactionItem, FunctionCallItem, FunctionCallOutputItem
 from threadloom.server.schemas.responses import InputItemParam, Metadata, OutputText
 
 # Items one create or add call may carry (OpenAI's limit).
@@ -65,7 +65,7 @@ class Item(msgspec.Struct, tag="message", tag_field="type", kw_only=True):
 
 
 # What a conversation's item is: a message, or a function call or its output.
-AnyItem = Item | FunctionCallItem | FunctionCallOutputItem
+AnyItem = Item | FunctionCallItem | FunctionCallOutputItem | CompactionItem
 
 
 class ItemList(msgspec.Struct, kw_only=True):

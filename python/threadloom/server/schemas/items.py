@@ -7,8 +7,11 @@ the call id. Chat templates see them as OpenAI's chat format does: the assistant
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import msgspec
 
+from threadloom.compaction import COMPACTION
 from threadloom.tools.turns import (
     FUNCTION_CALL,
     FUNCTION_CALL_OUTPUT,
@@ -22,9 +25,11 @@ from threadloom.tools.turns import (
 __all__ = [
     "FUNCTION_CALL",
     "FUNCTION_CALL_OUTPUT",
+    "CompactionItem",
     "FunctionCallItem",
     "FunctionCallOutputItem",
     "ItemStatus",
+    "Seal",
     "call_turn",
     "output_turn",
     "tool_item",
@@ -51,13 +56,26 @@ class FunctionCallOutputItem(
     namespace: str | None = None
 
 
+class CompactionItem(msgspec.Struct, tag=COMPACTION, tag_field="type", kw_only=True):
+    """A compaction turn, sealed for the caller (`threadloom.compaction`)."""
+
+    id: str
+    encrypted_content: str
+
+
+Seal = Callable[[str], str]
+
+
 def tool_item(
-    turn_id: str, role: str, content: str, tool: str | None
-) -> FunctionCallItem | FunctionCallOutputItem | None:
-    """The function-call item a stored turn is, or None for a message. A `tool` turn is always
-    an output (one stored without tool data has no call id)."""
+    turn_id: str, role: str, content: str, tool: str | None, seal: Seal | None = None
+) -> FunctionCallItem | FunctionCallOutputItem | CompactionItem | None:
+    """The function-call or compaction item a stored turn is, or None for a message. A `tool`
+    turn is always an output (one stored without tool data has no call id); a compaction's
+    summary goes out sealed by `seal` for the caller."""
     data = read(tool)
     status = (data.status if data is not None else None) or "completed"
+    if role == "system" and data is not None and data.type == COMPACTION and seal is not None:
+        return CompactionItem(id=turn_id, encrypted_content=seal(content))
     if role == "assistant" and data is not None and data.type == FUNCTION_CALL:
         return FunctionCallItem(
             id=turn_id,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
+from threadloom.compaction import COMPACTION, compaction_turn
 from threadloom.errors import InvalidInput
 from threadloom.server.schemas import items
 from threadloom.server.schemas.formats import TextConfig
@@ -38,25 +40,30 @@ class OutputTextPartIn(
     logprobs: list[Any] | None = None
 
 
-ITEM_TYPES = ("message", items.FUNCTION_CALL, items.FUNCTION_CALL_OUTPUT)
+ITEM_TYPES = ("message", items.FUNCTION_CALL, items.FUNCTION_CALL_OUTPUT, COMPACTION)
 # Which fields belong to which item type (besides type, id and status).
 _FIELDS = {
     "message": ("role", "content"),
     items.FUNCTION_CALL: ("call_id", "name", "arguments", "namespace"),
     items.FUNCTION_CALL_OUTPUT: ("call_id", "output", "name", "namespace"),
+    COMPACTION: ("encrypted_content",),
 }
 _REQUIRED = {
     "message": ("role", "content"),
     items.FUNCTION_CALL: ("call_id", "name", "arguments"),
     items.FUNCTION_CALL_OUTPUT: ("output",),
+    COMPACTION: ("encrypted_content",),
 }
+
+# Opens a compaction item's `encrypted_content` for the caller: (sealed, field) -> its text.
+Opener = Callable[[str, str], str]
 
 
 class InputItemParam(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One input item: a message (`type` may be left out), a `function_call` or a
     `function_call_output` (checked by `turn`, which names the offending field)."""
 
-    type: Literal["message", "function_call", "function_call_output"] = "message"
+    type: Literal["message", "function_call", "function_call_output", "compaction"] = "message"
     id: str | None = None
     status: items.ItemStatus | None = None
     role: Literal["user", "system", "developer", "assistant"] | None = None
@@ -66,21 +73,28 @@ class InputItemParam(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     arguments: str | None = None
     namespace: str | None = None
     output: str | list[InputTextPart] | None = None
+    encrypted_content: str | None = None
 
-    def turn(self, where: str) -> dict[str, str]:
+    def turn(self, where: str, opener: Opener | None = None) -> dict[str, str]:
         """The item as a stored turn (`developer` is the system role to the templates);
-        `where` (`input[3]`) names the item in errors."""
+        `where` (`input[3]`) names the item in errors. A compaction item needs `opener`."""
         for name in _REQUIRED[self.type]:
             if getattr(self, name) is None:
                 raise InvalidInput(
                     f"{where}.{name} is required in a {self.type} item", param=f"{where}.{name}"
                 )
-        for name in ("role", "content", "call_id", "name", "arguments", "namespace", "output"):
+        fields = ("role", "content", "call_id", "name", "arguments", "namespace", "output")
+        for name in (*fields, "encrypted_content"):
             if getattr(self, name) is not None and name not in _FIELDS[self.type]:
                 raise InvalidInput(
                     f"{where}.{name} does not belong in a {self.type} item",
                     param=f"{where}.{name}",
                 )
+        if self.type == COMPACTION:
+            assert self.encrypted_content is not None
+            if opener is None:
+                raise InvalidInput(f"{where}: compaction items are not taken here", param=where)
+            return compaction_turn(opener(self.encrypted_content, where))
         if self.type == items.FUNCTION_CALL:
             assert self.call_id is not None and self.name is not None
             assert self.arguments is not None
@@ -258,7 +272,9 @@ class InputItem(msgspec.Struct, tag="message", tag_field="type", kw_only=True):
 
 class InputItemList(msgspec.Struct, kw_only=True):
     object: Literal["list"] = "list"
-    data: list[InputItem | items.FunctionCallItem | items.FunctionCallOutputItem]
+    data: list[
+        InputItem | items.FunctionCallItem | items.FunctionCallOutputItem | items.CompactionItem
+    ]
     first_id: str | None
     last_id: str | None
     has_more: bool

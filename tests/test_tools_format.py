@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from threadloom._core import ChatTemplate, Constraint, Grammars, Tokenizer
 from threadloom.errors import InvalidInput
+from threadloom.formats import OutputFormats
 from threadloom.models import default_model_path, prompt_engine
 from threadloom.tools import (
     CallArguments,
@@ -35,6 +36,7 @@ from threadloom.tools.families import (
     PROBE_TOOLS,
     Family,
 )
+from threadloom.tools.grammar import Marked
 
 WEATHER = FunctionTool(
     name="weather",
@@ -61,6 +63,11 @@ def tokenizer() -> Tokenizer:
 @pytest.fixture(scope="module")
 def grammars(tokenizer: Tokenizer) -> Iterator[Grammars]:
     yield Grammars(tokenizer)
+
+
+@pytest.fixture(scope="module")
+def marked(tokenizer: Tokenizer) -> Marked:
+    return OutputFormats(tokenizer, FALLBACK).marked
 
 
 def accepts(g: Grammars, tk: Tokenizer, grammar: str, text: str) -> bool:
@@ -163,9 +170,14 @@ CALL2 = '{"name": "time", "arguments": {}}'
     ],
 )
 def test_required_allows_exactly_valid_calls(
-    grammars: Grammars, tokenizer: Tokenizer, family: Family, good: list[str], bad: list[str]
+    grammars: Grammars,
+    tokenizer: Tokenizer,
+    marked: Marked,
+    family: Family,
+    good: list[str],
+    bad: list[str],
 ) -> None:
-    grammar = build(family, spec("required"), tokenizer)
+    grammar = build(family, spec("required"), tokenizer, marked)
     for text in good:
         assert accepts(grammars, tokenizer, grammar, text), text
     for text in bad:
@@ -173,25 +185,25 @@ def test_required_allows_exactly_valid_calls(
 
 
 def test_auto_leaves_text_free_and_constrains_from_the_trigger(
-    grammars: Grammars, tokenizer: Tokenizer
+    grammars: Grammars, tokenizer: Tokenizer, marked: Marked
 ) -> None:
-    grammar = build(FALLBACK, spec("auto"), tokenizer)
+    grammar = build(FALLBACK, spec("auto"), tokenizer, marked)
     assert accepts(grammars, tokenizer, grammar, "Just text, {no} [calls] <tool here.")
     assert accepts(grammars, tokenizer, grammar, f"Let me look. <tool_call>[{CALL}]</tool_call>")
     assert not accepts(grammars, tokenizer, grammar, "I will <tool_call>call something")
-    llama = build(LLAMA3, spec("auto"), tokenizer)
+    llama = build(LLAMA3, spec("auto"), tokenizer, marked)
     assert accepts(grammars, tokenizer, llama, "Plain answer.")
     assert accepts(grammars, tokenizer, llama, CALL.replace("arguments", "parameters"))
     assert not accepts(grammars, tokenizer, llama, '{"not": "a call"}')
 
 
 def test_one_call_unless_parallel_and_named_choice(
-    grammars: Grammars, tokenizer: Tokenizer
+    grammars: Grammars, tokenizer: Tokenizer, marked: Marked
 ) -> None:
-    single = build(FALLBACK, spec("required", parallel=False), tokenizer)
+    single = build(FALLBACK, spec("required", parallel=False), tokenizer, marked)
     assert accepts(grammars, tokenizer, single, f"<tool_call>[{CALL}]</tool_call>")
     assert not accepts(grammars, tokenizer, single, f"<tool_call>[{CALL}, {CALL2}]</tool_call>")
-    named = build(FALLBACK, spec("time"), tokenizer)
+    named = build(FALLBACK, spec("time"), tokenizer, marked)
     assert accepts(grammars, tokenizer, named, f"<tool_call>[{CALL2}]</tool_call>")
     assert not accepts(grammars, tokenizer, named, f"<tool_call>[{CALL}]</tool_call>")
 

@@ -4,13 +4,14 @@ token. The vocabulary trie is built once per model, at the first constrained req
 
 from __future__ import annotations
 
+import json
 import threading
 
 import msgspec
 
 from threadloom import tools
 from threadloom._core import Constraint, Grammars, Tokenizer
-from threadloom.errors import InvalidInput
+from threadloom.errors import InvalidInput, ThreadloomError
 from threadloom.request import Request
 
 
@@ -20,6 +21,7 @@ class OutputFormats:
         self._grammars: Grammars | None = None
         self._lock = threading.Lock()
         self.tool_family = tool_family
+        self._marked: dict[int, bool] = {}
 
     def grammars(self) -> Grammars:
         with self._lock:
@@ -53,13 +55,32 @@ class OutputFormats:
                 f"{req.output_schema_field} cannot be combined with tools",
                 param=req.output_schema_field,
             )
-        source = tools.build(self.tool_family, spec, self._tokenizer)
+        source = tools.build(self.tool_family, spec, self._tokenizer, self.marked)
         try:
             return self.grammars().compile("lark", source)
         except InvalidInput as e:
             raise self._culprit(spec) or InvalidInput(
                 f"{spec.field} cannot be enforced: {e}", param=spec.field
             ) from None
+
+    def marked(self, token: int) -> bool:
+        """Whether llguidance's trie holds `token` as special: a grammar that spells its
+        text cannot produce it (the core's tokenizer gives user-defined tokens, such as
+        Qwen's `<tool_call>`, for their text, while the trie marks them special)."""
+        known = self._marked.get(token)
+        if known is None:
+            piece = (self._tokenizer.piece(token) or b"").decode("utf-8", "replace")
+            if len(piece) < 2:
+                known = False
+            else:
+                c = self.grammars().compile("lark", f"start: {json.dumps(piece)}\n")
+                try:
+                    c.advance(token)
+                    known = False
+                except ThreadloomError:  # the matcher refuses the id its own text forced
+                    known = True
+            self._marked[token] = known
+        return known
 
     def _culprit(self, spec: tools.ToolSpec) -> InvalidInput | None:
         """The error naming the first function whose parameters do not compile on their own."""

@@ -4,7 +4,7 @@
 the model writes free text, and from the family's trigger on (`<tool_call>`...) the rest must be
 calls; llguidance's lazy rules do this (`prefix[lazy]` ends at the first trigger, after which
 only calls parse), so text that never opens a call is not constrained at all. A trigger the
-vocabulary holds as one special token (Qwen's `<tool_call>`, Mistral's `[TOOL_CALLS]`) is
+vocabulary trie holds as a special token (Qwen's `<tool_call>`, Mistral's `[TOOL_CALLS]`) is
 matched as that token (`<[id]>`), since the model writes it so. A family without a trigger
 (Llama 3: the call is bare JSON) lets "auto" replies be either text that does not start with
 `{` or calls. Each call's arguments are its function's `parameters` schema (`%json`), in the
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from threadloom._core import Tokenizer
@@ -22,6 +23,9 @@ from threadloom.tools.spec import ToolSpec
 
 # The layout every JSON value is written in (as `formats.py`'s schemas are, in the core):
 # flexible whitespace would let a small model pad a call with newlines until it runs out.
+# Whether the vocabulary trie holds a token id as special (see `markers`).
+Marked = Callable[[int], bool]
+
 _LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
@@ -33,17 +37,27 @@ def _schema(schema: dict[str, Any]) -> str:
     return json.dumps({**schema, "x-guidance": _LAYOUT}, ensure_ascii=False)
 
 
-def special_token(tokenizer: Tokenizer, text: str) -> int | None:
-    """The id of the single special (control or user-defined) token `text` is, if any."""
-    if not text:
-        return None
-    ids = tokenizer.encode(text, parse_special=True)
-    if len(ids) == 1 and tokenizer.encode(text, parse_special=False) != ids:
-        return ids[0]
-    return None
+def markers(tokenizer: Tokenizer, text: str, marked: Marked) -> str:
+    """`text` as grammar items: plain text as a literal, and each token the vocabulary trie
+    holds as a special token (`marked`) as that token (`<[id]>`). Qwen's `<tool_call>` is such
+    a token: the tokenizer writes it for the text, yet llguidance sees it as special, so the
+    text alone could never be written."""
+    items: list[str] = []
+    plain: list[int] = []
+    for token in tokenizer.encode(text, parse_special=False):
+        if marked(token):
+            if plain:
+                items.append(_literal(tokenizer.decode(plain)))
+                plain = []
+            items.append(f"<[{token}]>")
+        else:
+            plain.append(token)
+    if plain:
+        items.append(_literal(tokenizer.decode(plain)))
+    return " ".join(items)
 
 
-def build(family: Family, spec: ToolSpec, tokenizer: Tokenizer) -> str:
+def build(family: Family, spec: ToolSpec, tokenizer: Tokenizer, marked: Marked) -> str:
     """The grammar of `spec`'s calls in `family`'s format."""
     lines: list[str] = []
     names = []
@@ -53,23 +67,26 @@ def build(family: Family, spec: ToolSpec, tokenizer: Tokenizer) -> str:
         lines.append(f"args_{i}: %json {_schema(f.schema())}")
         names.append(f"call_{i}")
     lines.append("call: " + " | ".join(names))
-    more = f"({_literal(family.sep)} call)*" if spec.parallel else ""
-    close = _literal(family.close) if family.close else ""
-    token = special_token(tokenizer, family.trigger)
+
+    def text(t: str) -> str:
+        return markers(tokenizer, t, marked) if t else ""
+
+    more = f"({text(family.sep)} call)*" if spec.parallel else ""
     after_trigger = family.open[len(family.trigger) :]
-    rest = " ".join(
-        p for p in (_literal(after_trigger) if after_trigger else "", "call", more, close) if p
-    )
+    # A newline may follow the last call: models end a block with one before ending the turn,
+    # and without it the only way on after a newline would be another call.
+    rest = " ".join(p for p in (text(after_trigger), "call", more, text(family.close)) if p)
+    rest += ' "\\n"?'
     lines.append(f"rest: {rest}")
-    opener = (
-        f"<[{token}]>" if token is not None else _literal(family.trigger) if family.trigger else ""
-    )
+    opener = text(family.trigger)
     lines.append(f"calls: {opener} rest" if opener else "calls: rest")
     if spec.forced:
         start = "start: calls"
     elif not family.trigger:
         start = "start: calls | TEXT\nTEXT: /([^{](?s:.*))?/"
-    elif token is not None:
+    elif "<[" in opener:
+        # The trigger is (or holds) a special token: free text cannot contain it, so the
+        # text simply ends where the token comes.
         start = f"start: free | free {opener} rest\nfree: /(?s:.*)/"
     else:
         trigger = re.escape(family.trigger).replace("/", "\\/")

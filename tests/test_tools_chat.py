@@ -242,3 +242,38 @@ def test_smollm2_required_calls_parse_and_validate(smol_server: ThreadedServer) 
     assert sorted(args) == list(range(len(args))) and args
     for index, text in args.items():
         jsonschema.validate(json.loads(text), SCHEMAS[names[index]])
+
+
+def test_an_agent_on_smollm2_with_required_tools(smol_server: ThreadedServer) -> None:
+    """The Agents SDK over Responses on SmolLM2 (the fallback format): `tool_choice` required
+    makes the first turn a call whose arguments validate; the SDK runs the tool, resets the
+    choice to auto and the model answers."""
+    agents = pytest.importorskip("agents")
+    ran: list[str] = []
+
+    @agents.function_tool
+    def weather(city: str) -> str:
+        """The current weather in a city."""
+        ran.append(city)
+        return f"It is sunny in {city}."
+
+    @agents.function_tool
+    def local_time(city: str) -> str:
+        """The local time in a city."""
+        ran.append(city)
+        return f"It is 14:05 in {city}."
+
+    agents.set_tracing_disabled(True)
+    client = openai.AsyncOpenAI(base_url=f"{smol_server.url}/v1", api_key="x", max_retries=0)
+    agent = agents.Agent(
+        name="assistant",
+        instructions="Use the tools.",
+        model=agents.OpenAIResponsesModel(model="default", openai_client=client),
+        tools=[weather, local_time],
+        model_settings=agents.ModelSettings(tool_choice="required", max_tokens=60, temperature=0),
+    )
+    result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=4)
+    assert ran, result.new_items
+    kinds = [item.type for item in result.new_items]
+    assert kinds[:2] == ["tool_call_item", "tool_call_output_item"], kinds
+    assert kinds[-1] == "message_output_item"

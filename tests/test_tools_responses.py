@@ -187,3 +187,12 @@ def test_bad_tools_are_a_400_naming_the_field(
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model="default", input="x", **body)
     assert e.value.body["param"] == param, e.value.body
+
+
+def test_input_tokens_count_the_tools(server: ThreadedServer) -> None:
+    client = sdk_client(server)
+    bare = client.responses.input_tokens.count(model="default", input="hi")
+    offered = client.responses.input_tokens.count(
+        model="default", input="hi", tools=RESPONSES_TOOLS
+    )
+    assert offered.input_tokens > bare.input_tokens + 50  # the definitions and the call format

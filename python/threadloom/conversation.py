@@ -179,6 +179,8 @@ class Conversations:
         owner = req.owner
         past: list[Mapping[str, str | None]] = list(req.history or [])
         spec, family = req.tools, self.tool_family
+        # What the model sees as new: the request's messages (and the fallback's tool block).
+        shown: list[Mapping[str, str | None]] = list(new)
         if spec is not None and family.template_renders_tools:
             kwargs["tools"] = tools.template_tools(spec.functions)
         if spec is not None and not family.template_renders_tools:
@@ -230,7 +232,7 @@ class Conversations:
                 turn=req.after_turn,
             )
             past, turn_ids = turn_messages(turns), [t.id for t in turns]
-        return self.summarizer.assemble(trimmed, past, new, kwargs, owner, turn_ids)
+        return self.summarizer.assemble(trimmed, past, shown, kwargs, owner, turn_ids)
 
     def save(self, owner: str, to: Destination, result: Result, response_id: str) -> Result:
         """Stores the inputs and the reply as one response and drops its pending record. On a

@@ -23,7 +23,10 @@ class FunctionTool(msgspec.Struct, frozen=True, kw_only=True):
     strict: bool | None = None
 
     def schema(self) -> dict[str, Any]:
-        return self.parameters if self.parameters is not None else {"type": "object"}
+        """The arguments' schema: always an object's, as OpenAI's `parameters` are (a schema
+        without a `type`, or none at all, would otherwise admit any JSON value)."""
+        parameters = self.parameters or {}
+        return parameters if "type" in parameters else {"type": "object", **parameters}
 
 
 # "auto": text or calls; "required": one call or more; a name: calls of that function only.

@@ -199,6 +199,7 @@ def _prompt_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) 
         "owner": owner,
         "sampling": sampling,
         "strategy": "tokens" if req.truncation == "auto" else "none",
+        "tools": tool_schemas.responses_spec(req.tools, req.tool_choice, req.parallel_tool_calls),
     }
 
 

@@ -48,7 +48,7 @@ async def test_responses_accept_the_agents_sdk_request_and_neutral_fields(
     ("extra", "param"),
     [
         ({"include": ["message.output_text.logprobs"]}, "include"),
-        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools"),
+        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"top_logprobs": 2}, "top_logprobs"),
     ],
@@ -83,7 +83,8 @@ async def test_chat_completions_accept_neutral_and_refuse_the_rest(
     r = await client.post("/v1/chat/completions", json={"messages": messages, **neutral})
     assert r.status == 200, await r.text()
     for extra, param in [
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"tools": [{"type": "custom", "custom": {"name": "f"}}]}, "tools[0].type"),
+        ({"functions": [{"name": "f"}]}, "functions"),
         ({"logprobs": True}, "logprobs"),
         ({"reasoning_effort": "high"}, "reasoning_effort"),
     ]:

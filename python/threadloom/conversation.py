@@ -10,6 +10,7 @@ from typing import Any
 
 import msgspec
 
+from threadloom import tools
 from threadloom._core import (
     MAX_THREAD_MESSAGES,
     Appended,
@@ -68,11 +69,13 @@ class Conversations:
         prompt: PromptEngine,
         summarizer: Summarizer,
         model_name: str,
+        tool_family: tools.Family = tools.FALLBACK,
     ) -> None:
         self.store = store
         self.prompt = prompt
         self.summarizer = summarizer
         self.model_name = model_name
+        self.tool_family = tool_family
 
     def prepare(self, req: Request, new: list[dict[str, str]], *, create: bool) -> Prepared:
         """Reads and checks the conversation, creating `req.thread` if `create` and missing,
@@ -178,7 +181,34 @@ class Conversations:
         }
         owner = req.owner
         past: list[Mapping[str, str | None]] = list(req.history or [])
-        if req.history is not None:
+        spec, family = req.tools, self.tool_family
+        # What the model sees as new: the request's messages (and the fallback's tool block).
+        shown: list[Mapping[str, str | None]] = list(new)
+        if spec is not None and family.template_renders_tools:
+            kwargs["tools"] = tools.template_tools(spec.functions)
+        if spec is not None and not family.template_renders_tools:
+            # A template that renders no tools: they go in a system message of their own
+            # before the new messages (never stored), and calls are shown to the model as the
+            # text it writes them as, since such a template ignores `tool_calls`.
+            block = tools.fallback_block(spec.functions, spec.forced, spec.parallel)
+            shown = [{"role": "system", "content": block}, *tools.calls_as_text(new, family)]
+            if req.history is None and (req.thread or req.previous_response_id or req.after_turn):
+                past = turn_messages(
+                    self.store.history(
+                        owner=owner,
+                        thread=req.thread,
+                        response=req.previous_response_id,
+                        turn=req.after_turn,
+                    )
+                )
+            trimmed = self.prompt.assemble_messages(
+                [*tools.calls_as_text(past, family), *shown],
+                owner=owner,
+                protected=len(shown),
+                cache_key=req.thread,
+                **kwargs,
+            )
+        elif req.history is not None:
             trimmed = self.prompt.assemble_messages(
                 [*past, *new], owner=owner, protected=len(new), **kwargs
             )
@@ -205,7 +235,7 @@ class Conversations:
                 turn=req.after_turn,
             )
             past, turn_ids = turn_messages(turns), [t.id for t in turns]
-        return self.summarizer.assemble(trimmed, past, new, kwargs, owner, turn_ids)
+        return self.summarizer.assemble(trimmed, past, shown, kwargs, owner, turn_ids)
 
     def save(self, owner: str, to: Destination, result: Result, response_id: str) -> Result:
         """Stores the inputs and the reply as one response and drops its pending record. On a
@@ -214,7 +244,7 @@ class Conversations:
         from that turn instead and the result names no thread: no turn is lost, and none is
         stored after a history the model did not see. If the thread was deleted, the reply is
         kept the same way, as failed (`THREAD_DELETED`)."""
-        turns = [*to.new, self._output(result)]
+        turns = [*to.new, *self._outputs(result)]
         head = to.head
         info = self._info(to, result, response_id)
         if to.thread is not None:
@@ -258,17 +288,24 @@ class Conversations:
             turn_id=appended.turn_ids[-1],
         )
 
-    def _output(self, result: Result) -> dict[str, str]:
-        output = {"role": "assistant", "content": result.text}
-        if result.reasoning is not None:
-            output["reasoning"] = result.reasoning
-        return output
+    def _outputs(self, result: Result) -> list[dict[str, str]]:
+        """The reply's turns: its text (unless it is only calls), then one turn per call."""
+        outputs = []
+        if result.text or result.reasoning is not None or not result.tool_calls:
+            output = {"role": "assistant", "content": result.text}
+            if result.reasoning is not None:
+                output["reasoning"] = result.reasoning
+            outputs.append(output)
+        status = "completed" if result.status == "completed" else "incomplete"
+        for call in result.tool_calls:
+            outputs.append(tools.call_turn(call.id, call.name, call.arguments, status))
+        return outputs
 
     def _info(self, to: Destination, result: Result, response_id: str) -> ResponseInfo:
         return ResponseInfo(
             self.model_name,
             status=result.status,
-            output_count=1,
+            output_count=len(self._outputs(result)),
             prompt_tokens=result.usage.prompt_tokens,
             completion_tokens=result.usage.completion_tokens,
             cached_tokens=result.usage.cached_tokens,

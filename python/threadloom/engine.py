@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from threadloom import branches
+from threadloom import branches, tools
 from threadloom._core import Assembly, Constraint, Thread, new_response_id
 from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
@@ -139,7 +139,9 @@ class Engine:
         self.context_length = self.prompt.context_length
         self.tokenizer = self.prompt.tokenizer
         self._eog = frozenset(self.tokenizer.eog_ids)
-        self.formats = OutputFormats(self.tokenizer)
+        self.tool_family = tools.template_family(self.prompt)
+        log.info("tool calls: the %s format", self.tool_family.name)
+        self.formats = OutputFormats(self.tokenizer, self.tool_family)
         states = None
         if kv_cache_dir is not None and kv_cache_bytes > 0:
             settings = f"{backend.name}/{self.context_length}/{kv_cache_type}"
@@ -162,7 +164,9 @@ class Engine:
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
         summarizer = Summarizer(self.prompt, self.generate_text, opened, self.model_name)
-        self.conversations = Conversations(opened, self.prompt, summarizer, self.model_name)
+        self.conversations = Conversations(
+            opened, self.prompt, summarizer, self.model_name, self.tool_family
+        )
         self.compactor = Compactor(compaction_key or store_key(opened), summarizer)
         self._recover(states, first=not self.group.recovered)
         self.group.recovered = True
@@ -653,9 +657,13 @@ class _Run:
             else "incomplete"
         )
         t = job.timings
+        text, calls = "".join(job.text), list[tools.ToolCall]()
+        if self.req.tools is not None:
+            text, calls = tools.parse(self.engine.tool_family, self.req.tools, text)
         return Result(
             status=status,
-            text="".join(job.text),
+            text=text,
+            tool_calls=tuple(calls),
             reasoning="".join(job.reasoning) or None,
             finish_reason=finish,
             usage=Usage(assembly.prompt_tokens, len(job.output_ids), job.cached),

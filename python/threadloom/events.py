@@ -7,6 +7,8 @@ from typing import Literal
 
 import msgspec
 
+from threadloom.tools.spec import ToolCall
+
 
 class Usage(msgspec.Struct, frozen=True):
     prompt_tokens: int
@@ -36,6 +38,8 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     queue_s: float = 0.0
     prompt_eval_s: float = 0.0
     decode_tokens_per_s: float | None = None
+    # The calls the reply made (a request with `tools`); `text` is then what came before them.
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class Started(msgspec.Struct, frozen=True, tag="started"):

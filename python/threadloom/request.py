@@ -11,6 +11,7 @@ import msgspec
 from threadloom._core import MAX_THREAD_MESSAGES
 from threadloom.backends.base import SamplingParams
 from threadloom.errors import InvalidInput, LimitExceeded
+from threadloom.tools.spec import ToolSpec
 
 Message = Mapping[str, str | None]
 Strategy = Literal["tokens", "window", "summarize", "none"]
@@ -56,6 +57,9 @@ class Request(msgspec.Struct, kw_only=True):
     # token by token; `output_schema_field` names it in errors (the dialect's own field).
     output_schema: dict[str, Any] | None = None
     output_schema_field: str = "output_schema"
+    # Functions the model may call (None: none offered); the reply's calls come back as
+    # `Result.tool_calls`, and the stored reply keeps each as a call turn.
+    tools: ToolSpec | None = None
 
     @property
     def params(self) -> SamplingParams:

@@ -4,11 +4,11 @@ conversation; nothing is stored."""
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 import msgspec
 from aiohttp import web
 
+from threadloom import tools
 from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result, TokenEvent
 from threadloom.server import sse
@@ -27,6 +27,7 @@ from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import chat as c
 from threadloom.server.schemas import formats
+from threadloom.server.schemas import tools as t
 
 _decoder = msgspec.json.Decoder(c.ChatRequest)
 
@@ -45,9 +46,29 @@ def _sampling(req: c.ChatRequest, engine: Engine) -> SamplingParams:
 
 
 def _messages(req: c.ChatRequest) -> list[dict[str, str]]:
+    """The messages as turns: an assistant message's calls each become a call turn (after its
+    text, if any), a tool message an output turn, as the store keeps them."""
+    out: list[dict[str, str]] = []
+    for m in req.messages:
+        if m.role == "tool":
+            out.append(tools.output_turn(m.tool_call_id, m.text()))
+            continue
+        calls = (m.tool_calls or []) if m.role == "assistant" else []
+        if not calls or m.text():
+            out.append({"role": "system" if m.role == "developer" else m.role, "content": m.text()})
+        for call in calls:
+            out.append(tools.call_turn(call.id, call.function.name, call.function.arguments))
+    return out
+
+
+def _calls(result: Result) -> list[t.ChatToolCall] | None:
+    if not result.tool_calls:
+        return None
     return [
-        {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-        for m in req.messages
+        t.ChatToolCall(
+            id=call.id, function=t.CallFunction(name=call.name, arguments=call.arguments)
+        )
+        for call in result.tool_calls
     ]
 
 
@@ -61,7 +82,9 @@ def _usage(result: Result) -> c.ChatUsage:
     )
 
 
-def _finish_reason(result: Result) -> Literal["stop", "length"]:
+def _finish_reason(result: Result) -> c.FinishReason:
+    if result.tool_calls and result.finish_reason == "stop":
+        return "tool_calls"
     return "stop" if result.finish_reason == "stop" else "length"
 
 
@@ -72,6 +95,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     sampling = _sampling(req, engine)
     messages = _messages(req)
     schema, schema_field = formats.chat_response_format(req.response_format)
+    spec = t.chat_spec(req.tools, req.tool_choice, req.parallel_tool_calls)
     events = engine.stream(
         messages[-1:],
         history=messages[:-1],
@@ -80,12 +104,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         sampling=sampling,
         output_schema=schema,
         output_schema_field=schema_field,
+        tools=spec,
     )
     await sse.started(events)
     ident, created = mint_id("chatcmpl"), int(time.time())
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        dialect = _ChatStream(ident, created, engine.model_name, include_usage)
+        scanner = tools.CallScanner(engine.tool_family, spec) if spec is not None else None
+        dialect = _ChatStream(ident, created, engine.model_name, include_usage, scanner)
         return await sse.serve_stream(request, events, dialect)
     result = await final_result(events)
     if result.status == "failed":
@@ -97,7 +123,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             model=engine.model_name,
             choices=[
                 c.Choice(
-                    message=c.AssistantMessage(content=result.text),
+                    message=c.AssistantMessage(
+                        role="assistant",
+                        content=result.text or (None if result.tool_calls else ""),
+                        tool_calls=_calls(result),
+                    ),
                     finish_reason=_finish_reason(result),
                 )
             ],
@@ -124,11 +154,20 @@ class _ChatStream:
     """Chat completion chunks. A failed generation ends the stream with an error chunk (the
     OpenAI error shape), as OpenAI does."""
 
-    def __init__(self, ident: str, created: int, model: str, include_usage: bool) -> None:
+    def __init__(
+        self,
+        ident: str,
+        created: int,
+        model: str,
+        include_usage: bool,
+        scanner: tools.CallScanner | None,
+    ) -> None:
         self.ident, self.created, self.model = ident, created, model
         self.include_usage = include_usage
+        # With tools: splits the reply into content and `delta.tool_calls`.
+        self.scanner = scanner
 
-    def _chunk(self, delta: c.Delta, finish: Literal["stop", "length"] | None = None) -> bytes:
+    def _chunk(self, delta: c.Delta, finish: c.FinishReason | None = None) -> bytes:
         choice = c.ChunkChoice(delta=delta, finish_reason=finish)
         return sse.frame(
             c.ChatCompletionChunk(
@@ -143,12 +182,35 @@ class _ChatStream:
         await response.write(self._chunk(c.Delta(role="assistant", content="")))
 
     async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
-        if not event.reasoning and event.text:
+        if event.reasoning or not event.text:
+            return
+        if self.scanner is None:
             await response.write(self._chunk(c.Delta(content=event.text)))
+            return
+        await self._pieces(response, self.scanner.feed(event.text))
+
+    async def _pieces(self, response: web.StreamResponse, pieces: list[tools.Piece]) -> None:
+        for piece in pieces:
+            delta: c.Delta | None = None
+            if isinstance(piece, tools.Text):
+                delta = c.Delta(content=piece.text)
+            elif isinstance(piece, tools.CallStarted):
+                function = t.DeltaFunction(name=piece.name, arguments="")
+                call = t.DeltaToolCall(
+                    index=piece.index, id=piece.id, type="function", function=function
+                )
+                delta = c.Delta(tool_calls=[call])
+            elif isinstance(piece, tools.CallArguments):
+                function = t.DeltaFunction(arguments=piece.delta)
+                delta = c.Delta(tool_calls=[t.DeltaToolCall(index=piece.index, function=function)])
+            if delta is not None:
+                await response.write(self._chunk(delta))
 
     async def finish(self, response: web.StreamResponse, result: Result) -> None:
         if result.status == "failed":
             raise ApiError(500, "the generation failed", type="server_error", code="server_error")
+        if self.scanner is not None:
+            await self._pieces(response, self.scanner.finish())
         await response.write(self._chunk(c.Delta(), _finish_reason(result)))
         if self.include_usage:
             usage = c.ChatCompletionChunk(

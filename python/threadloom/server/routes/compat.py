@@ -32,7 +32,6 @@ def _no_reasoning(value: Any) -> bool:
 # POST /v1/responses
 RESPONSES: Mapping[str, Neutral] = {
     "include": _empty,
-    "tools": _empty,
     "prompt": _empty,
     "reasoning": _no_reasoning,
     "top_logprobs": _empty,
@@ -40,7 +39,6 @@ RESPONSES: Mapping[str, Neutral] = {
 
 # POST /v1/chat/completions
 CHAT: Mapping[str, Neutral] = {
-    "tools": _empty,
     "functions": _empty,
     "function_call": lambda v: v in ("none", "auto"),
     "logprobs": _false,
@@ -54,9 +52,8 @@ CHAT: Mapping[str, Neutral] = {
 }
 
 _WHY = {
-    "tools": "tool calling is not built",
-    "functions": "tool calling is not built",
-    "function_call": "tool calling is not built",
+    "functions": "the legacy functions API is not built; use tools",
+    "function_call": "the legacy functions API is not built; use tool_choice",
 }
 
 

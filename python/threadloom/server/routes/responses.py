@@ -11,14 +11,15 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from threadloom import Response, Turn
+from threadloom import Response, Turn, tools
 from threadloom.backends.base import SamplingParams
-from threadloom.engine import Engine, Result, Started, TokenEvent
+from threadloom.engine import Engine, Result, Started
 from threadloom.errors import NotFound
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER
 from threadloom.server.routes import background, compat
+from threadloom.server.routes import response_output as out
 from threadloom.server.routes.common import (
     decode_items_body,
     engine_for,
@@ -33,6 +34,7 @@ from threadloom.server.routes.common import (
 from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import formats
 from threadloom.server.schemas import responses as s
+from threadloom.server.schemas import tools as tool_schemas
 from threadloom.server.schemas.freddy import THREAD_ID
 from threadloom.server.schemas.items import (
     CompactionItem,
@@ -50,12 +52,6 @@ def mint_id(prefix: str) -> str:
     """An id in the store's format for something not (yet) stored: 128 random bits."""
     n = secrets.randbits(128)
     return prefix + "_" + "".join(s.CROCKFORD[(n >> (5 * i)) & 31] for i in range(25, -1, -1))
-
-
-def output_item_id(response_id: str) -> str:
-    """The id of a response's output message: derived from the response id, so a stream can
-    name it before the turn is stored and a later GET names it the same."""
-    return "msg_" + response_id.removeprefix("resp_")
 
 
 def _inputs(req: s.CreateResponse, open_item: s.Opener) -> list[dict[str, str]]:
@@ -98,15 +94,6 @@ def _failure(error: str | None) -> s.ResponseError:
     return s.ResponseError(code=code, message=message)
 
 
-def _message(item_id: str, text: str, status: str) -> s.OutputMessage:
-    item_status = "incomplete" if status in ("incomplete", "failed") else status
-    return s.OutputMessage(
-        id=item_id,
-        status=item_status,  # type: ignore[arg-type]
-        content=[s.OutputText(text=text)],
-    )
-
-
 class _Draft:
     """What a response object carries before and after generation."""
 
@@ -116,23 +103,24 @@ class _Draft:
         self.text, self.schema, self.schema_field = formats.responses_text(req.text)
         # The compaction `context_management` made before generating: first in the output.
         self.compaction: CompactionItem | None = None
+        self.tools = tool_schemas.responses_spec(
+            req.tools, req.tool_choice, req.parallel_tool_calls
+        )
         self.model = engine.model_name
         self.created_at = int(time.time())
         # Replaced by the engine's id for the stored response once generation starts.
         self.id = mint_id("resp")
-        self.item_id = output_item_id(self.id)
         cid = conversation_id(req)
         self.conversation = s.ConversationRef(id=cid) if cid is not None else None
 
     def started(self, event: Started) -> None:
         if event.response_id is not None:
             self.id = event.response_id
-            self.item_id = output_item_id(self.id)
 
     def build(
         self,
         status: str,
-        output: list[s.OutputMessage | CompactionItem],
+        output: list[s.OutputItem],
         usage: s.ResponseUsage | None,
         result: Result | None = None,
     ) -> s.ResponseObject:
@@ -166,16 +154,21 @@ class _Draft:
             top_p=self.sampling.top_p,
             truncation=self.req.truncation,
             tool_choice=self.req.tool_choice or "auto",
+            tools=self.req.tools or [],
+            parallel_tool_calls=self.req.parallel_tool_calls is not False,
             user=self.req.user,
             text=self.text,
         )
 
-    def finished(self, result: Result, item_id: str | None = None) -> s.ResponseObject:
+    def finished(self, result: Result) -> s.ResponseObject:
         u = result.usage
-        message = _message(item_id or self.item_id, result.text, result.status)
+        rid = result.response_id or self.id
         return self.build(
             result.status,
-            [*([self.compaction] if self.compaction else []), message],
+            [
+                *([self.compaction] if self.compaction else []),
+                *out.output(rid, result.text, result.tool_calls, result.status),
+            ],
             usage(u.prompt_tokens, u.completion_tokens, u.cached_tokens),
             result,
         )
@@ -208,6 +201,7 @@ def _prompt_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) 
         "owner": owner,
         "sampling": sampling,
         "strategy": "tokens" if req.truncation == "auto" else "none",
+        "tools": tool_schemas.responses_spec(req.tools, req.tool_choice, req.parallel_tool_calls),
     }
 
 
@@ -220,6 +214,7 @@ def _stream_kwargs(draft: _Draft, owner: str) -> dict[str, Any]:
         "create_thread": False,
         "output_schema": draft.schema,
         "output_schema_field": draft.schema_field,
+        "tools": draft.tools,
     }
 
 
@@ -253,103 +248,11 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         background.start(request, draft.id, events)
         return json_response(draft.build("in_progress", [], None))
     if req.stream:
-        return await sse.serve_stream(request, events, _ResponsesStream(draft))
+        spec = draft.tools
+        scanner = tools.CallScanner(engine.tool_family, spec) if spec is not None else None
+        return await sse.serve_stream(request, events, out.ResponsesStream(draft, scanner))
     result = await final_result(events)
     return json_response(draft.finished(result))
-
-
-class _ResponsesStream:
-    """The Responses API's typed events, numbered. A failed generation ends with
-    `response.failed` carrying the stored failed response, as OpenAI does."""
-
-    def __init__(self, draft: _Draft) -> None:
-        self.draft = draft
-        self.seq = 0
-        # The message's place in the output: after the compaction, where there is one.
-        self.index = 0 if draft.compaction is None else 1
-
-    async def _send(self, response: web.StreamResponse, event: s._Event) -> None:
-        event.sequence_number = self.seq
-        self.seq += 1
-        tag = type(event).__struct_config__.tag
-        await response.write(sse.frame(event, tag))  # type: ignore[arg-type]
-
-    async def open(self, request: web.Request) -> web.StreamResponse:
-        return await sse.open_stream(request)
-
-    async def start(self, response: web.StreamResponse) -> None:
-        draft = self.draft
-        in_progress = draft.build("in_progress", [], None)
-        await self._send(response, s.ResponseCreated(sequence_number=0, response=in_progress))
-        await self._send(response, s.ResponseInProgress(sequence_number=0, response=in_progress))
-        if draft.compaction is not None:
-            compaction = draft.compaction
-            await self._send(
-                response, s.OutputItemAdded(sequence_number=0, output_index=0, item=compaction)
-            )
-            await self._send(
-                response, s.OutputItemDone(sequence_number=0, output_index=0, item=compaction)
-            )
-        empty = _message(draft.item_id, "", "in_progress")
-        empty.content = []
-        added = s.OutputItemAdded(sequence_number=0, output_index=self.index, item=empty)
-        await self._send(response, added)
-        await self._send(
-            response,
-            s.ContentPartAdded(
-                sequence_number=0,
-                item_id=draft.item_id,
-                output_index=self.index,
-                content_index=0,
-                part=s.OutputText(text=""),
-            ),
-        )
-
-    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
-        if event.reasoning or not event.text:
-            return
-        delta = s.OutputTextDelta(
-            sequence_number=0,
-            item_id=self.draft.item_id,
-            output_index=self.index,
-            content_index=0,
-            delta=event.text,
-        )
-        await self._send(response, delta)
-
-    async def finish(self, response: web.StreamResponse, result: Result) -> None:
-        item_id = self.draft.item_id
-        final = self.draft.finished(result, item_id)
-        text = s.OutputTextDone(
-            sequence_number=0,
-            item_id=item_id,
-            output_index=self.index,
-            content_index=0,
-            text=result.text,
-        )
-        await self._send(response, text)
-        part = s.ContentPartDone(
-            sequence_number=0,
-            item_id=item_id,
-            output_index=self.index,
-            content_index=0,
-            part=s.OutputText(text=result.text),
-        )
-        await self._send(response, part)
-        done = s.OutputItemDone(sequence_number=0, output_index=self.index, item=final.output[-1])
-        await self._send(response, done)
-        end: type[s.ResponseCompleted | s.ResponseIncomplete | s.ResponseFailed] = (
-            s.ResponseCompleted
-            if result.status == "completed"
-            else s.ResponseIncomplete
-            if result.status == "incomplete"
-            else s.ResponseFailed
-        )
-        await self._send(response, end(sequence_number=0, response=final))
-
-    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
-        frame = s.StreamError(sequence_number=0, code=error.code, message=error.message)
-        await self._send(response, frame)
 
 
 def _response_id(request: web.Request) -> str:
@@ -421,11 +324,7 @@ async def get_response(request: web.Request) -> web.Response:
             created_at=stored.created_ms // 1000,
             status=status,
             model=stored.model,
-            output=[
-                _message(output_item_id(stored.id), t.content, status)
-                for t in outputs
-                if t.role == "assistant"
-            ],
+            output=_stored_output(stored.id, outputs, status),
             usage=usage(stored.prompt_tokens, stored.completion_tokens, stored.cached_tokens),
             previous_response_id=stored.previous_response_id,
             store=True,
@@ -434,6 +333,19 @@ async def get_response(request: web.Request) -> web.Response:
             incomplete_details=incomplete,
         )
     )
+
+
+def _stored_output(response_id: str, outputs: list[Turn], status: str) -> list[s.OutputItem]:
+    """A stored reply's output items: its text turn and its call turns, as the reply gave
+    them."""
+    text, calls = "", []
+    for turn in outputs:
+        item = tool_item(turn.id, turn.role, turn.content, turn.tool)
+        if isinstance(item, FunctionCallItem):
+            calls.append(tools.ToolCall(id=item.call_id, name=item.name, arguments=item.arguments))
+        elif turn.role == "assistant":
+            text = turn.content
+    return out.output(response_id, text, tuple(calls), status)
 
 
 async def delete_response(request: web.Request) -> web.Response:

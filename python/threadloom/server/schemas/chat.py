@@ -8,6 +8,9 @@ import msgspec
 from msgspec import Meta
 
 from threadloom.server.schemas.limits import MAX_ITEMS, MAX_STOPS, Seed, StopString
+from threadloom.server.schemas.tools import ChatToolCall, DeltaToolCall
+
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class TextPart(msgspec.Struct, tag="text", tag_field="type", forbid_unknown_fields=True):
@@ -15,9 +18,13 @@ class TextPart(msgspec.Struct, tag="text", tag_field="type", forbid_unknown_fiel
 
 
 class ChatMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    # An assistant message's calls, and a tool message's answer to one (the history of a
+    # tool loop, sent back by the client).
+    tool_calls: list[ChatToolCall] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -56,10 +63,11 @@ class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store: bool | None = None
     metadata: dict[str, str] | None = None
     parallel_tool_calls: bool | None = None
-    tool_choice: Literal["none", "auto"] | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
-    # Accepted only in their neutral form (routes/compat.py says which).
+    # Function tools (server/schemas/tools.py reads them; other tool types are a 400).
     tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    # Accepted only in their neutral form (routes/compat.py says which).
     functions: list[Any] | None = None
     function_call: str | dict[str, Any] | None = None
     logprobs: bool | None = None
@@ -73,15 +81,18 @@ class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     web_search_options: dict[str, Any] | None = None
 
 
-class AssistantMessage(msgspec.Struct, kw_only=True):
-    role: Literal["assistant"] = "assistant"
-    content: str
+class AssistantMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
+    # No default: `omit_defaults` (which leaves out `tool_calls` when there are none) would
+    # drop it.
+    role: Literal["assistant"]
+    content: str | None
+    tool_calls: list[ChatToolCall] | None = None
 
 
 class Choice(msgspec.Struct, kw_only=True):
     index: int = 0
     message: AssistantMessage
-    finish_reason: Literal["stop", "length"]
+    finish_reason: FinishReason
     logprobs: Any = None
 
 
@@ -121,12 +132,13 @@ class ChatCompletion(msgspec.Struct, kw_only=True):
 class Delta(msgspec.Struct, kw_only=True, omit_defaults=True):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[DeltaToolCall] | None = None
 
 
 class ChunkChoice(msgspec.Struct, kw_only=True):
     index: int = 0
     delta: Delta
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: FinishReason | None = None
     logprobs: Any = None
 
 

@@ -65,7 +65,7 @@ ChatFormat = TextFormat | JsonObjectFormat | ChatJsonSchemaFormat
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
-def _convert(value: Any, kind: Any, field: str) -> Any:
+def convert(value: Any, kind: Any, field: str) -> Any:
     try:
         return msgspec.convert(value, kind)
     except msgspec.ValidationError as e:
@@ -75,7 +75,7 @@ def _convert(value: Any, kind: Any, field: str) -> Any:
 def responses_text(value: dict[str, Any] | None) -> tuple[TextConfig, dict[str, Any] | None, str]:
     """Responses' `text`: the config to echo back, the schema the reply must match (None:
     free text) and the field that names it."""
-    config: TextConfig = _convert(value or {}, TextConfig, "text")
+    config: TextConfig = convert(value or {}, TextConfig, "text")
     fmt = config.format
     if isinstance(fmt, JsonSchemaFormat):
         return config, fmt.schema, "text.format.schema"
@@ -89,7 +89,7 @@ def chat_response_format(value: dict[str, Any] | None) -> tuple[dict[str, Any] |
     text) and the field that names it."""
     if value is None:
         return None, "response_format"
-    fmt: ChatFormat = _convert(value, ChatFormat, "response_format")
+    fmt: ChatFormat = convert(value, ChatFormat, "response_format")
     if isinstance(fmt, ChatJsonSchemaFormat):
         return fmt.json_schema.schema, "response_format.json_schema.schema"
     if isinstance(fmt, JsonObjectFormat):

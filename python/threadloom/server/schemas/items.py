@@ -13,26 +13,31 @@ from typing import Literal
 import msgspec
 
 from threadloom.compaction import COMPACTION
+from threadloom.tools.turns import (
+    FUNCTION_CALL,
+    FUNCTION_CALL_OUTPUT,
+    ItemStatus,
+    call_turn,
+    output_turn,
+    read,
+)
 
-ItemStatus = Literal["in_progress", "completed", "incomplete"]
 ItemKind = Literal["message", "function_call", "function_call_output", "compaction"]
-FUNCTION_CALL = "function_call"
-FUNCTION_CALL_OUTPUT = "function_call_output"
 
-
-class _Tool(msgspec.Struct, omit_defaults=True, kw_only=True):
-    """A turn's tool data as stored (unknown keys are ignored when read back)."""
-
-    type: str
-    call_id: str | None = None
-    name: str | None = None
-    arguments: str | None = None
-    namespace: str | None = None
-    status: ItemStatus | None = None
-
-
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder(_Tool).decode
+# The turns themselves are built in `threadloom.tools.turns` (the engine stores calls too).
+__all__ = [
+    "FUNCTION_CALL",
+    "FUNCTION_CALL_OUTPUT",
+    "CompactionItem",
+    "FunctionCallItem",
+    "FunctionCallOutputItem",
+    "ItemKind",
+    "ItemStatus",
+    "Seal",
+    "call_turn",
+    "output_turn",
+    "tool_item",
+]
 
 
 class FunctionCallItem(msgspec.Struct, tag=FUNCTION_CALL, tag_field="type", kw_only=True):
@@ -62,35 +67,6 @@ class CompactionItem(msgspec.Struct, tag=COMPACTION, tag_field="type", kw_only=T
     encrypted_content: str
 
 
-def call_turn(
-    call_id: str, name: str, arguments: str, status: str | None, namespace: str | None
-) -> dict[str, str]:
-    """A `function_call` item as the turn to store."""
-    tool = _Tool(
-        type=FUNCTION_CALL,
-        call_id=call_id,
-        name=name,
-        arguments=arguments,
-        namespace=namespace,
-        status=status,  # type: ignore[arg-type]
-    )
-    return {"role": "assistant", "content": "", "tool": _encode(tool).decode()}
-
-
-def output_turn(
-    call_id: str | None, output: str, status: str | None, name: str | None, namespace: str | None
-) -> dict[str, str]:
-    """A `function_call_output` item as the turn to store."""
-    tool = _Tool(
-        type=FUNCTION_CALL_OUTPUT,
-        call_id=call_id,
-        name=name,
-        namespace=namespace,
-        status=status,  # type: ignore[arg-type]
-    )
-    return {"role": "tool", "content": output, "tool": _encode(tool).decode()}
-
-
 Seal = Callable[[str], str]
 
 
@@ -100,7 +76,7 @@ def tool_item(
     """The function-call or compaction item a stored turn is, or None for a message. A `tool`
     turn is always an output (one stored without tool data has no call id); a compaction's
     summary goes out sealed by `seal` for the caller."""
-    data = _data(tool)
+    data = read(tool)
     status = (data.status if data is not None else None) or "completed"
     if role == "system" and data is not None and data.type == COMPACTION and seal is not None:
         return CompactionItem(id=turn_id, encrypted_content=seal(content))
@@ -126,20 +102,11 @@ def tool_item(
     return None
 
 
-def _data(tool: str | None) -> _Tool | None:
-    if tool is None:
-        return None
-    try:
-        return _decode(tool)
-    except msgspec.DecodeError:  # also ValidationError
-        return None
-
-
 def item_kind(role: str, tool: str | None) -> ItemKind:
     """What a stored turn is as an item."""
     if role == "tool":
         return "function_call_output"
-    data = _data(tool)
+    data = read(tool)
     if data is not None and role == "assistant" and data.type == FUNCTION_CALL:
         return "function_call"
     if data is not None and role == "system" and data.type == COMPACTION:

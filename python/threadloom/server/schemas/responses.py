@@ -171,11 +171,12 @@ class CreateResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     service_tier: str | None = None
     parallel_tool_calls: bool | None = None
     max_tool_calls: Annotated[int, Meta(ge=0)] | None = None
-    tool_choice: Literal["none", "auto"] | None = None
     stream_options: dict[str, Any] | None = None
+    # Function tools (server/schemas/tools.py reads them; other tool types are a 400).
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
     # Accepted only in their neutral form (routes/compat.py says which).
     include: list[str] | None = None
-    tools: list[Any] | None = None
     background: bool | None = None
     conversation: str | dict[str, Any] | None = None
     prompt: dict[str, Any] | None = None
@@ -199,6 +200,10 @@ class OutputMessage(msgspec.Struct, tag="message", tag_field="type", kw_only=Tru
     status: Literal["in_progress", "completed", "incomplete"]
     role: Literal["assistant"] = "assistant"
     content: list[OutputText]
+
+
+# A response's output: its message, and any calls next to it.
+OutputItem = OutputMessage | items.FunctionCallItem | items.CompactionItem
 
 
 class InputTokensDetails(msgspec.Struct, kw_only=True):
@@ -236,7 +241,7 @@ class ResponseObject(msgspec.Struct, kw_only=True):
     created_at: int
     status: Status
     model: str
-    output: list[OutputMessage | items.CompactionItem]
+    output: list[OutputItem]
     usage: ResponseUsage | None
     previous_response_id: str | None
     store: bool
@@ -248,8 +253,8 @@ class ResponseObject(msgspec.Struct, kw_only=True):
     temperature: float | None = None
     top_p: float | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
-    parallel_tool_calls: bool = False
-    tool_choice: Literal["none", "auto"] = "auto"
+    parallel_tool_calls: bool = True
+    tool_choice: str | dict[str, Any] = "auto"
     tools: list[Any] = msgspec.field(default_factory=list)
     text: TextConfig = msgspec.field(default_factory=TextConfig)
     background: bool = False
@@ -321,12 +326,25 @@ class ResponseFailed(_Event, tag="response.failed"):
 
 class OutputItemAdded(_Event, tag="response.output_item.added"):
     output_index: int
-    item: OutputMessage | items.CompactionItem
+    item: OutputItem
 
 
 class OutputItemDone(_Event, tag="response.output_item.done"):
     output_index: int
-    item: OutputMessage | items.CompactionItem
+    item: OutputItem
+
+
+class FunctionCallArgumentsDelta(_Event, tag="response.function_call_arguments.delta"):
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class FunctionCallArgumentsDone(_Event, tag="response.function_call_arguments.done"):
+    item_id: str
+    output_index: int
+    name: str
+    arguments: str
 
 
 class ContentPartAdded(_Event, tag="response.content_part.added"):
@@ -377,5 +395,7 @@ StreamEvent = (
     | ContentPartDone
     | OutputTextDelta
     | OutputTextDone
+    | FunctionCallArgumentsDelta
+    | FunctionCallArgumentsDone
     | StreamError
 )

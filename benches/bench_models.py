@@ -8,6 +8,16 @@ llama.cpp declared in one `--models` file, over HTTP (streamed Responses):
    (`POST /api/v1/models/load`), against the same conversation with nothing loading.
 
 Usage: python benches/bench_models.py [--threads 2] [--rounds 3]
+
+On a machine whose cores are busy with other work, use `--threads 1`: ggml's threads spin while
+they wait for each other, and on oversubscribed cores that alone makes decoding several times
+slower, whatever this measures.
+
+Measured on 2 shared cores (load average about 5.5), `--threads 1 --rounds 3`:
+  model   load alone   TTFT unloaded   TTFT loaded   unloaded - loaded - load
+  gemma      2.252 s        2.540 s       0.056 s       +0.232 s
+  smol       1.448 s        2.417 s       0.056 s       +0.913 s
+  smol decode: 33.3 tok/s alone, 16.3 tok/s while gemma loads (49%)
 """
 
 from __future__ import annotations
@@ -130,14 +140,21 @@ async def post(session: ClientSession, url: str, path: str, body: object) -> Non
             raise RuntimeError(f"{path}: HTTP {r.status}: {await r.text()}")
 
 
+async def unload(session: ClientSession, url: str, model: str) -> None:
+    """Unloads `model`, loading it first if it is not (unloading an unloaded one is a 404)."""
+    await post(session, url, "/api/v1/models/load", {"model": model})
+    await post(session, url, "/api/v1/models/unload", {"instance_id": model})
+
+
 async def first_requests(url: str, rounds: int) -> dict[str, tuple[float, float]]:
     """Per model: median TTFT of a request that finds it unloaded, and once loaded."""
     out = {}
     async with ClientSession(timeout=ClientTimeout(total=None)) as session:
         for model in ("gemma", "smol"):
             cold, warm = [], []
-            for _ in range(rounds):
-                await post(session, url, "/api/v1/models/unload", {"instance_id": model})
+            for i in range(rounds):
+                print(f"first request for unloaded {model}, round {i + 1}", flush=True)
+                await unload(session, url, model)
                 cold.append((await stream(session, url, model, 8))[0])
                 warm.append((await stream(session, url, model, 8))[0])
             out[model] = (statistics.median(cold), statistics.median(warm))
@@ -155,9 +172,10 @@ async def decode_while_loading(url: str, rounds: int) -> tuple[float, float]:
     alone, loading = [], []
     async with ClientSession(timeout=ClientTimeout(total=None)) as session:
         await stream(session, url, "smol", 8)  # warm
-        for _ in range(rounds):
-            await post(session, url, "/api/v1/models/unload", {"instance_id": "gemma"})
-            reply = asyncio.ensure_future(stream(session, url, "smol", 400))
+        for i in range(rounds):
+            print(f"smol decoding while gemma loads, round {i + 1}", flush=True)
+            await unload(session, url, "gemma")
+            reply = asyncio.ensure_future(stream(session, url, "smol", 200))
             await asyncio.sleep(1.0)  # well into decoding
             start = time.perf_counter()
             await post(session, url, "/api/v1/models/load", {"model": "gemma"})
@@ -165,7 +183,7 @@ async def decode_while_loading(url: str, rounds: int) -> tuple[float, float]:
             _, arrivals = await reply
             loading.append(rate(arrivals, start, end))
             # The same conversation with nothing loading, over a window of the same length.
-            _, arrivals = await stream(session, url, "smol", 400)
+            _, arrivals = await stream(session, url, "smol", 200)
             first = arrivals[0] + 1.0
             alone.append(rate(arrivals, first, first + (end - start)))
     return statistics.median(alone), statistics.median(loading)
@@ -178,6 +196,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        print("load alone", flush=True)
         loads = load_alone(tmp, args.threads, args.rounds)
         server = Server(tmp, args.threads)
         try:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import msgspec
 from aiohttp import web
 
 from threadloom.events import Result
@@ -43,7 +44,10 @@ async def cancel(
     with `show()` (the stored response)."""
     entry = request.app[RUNNING].get((request[OWNER], response_id))
     if entry is None:
-        await show()  # 404 for an id this tenant does not have
+        shown = await show()  # 404 for an id this tenant does not have
+        if _status(shown) == "incomplete":
+            # Stopped already, by a cancel that came first: every cancel answers the same.
+            return shown
         raise ApiError(
             400,
             f"response {response_id!r} is not a running background response",
@@ -54,6 +58,14 @@ async def cancel(
     # with that result by itself. Concurrent cancels all wait for the same stored reply.
     await (await store_engine(request)).cancel_response(request[OWNER], response_id)
     return await show()
+
+
+def _status(shown: web.Response) -> str | None:
+    body = shown.body
+    if not isinstance(body, bytes):
+        return None
+    status = msgspec.json.decode(body).get("status")
+    return status if isinstance(status, str) else None
 
 
 def setup(app: web.Application) -> None:

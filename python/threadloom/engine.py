@@ -329,6 +329,21 @@ class Engine:
         """A summary of `messages` for a compaction item (the model writes it)."""
         return await self.offload(lambda: self.compactor.summarize(owner, messages))
 
+    async def history_messages(
+        self, owner: str, *, thread: str | None = None, response: str | None = None
+    ) -> list[dict[str, str]]:
+        """A stored conversation as messages (`role`, `content`, and `tool` where a turn has
+        tool data), the form `compact` and `stream` take."""
+
+        def read(store: ConversationStore) -> list[dict[str, str]]:
+            turns = store.history(owner=owner, thread=thread, response=response)
+            return [
+                {"role": t.role, "content": t.content, **({"tool": t.tool} if t.tool else {})}
+                for t in turns
+            ]
+
+        return await self.with_store(read)
+
     async def compact_over(
         self, inputs: list[dict[str, str]], threshold: int, **options: Any
     ) -> tuple[list[dict[str, str]], Summary | None]:
@@ -345,17 +360,9 @@ class Engine:
             return inputs, None
         owner = options.get("owner", "default")
         thread, previous = options.get("thread"), options.get("previous_response_id")
-
-        def read(store: ConversationStore) -> list[dict[str, str]]:
-            if thread is None and previous is None:
-                return []
-            turns = store.history(owner=owner, thread=thread, response=previous)
-            return [
-                {"role": t.role, "content": t.content, **({"tool": t.tool} if t.tool else {})}
-                for t in turns
-            ]
-
-        history = await self.with_store(read)
+        history = []
+        if thread is not None or previous is not None:
+            history = await self.history_messages(owner, thread=thread, response=previous)
         head, last = inputs[:-1], inputs[-1]
         summary = await self.compact(owner, [*history, *head])
         instructions = [m for m in head if m["role"] == "system" and "tool" not in m]

@@ -19,7 +19,6 @@ from threadloom.server.routes.responses import mint_id, usage
 from threadloom.server.schemas import compaction as cp
 from threadloom.server.schemas.items import CompactionItem
 from threadloom.server.schemas.responses import InputTextPart
-from threadloom.storage import ConversationStore
 
 _decoder = msgspec.json.Decoder(cp.CompactRequest)
 
@@ -31,16 +30,8 @@ async def compact(request: web.Request) -> web.Response:
     messages: list[dict[str, str]] = []
     rid = req.previous_response_id
     if rid is not None:
-
-        def read(store: ConversationStore) -> list[dict[str, str]]:
-            turns = store.history(owner=owner, response=rid)
-            return [
-                {"role": t.role, "content": t.content, **({"tool": t.tool} if t.tool else {})}
-                for t in turns
-            ]
-
         try:
-            messages = await engine.with_store(read)
+            messages = await engine.history_messages(owner, response=rid)
         except NotFound as e:
             raise ApiError(404, str(e), param="previous_response_id", code="not_found") from None
     if req.instructions is not None:

@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +29,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_concurrency import free_port, response_events, turn_texts, wait_ready
+from bench_concurrency import free_port, response_events, serve_command, serving, turn_texts
 
 CONTEXT = 2048
 
@@ -84,26 +82,6 @@ async def conversation(
     return rows
 
 
-def serve(store: str, port: int, log: Any) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "threadloom",
-        "serve",
-        "--port",
-        str(port),
-        "--store",
-        store,
-        "--context-length",
-        str(CONTEXT),
-        "--slots",
-        "2",
-        "--log-level",
-        "warning",
-    ]
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--turns", type=int, default=30)
@@ -113,16 +91,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        log = open(os.path.join(tmp, "server.log"), "w")  # noqa: SIM115
-        proc = serve(os.path.join(tmp, "store"), port, log)
-        try:
-            asyncio.run(wait_ready(url, proc))
+        serve_args = ["--context-length", str(CONTEXT), "--slots", "2"]
+        command = serve_command(sys.executable, os.path.join(tmp, "store"), port, serve_args)
+        with serving(command, url, tmp):
             plain = asyncio.run(conversation(url, args.turns, {"truncation": "auto"}))
             packed = asyncio.run(conversation(url, args.turns, compact))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-            log.close()
     print("| turn | input tokens, truncation | TTFT (s) | input tokens, compaction | TTFT (s) |")
     print("|---|---|---|---|---|")
     for i, ((t1, f1, _), (t2, f2, c2)) in enumerate(zip(plain, packed, strict=True), 1):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -33,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,41 @@ async def wait_ready(url: str, proc: subprocess.Popen[bytes]) -> dict[str, objec
     raise RuntimeError("the server did not start")
 
 
+def serve_command(python: str, store: str, port: int, serve_args: list[str]) -> list[str]:
+    """`python -m threadloom serve` on `store` and loopback `port`, quiet."""
+    return [
+        python,
+        "-m",
+        "threadloom",
+        "serve",
+        "--port",
+        str(port),
+        "--store",
+        store,
+        "--log-level",
+        "warning",
+        *serve_args,
+    ]
+
+
+@contextlib.contextmanager
+def serving(command: list[str], url: str, cwd: str | None = None) -> Iterator[dict[str, object]]:
+    """Runs the server `command` and yields its `url`/health once it answers; stops it with
+    SIGTERM afterwards. A failure prints the end of the server's log."""
+    log = open(os.path.join(cwd or tempfile.gettempdir(), "server.log"), "w")  # noqa: SIM115
+    proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield asyncio.run(wait_ready(url, proc))
+    except BaseException:
+        log.flush()
+        print(Path(log.name).read_text()[-3000:], file=sys.stderr)
+        raise
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
+
+
 def measure_command(
     command: list[str],
     url: str,
@@ -234,11 +270,8 @@ def measure_command(
     cwd: str | None = None,
 ) -> dict[int, list[Level]]:
     """Starts a server with `command`, waits for `url`/health, runs every level against it
-    (after a warm-up conversation), then stops it with SIGTERM."""
-    log = open(os.path.join(cwd or tempfile.gettempdir(), "server.log"), "w")  # noqa: SIM115
-    proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        health = asyncio.run(wait_ready(url, proc))
+    (after a warm-up conversation), then stops it."""
+    with serving(command, url, cwd) as health:
         print(f"{command[0]} ...: {json.dumps(health)[:200]}")
         asyncio.run(run_level(url, 1, 1, 1000, turn))  # warm-up: page the weights in
         results: dict[int, list[Level]] = {n: [] for n in levels}
@@ -247,14 +280,6 @@ def measure_command(
             for n in levels:
                 results[n].append(asyncio.run(run_level(url, n, turns, offset, turn)))
                 offset += n
-    except BaseException:
-        log.flush()
-        print(Path(log.name).read_text()[-3000:], file=sys.stderr)
-        raise
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-        log.close()
     return results
 
 
@@ -265,19 +290,7 @@ def measure(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
-        command = [
-            python,
-            "-m",
-            "threadloom",
-            "serve",
-            "--port",
-            str(port),
-            "--store",
-            os.path.join(tmp, "store"),
-            "--log-level",
-            "warning",
-            *serve_args,
-        ]
+        command = serve_command(python, os.path.join(tmp, "store"), port, serve_args)
         return measure_command(command, url, levels, turns, rounds, cwd=tmp)
 
 

@@ -25,9 +25,7 @@ import array
 import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ from typing import Any
 from aiohttp import ClientSession, ClientTimeout
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_concurrency import free_port, percentile, response_events, wait_ready
+from bench_concurrency import free_port, percentile, response_events, serve_command, serving
 
 SCHEMA: dict[str, Any] = {
     "$defs": {
@@ -154,23 +152,8 @@ def http_rows(name: str, serve_args: list[str], levels: list[int], rounds: int) 
     url = f"http://127.0.0.1:{port}"
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        command = [
-            sys.executable,
-            "-m",
-            "threadloom",
-            "serve",
-            "--port",
-            str(port),
-            "--store",
-            os.path.join(tmp, "store"),
-            "--log-level",
-            "warning",
-            *serve_args,
-        ]
-        log = open(os.path.join(tmp, "server.log"), "w")  # noqa: SIM115
-        proc = subprocess.Popen(command, cwd=tmp, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            asyncio.run(wait_ready(url, proc))
+        command = serve_command(sys.executable, os.path.join(tmp, "store"), port, serve_args)
+        with serving(command, url, tmp):
             asyncio.run(level(url, 1, True))  # warm-up: weights paged in, grammar trie built
             for n in levels:
                 free: list[tuple[float, float]] = []
@@ -187,10 +170,6 @@ def http_rows(name: str, serve_args: list[str], levels: list[int], rounds: int) 
                     f"{agg_fixed / agg_free:.2f}x | {dec_free:.1f} | {dec_fixed:.1f} | "
                     f"{dec_fixed / dec_free:.2f}x |"
                 )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-            log.close()
     return rows
 
 

@@ -364,6 +364,8 @@ class Engine:
         if thread is not None or previous is not None:
             history = await self.history_messages(owner, thread=thread, response=previous)
         head, last = inputs[:-1], inputs[-1]
+        if not any(m["role"] != "system" for m in [*history, *head]):
+            return inputs, None  # nothing before the newest input to compact
         summary = await self.compact(owner, [*history, *head])
         instructions = [m for m in head if m["role"] == "system" and "tool" not in m]
         return [*instructions, compaction_turn(summary.text), last], summary

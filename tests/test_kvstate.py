@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import threadloom
+from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine
 from threadloom.kvstate import StateCache, StateTag, file_fingerprint
+from threadloom.scheduler import Finish, Job, Scheduler
 from threadloom.testing import ScriptedBackend, ScriptedFactory
 
 EOS = 2
@@ -159,7 +162,9 @@ def test_a_conversation_whose_slot_was_taken_restores_its_state(tmp_path: Path) 
         first = engine.respond_sync(LONG, thread="a")
         # Another conversation takes the only slot: the first one's state is saved.
         engine.respond_sync("An unrelated question about tides and the moon. " * 4, thread="b")
-        assert engine.scheduler.states is not None and engine.scheduler.states.stats.saved == 1
+        assert engine.scheduler.states is not None
+        engine.scheduler.states.flush()
+        assert engine.scheduler.states.stats.saved == 1
         backend = factory.instances[0]
         evaluated = backend.prompt_tokens_evaluated
         again = engine.respond_sync("And then?", thread="a")
@@ -236,3 +241,61 @@ def test_model_fingerprint_is_remembered_until_the_file_changes(tmp_path: Path) 
     # A damaged memo is recomputed, not trusted.
     memo.write_text("{not json")
     assert file_fingerprint(model, "llama-cpp/4096/f16", memo) == changed
+
+
+class _SlowDisk(StateCache):
+    """A cache whose file writes wait until `release` is set (a slow or busy disk)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, "model-1", 1 << 20)
+        self.release = threading.Event()
+        self.writing = threading.Event()
+
+    def save(self, owner: str, ids: Sequence[int], payload: bytes, tag: StateTag) -> None:
+        self.writing.set()
+        assert self.release.wait(30)
+        super().save(owner, ids, payload, tag)
+
+
+class _Count(Job):
+    def __init__(self, ids: Sequence[int], max_tokens: int, tag: StateTag | None) -> None:
+        super().__init__(ids, SamplingParams(max_tokens=max_tokens), "alice")
+        self.tag = tag
+        self.tokens = 0
+        self.done = threading.Event()
+
+    def on_token(self, token: int) -> Finish | None:
+        self.tokens += 1
+        return None
+
+    def on_end(self, finish: Finish, error: str | None) -> None:
+        self.done.set()
+
+
+def test_writing_a_saved_state_does_not_stall_the_other_streams(tmp_path: Path) -> None:
+    """The state of a conversation whose slot goes to another is copied out on the scheduler's
+    thread and written by the cache's writer: while the write hangs, every stream goes on."""
+    disk = _SlowDisk(tmp_path / "kv")
+    backend = ScriptedBackend(lambda ids: [7] * 100_000, 2, 100_000, delay_s=0.001)
+    s = Scheduler(backend, states=disk)
+    try:
+        stream = _Count([1, 2, 3], 100_000, None)
+        s.submit(stream)
+        first = _Count(IDS[:40], 3, StateTag("thread_a", "resp_a"))
+        s.submit(first)
+        assert first.done.wait(10)
+        # Another conversation takes the first one's slot: its state is saved.
+        s.submit(_Count(IDS[50:90], 3, StateTag("thread_b", "resp_b")))
+        assert disk.writing.wait(10)
+        before = stream.tokens
+        threading.Event().wait(0.2)
+        assert stream.tokens > before + 20
+        # The state is found (and restorable) before its file exists.
+        found = disk.find("alice", IDS[:40])
+        assert found is not None and disk.load(found) is not None
+        assert not list((tmp_path / "kv").glob("*.kv"))
+    finally:
+        disk.release.set()
+        s.cancel(stream)
+        s.close()
+    assert len(list((tmp_path / "kv").glob("*.kv"))) >= 1

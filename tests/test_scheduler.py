@@ -96,6 +96,35 @@ def test_long_prompt_is_prefilled_in_chunks_between_decode_steps() -> None:
     assert long_prompt.finish == "length" and decoding.finish == "cancelled"
 
 
+def test_waiting_prompts_share_one_budget_per_step() -> None:
+    """Two new turns arriving together both start in the first steps: the budget of prompt
+    tokens per step goes to the oldest first, the rest to the next (llama-server's n_batch)."""
+    s, backend = scheduler(sequences=3, prefill_chunk=8, delay_s=0.001)
+    decoding = Collect([1, 2, 3], 500)
+    s.submit(decoding)
+    while not decoding.tokens:
+        threading.Event().wait(0.001)
+    first, second = Collect(list(range(10, 15)), 3), Collect(list(range(20, 30)), 3)
+    with s._cond:  # both admitted in the same iteration
+        s.submit(first)
+        s.submit(second)
+    assert first.done.wait(10) and second.done.wait(10)
+    s.cancel(decoding)
+    assert decoding.done.wait(10)
+    s.close()
+    log = list(backend.log)
+    prefills = [(i, seq, n) for i, (kind, seq, n) in enumerate(log) if kind == "prefill"]
+    # Step 1: all 5 of the first prompt and 3 of the second; step 2: the second's other 7.
+    assert [(seq, n) for _, seq, n in prefills[-3:]] == [
+        (first.seq, 5),
+        (second.seq, 3),
+        (second.seq, 7),
+    ]
+    (_, _, _), (b, _, _), (c, _, _) = prefills[-3:]
+    assert ("decode", decoding.seq, 1) in log[b:c]
+    assert ("decode", decoding.seq, 1) not in log[prefills[-3][0] : b]
+
+
 def test_cancelling_one_sequence_leaves_the_others_running() -> None:
     s, _ = scheduler(delay_s=0.001)
     a, b = Collect([1, 2], 10_000), Collect([3, 4], 100)

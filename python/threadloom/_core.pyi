@@ -9,6 +9,7 @@ from threadloom.store_counts import StoreStats, SweepCounts
 
 __all__ = [
     "COMPACTION_KEY_BYTES",
+    "LLAMA_BATCH_LAYOUT",
     "MAX_METADATA_BYTES",
     "MAX_THREAD_BRANCHES",
     "MAX_THREAD_MESSAGES",
@@ -19,6 +20,7 @@ __all__ = [
     "ChatTemplate",
     "Constraint",
     "Grammars",
+    "LlamaSteps",
     "PromptEngine",
     "Response",
     "ResponseInfo",
@@ -620,3 +622,35 @@ class Constraint:
     @property
     def accepting(self) -> bool: ...
     def allowed(self) -> list[int]: ...
+
+# `llama_batch`'s size ("size") and field offsets as `LlamaSteps` lays it out.
+LLAMA_BATCH_LAYOUT: Final[list[tuple[str, int]]]
+
+@final
+class LlamaSteps:
+    """The llama.cpp backend's sequences and step loop, calling the C API directly."""
+
+    def __new__(
+        cls,
+        addresses: tuple[int, int, int, int, int],
+        *,
+        n_vocab: int,
+        sequences: int,
+        context_length: int,
+        batch_size: int,
+        group: int | None = None,
+    ) -> LlamaSteps:
+        """`addresses`: context, memory, `llama_decode`, `llama_get_logits_ith`,
+        `llama_memory_seq_rm` of one loaded libllama."""
+    def held(self, seq: int) -> list[int]: ...
+    def evaluated(self, seq: int) -> list[int]: ...
+    def prefill(self, seq: int, keep: int, ids: Sequence[int]) -> None: ...
+    def step(
+        self,
+        wants: Sequence[tuple[int, float, int, float, float, int]],
+        constraints: Sequence[Constraint | None] = ...,
+    ) -> list[int | None]:
+        """`wants`: (seq, temperature, top_k, top_p, repetition_penalty, seed) each; the
+        next token of each (None: its context is full). `BackendError` when decoding fails."""
+    def clear(self, seq: int) -> None: ...
+    def restore(self, seq: int, ids: Sequence[int]) -> None: ...

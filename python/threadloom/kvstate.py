@@ -20,6 +20,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +144,11 @@ class StateCache:
         self._lock = threading.Lock()
         self._clock = itertools.count(1)
         self._entries: dict[str, _Entry] = {}
+        # States handed to `save_soon` and not written yet: `find` and `load` see them, so a
+        # conversation that comes back before its file is written still restores it.
+        self._pending: dict[str, tuple[_Entry, bytes]] = {}
+        # One writer, so writes land in the order they were asked for.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threadloom-kvstate")
         directory.mkdir(parents=True, exist_ok=True)
         for path in sorted(directory.glob("*" + SUFFIX), key=lambda p: p.stat().st_mtime):
             entry = self._read_header(path)
@@ -165,7 +171,7 @@ class StateCache:
         """The state of `owner` sharing the longest prefix with `ids`, if long enough."""
         best: Found | None = None
         with self._lock:
-            for e in self._entries.values():
+            for e in [*self._entries.values(), *(e for e, _ in self._pending.values())]:
                 if e.owner != owner:
                     continue
                 n = common_prefix(e.ids, ids)
@@ -176,6 +182,11 @@ class StateCache:
     def load(self, found: Found) -> memoryview | None:
         """The payload of a state `find` returned, checked; None when it is gone or damaged.
         A writable view into the file's bytes as read (a state is megabytes: no copies)."""
+        with self._lock:
+            pending = self._pending.get(found.name)
+        if pending is not None:
+            self.stats.restored += 1
+            return memoryview(pending[1])
         path = self.directory / found.name
         try:
             with path.open("rb") as f:
@@ -203,6 +214,39 @@ class StateCache:
         log.warning("the backend refused saved state %s; removing it", found.name)
         self.stats.rejected += 1
         self._discard(found.name)
+
+    def save_soon(self, owner: str, ids: Sequence[int], payload: bytes, tag: StateTag) -> None:
+        """`save` on the writer thread: the caller (the scheduler's thread, which every stream
+        waits on) only records it. `flush` waits for what is queued."""
+        key = tuple(ids)
+        name = self._name(owner, key)
+        entry = _Entry(name, owner, key, len(payload), tag, 0)
+        with self._lock:
+            self._pending[name] = (entry, payload)
+
+        def write() -> None:
+            with self._lock:
+                # Forgotten meanwhile (its thread was deleted), or superseded by a newer save.
+                if self._pending.get(name, (None, b""))[1] is not payload:
+                    return
+            try:
+                self.save(owner, key, payload, tag)
+            except Exception:
+                log.exception("writing a saved state failed")
+            finally:
+                with self._lock:
+                    if self._pending.get(name, (None, b""))[1] is payload:
+                        del self._pending[name]
+
+        self._writer.submit(write)
+
+    def flush(self) -> None:
+        """Waits until every state handed to `save_soon` so far is written."""
+        self._writer.submit(lambda: None).result()
+
+    def close(self) -> None:
+        """Writes what is queued and stops the writer."""
+        self._writer.shutdown(wait=True)
 
     def save(self, owner: str, ids: Sequence[int], payload: bytes, tag: StateTag) -> None:
         """Writes a state (atomically) and drops what it supersedes and what exceeds the
@@ -244,16 +288,19 @@ class StateCache:
 
     def forget(self, *, thread: str | None = None, response: str | None = None) -> int:
         """Removes the states of a deleted thread or response; returns how many."""
+        def hit(tag: StateTag) -> bool:
+            return (thread is not None and tag.thread == thread) or (
+                response is not None and tag.response == response
+            )
+
         with self._lock:
-            doomed = [
-                e.name
-                for e in self._entries.values()
-                if (thread is not None and e.tag.thread == thread)
-                or (response is not None and e.tag.response == response)
-            ]
+            doomed = [e.name for e in self._entries.values() if hit(e.tag)]
             for name in doomed:
                 self._remove(name)
-        return len(doomed)
+            queued = [name for name, (e, _) in self._pending.items() if hit(e.tag)]
+            for name in queued:
+                del self._pending[name]
+        return len(doomed) + len(queued)
 
     def tags(self) -> list[tuple[str, StateTag]]:
         """Each saved state's owner and tag."""

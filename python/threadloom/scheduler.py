@@ -1,10 +1,12 @@
 """The generation scheduler: one thread owns the model and steps every active sequence.
 
-Each iteration of its loop evaluates at most one chunk of one prompt (the oldest admitted
-request still in prefill), then asks the backend for one token of every sequence that is
-decoding. So a long prompt delays the others' streams by one chunk per token at most, every
-decoding stream gets one token per iteration (token-level round robin), and requests are
-admitted first come, first served. A sequence is a slot: it keeps the evaluated tokens of the
+Each iteration of its loop hands the backend at most `prefill_chunk` prompt tokens, taken from
+the admitted requests still in prefill, oldest first (a token budget per step, as
+llama-server's `n_batch`: several new turns start in one step), then asks it for one token of
+every sequence that is decoding. A batching backend evaluates all of that in one call. So a long
+prompt delays the others' streams by one budget per token at most, every decoding stream gets
+one token per iteration (token-level round robin), and requests are admitted first come, first
+served. A sequence is a slot: it keeps the evaluated tokens of the
 conversation it ran last, and a request goes to the free slot that holds the longest prefix of
 its prompt *for the same owner*, so a returning conversation evaluates only its new turn while
 no tenant ever profits (in `cached_tokens` or in time) from another tenant's prompt."""
@@ -214,6 +216,7 @@ class Scheduler:
         if self.states is not None:
             for slot in self.slots:
                 self._save(slot)
+            self.states.close()
         self.backend.close()
 
     # ---- the loop (scheduler thread only) ------------------------------------------------
@@ -312,7 +315,8 @@ class Scheduler:
         job.cached = job.position = min(found.shared, len(job.ids) - 1)
 
     def _save(self, slot: _Slot) -> None:
-        """Saves the state of the conversation `slot` holds (scheduler thread, or after it)."""
+        """Saves the state of the conversation `slot` holds (scheduler thread, or after it):
+        copied out of the backend here, written to its file by the cache's writer thread."""
         if self.states is None or slot.tag is None or slot.owner is None:
             return
         try:
@@ -321,14 +325,16 @@ class Scheduler:
             log.exception("saving a sequence state failed")
             return
         if saved is not None and len(saved[0]) >= MIN_STATE_TOKENS:
-            self.states.save(slot.owner, saved[0], saved[1], slot.tag)
+            self.states.save_soon(slot.owner, saved[0], saved[1], slot.tag)
 
     def _step(self) -> None:
         for job in [j for j in self._active if j.cancel.is_set()]:
             self._end(job, "cancelled")
-        filling = next((j for j in self._active if j.position < len(j.ids)), None)
-        if filling is not None:
-            self._prefill(filling)
+        budget = self.prefill_chunk
+        for job in [j for j in self._active if j.position < len(j.ids)]:
+            if budget <= 0:
+                break
+            budget -= self._prefill(job, budget)
         decoding = [j for j in self._active if j.position >= len(j.ids)]
         if not decoding:
             return
@@ -367,18 +373,20 @@ class Scheduler:
             if finish is not None:
                 self._end(job, finish)
 
-    def _prefill(self, job: Job) -> None:
+    def _prefill(self, job: Job, budget: int) -> int:
+        """Hands the backend up to `budget` more prompt tokens of `job`; returns how many."""
         start = job.position
-        chunk = job.ids[start : start + self.prefill_chunk]
+        chunk = job.ids[start : start + budget]
         try:
             self.backend.prefill(job.seq, start, chunk)
         except BaseException as e:
             log.exception("prefill failed")
             self._end(job, "error", f"{type(e).__name__}: {e}")
-            return
+            return len(chunk)
         job.position = start + len(chunk)
         if job.position >= len(job.ids):
             job.timings.prefilled = time.perf_counter()
+        return len(chunk)
 
     def _end(self, job: Job, finish: Finish, error: str | None = None) -> None:
         with self._cond:

@@ -22,6 +22,8 @@ pub enum Error {
     Model(String),
     /// An I/O or LMDB failure.
     Storage(String),
+    /// The model backend failed to evaluate (llama.cpp's decode returned an error).
+    Backend(String),
     /// The prompt and the requested output do not fit the model's context.
     ContextLength(ContextOverflow),
 }
@@ -62,6 +64,7 @@ impl Error {
             | Error::StoreFull(m)
             | Error::Format(m)
             | Error::Model(m)
+            | Error::Backend(m)
             | Error::Storage(m) => m,
             Error::ContextLength(c) => &c.message,
         }

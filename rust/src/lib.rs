@@ -1,5 +1,5 @@
 //! threadloom's core: the LMDB conversation store, GGUF reading, chat templates, tokenization,
-//! prompt assembly and trimming, and constrained decoding (and, behind the `python` feature,
+//! prompt assembly and trimming, constrained decoding, and the batched backend's step loop (and, behind the `python` feature,
 //! the `threadloom._core` extension module that exposes them).
 
 pub mod constrain;
@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod ids;
 pub mod prompt;
 pub mod seal;
+pub mod step;
 pub mod store;
 pub mod template;
 pub mod tokens;
@@ -23,6 +24,8 @@ mod py;
 mod _core {
     #[pymodule_export]
     use crate::py::constrain::{Constraint, Grammars};
+    #[pymodule_export]
+    use crate::py::llama::LlamaSteps;
     #[pymodule_export]
     use crate::py::model::convert_for_ctransformers;
     #[pymodule_export]
@@ -55,6 +58,8 @@ mod _core {
         // Role names in the order of their stored index (`parse_turns` gives the index).
         m.add("ROLES", ("system", "user", "assistant", "tool"))?;
         m.add("COMPACTION_KEY_BYTES", crate::seal::KEY_LEN)?;
+        // What `LlamaSteps` expects of the loaded libllama's `llama_batch`.
+        m.add("LLAMA_BATCH_LAYOUT", crate::py::llama::batch_layout())?;
         Ok(())
     }
 }

@@ -51,7 +51,7 @@ impl Grammars {
 
 #[pyclass(module = "threadloom._core")]
 pub struct Constraint {
-    inner: constrain::Constraint,
+    pub(crate) inner: constrain::Constraint,
 }
 
 #[pymethods]

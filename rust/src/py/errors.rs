@@ -25,6 +25,7 @@ impl From<Error> for PyErr {
             Error::StoreFull(_) => "StoreFull",
             Error::Format(_) => "StoreFormatError",
             Error::Model(_) => "ModelFormatError",
+            Error::Backend(_) => "BackendError",
             Error::Storage(_) => "StoreError",
             Error::ContextLength(_) => "ContextLengthExceeded",
         };

@@ -3,6 +3,7 @@
 
 pub mod constrain;
 pub mod errors;
+pub mod llama;
 pub mod model;
 pub mod prompt;
 pub mod records;

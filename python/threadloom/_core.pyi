@@ -652,5 +652,7 @@ class LlamaSteps:
     ) -> list[int | None]:
         """`wants`: (seq, temperature, top_k, top_p, repetition_penalty, seed) each; the
         next token of each (None: its context is full). `BackendError` when decoding fails."""
+    def decode_time(self) -> tuple[float, int]:
+        """(seconds, calls) spent in `llama_decode` so far."""
     def clear(self, seq: int) -> None: ...
     def restore(self, seq: int, ids: Sequence[int]) -> None: ...

@@ -74,6 +74,7 @@ class Found:
 @dataclass
 class StateStats:
     saved: int = 0
+    # States handed to the backend (the scheduler counts: a state read ahead may go unused).
     restored: int = 0
     evicted: int = 0
     rejected: int = 0
@@ -185,7 +186,6 @@ class StateCache:
         with self._lock:
             pending = self._pending.get(found.name)
         if pending is not None:
-            self.stats.restored += 1
             return memoryview(pending[1])
         path = self.directory / found.name
         try:
@@ -206,7 +206,6 @@ class StateCache:
             entry = self._entries.get(found.name)
             if entry is not None:
                 entry.used = next(self._clock)
-        self.stats.restored += 1
         return payload
 
     def reject(self, found: Found) -> None:

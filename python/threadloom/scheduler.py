@@ -19,12 +19,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
 from threadloom.backends.base import Backend, SamplingParams, TokenConstraint
 from threadloom.errors import Overloaded
-from threadloom.kvstate import MIN_STATE_TOKENS, StateCache, StateTag, common_prefix
+from threadloom.kvstate import MIN_STATE_TOKENS, Found, StateCache, StateTag, common_prefix
 
 log = logging.getLogger("threadloom.scheduler")
 
@@ -89,6 +90,8 @@ class Job:
         self.produced = 0
         # The format the reply must match (JSON schema, tool calls): masks every token.
         self.constraint: TokenConstraint | None = None
+        # Its saved state, read from its file while it waited (`Scheduler.submit`).
+        self.saved: Future[tuple[Found, memoryview] | None] | None = None
 
     def on_start(self) -> None:
         """Admitted: `seq` and `cached` are set."""
@@ -170,6 +173,8 @@ class Scheduler:
         self._queue: deque[Job] = deque()
         self._active: list[Job] = []
         self._closing = False
+        # Reads saved states of queued requests, so the step loop never waits on a file.
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="threadloom-kvread")
         self._thread = threading.Thread(target=self._run, name="threadloom-scheduler", daemon=True)
         self._thread.start()
 
@@ -191,8 +196,22 @@ class Scheduler:
                 raise Overloaded(
                     f"all {len(self.slots)} slots are busy and {len(self._queue)} requests wait"
                 )
+            if self.states is not None and self.affinity:
+                job.saved = self._reader.submit(self._read_saved, job)
+                job.saved.add_done_callback(lambda _: self._wake())
             self._queue.append(job)
             self._cond.notify()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def _read_saved(self, job: Job) -> tuple[Found, memoryview] | None:
+        """The saved state sharing most of `job`'s prompt, read (reader thread)."""
+        assert self.states is not None
+        found = self.states.find(job.owner, job.ids)
+        payload = None if found is None else self.states.load(found)
+        return None if found is None or payload is None else (found, payload)
 
     def running(self) -> list[Job]:
         """The admitted jobs and the queued ones."""
@@ -213,6 +232,7 @@ class Scheduler:
                 job.cancel.set()
             self._cond.notify()
         self._thread.join()
+        self._reader.shutdown(wait=True)
         if self.states is not None:
             for slot in self.slots:
                 self._save(slot)
@@ -224,7 +244,7 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not (self._queue or self._active or self._closing):
+                while not self._has_work():
                     self._cond.wait()
                 refused = self._take_refused()
                 if self._closing:
@@ -248,6 +268,14 @@ class Scheduler:
                 for job in list(self._active):
                     self._end(job, "error", "internal error in the scheduler")
 
+    def _has_work(self) -> bool:
+        return (
+            self._closing
+            or bool(self._active)
+            or (bool(self._queue) and _ready(self._queue[0]))
+            or any(j.cancel.is_set() for j in self._queue)
+        )
+
     def _take_refused(self) -> list[Job]:
         keep = [j for j in self._queue if not j.cancel.is_set()]
         refused = [j for j in self._queue if j.cancel.is_set()]
@@ -258,6 +286,8 @@ class Scheduler:
         """Gives waiting jobs free slots; returns each with a copy of its slot as it was."""
         admitted = []
         while self._queue and not self._closing and any(s.job is None for s in self.slots):
+            if not _ready(self._queue[0]):
+                break  # its saved state is still being read: first come, first served
             job = self._queue.popleft()
             slot, shared = self._pick(job)
             previous = _Slot(slot.index, slot.owner, slot.last_used, None, slot.tag)
@@ -296,6 +326,8 @@ class Scheduler:
         not its continuation, and restores `job`'s own saved state if that shares more of its
         prompt than the slot does. A failure costs only the reuse, never the request."""
         assert self.states is not None
+        early = job.saved.result() if job.saved is not None else None
+        job.saved = None  # the payload is megabytes: not kept for the whole reply
         held = len(self.backend.held(job.seq))
         if job.cached < held - CONTINUATION_SLACK:
             self._save(previous)
@@ -303,7 +335,11 @@ class Scheduler:
         if found is None or found.shared <= job.cached + CONTINUATION_SLACK:
             return
         try:
-            payload = self.states.load(found)
+            # What was read while the job waited, unless a better state was saved since.
+            if early is not None and early[0].name == found.name:
+                payload: memoryview | None = early[1]
+            else:
+                payload = self.states.load(found)
             if payload is None:
                 return
             if not self.backend.load_state(job.seq, payload, found.ids):
@@ -312,6 +348,7 @@ class Scheduler:
         except Exception:
             log.exception("restoring a saved state failed")
             return
+        self.states.stats.restored += 1
         job.cached = job.position = min(found.shared, len(job.ids) - 1)
 
     def _save(self, slot: _Slot) -> None:
@@ -396,6 +433,11 @@ class Scheduler:
             slot.last_used = next(self._clock)
         job.timings.ended = time.perf_counter()
         _call(job.on_end, finish, error)
+
+
+def _ready(job: Job) -> bool:
+    """Whether `job` may be admitted: no saved state is still being read for it."""
+    return job.saved is None or job.saved.done()
 
 
 def _call(callback: Callable[..., Finish | None], *args: object) -> Finish | None:

@@ -136,6 +136,13 @@ impl LlamaSteps {
         Ok(result?)
     }
 
+    /// `(seconds, calls)` spent in `llama_decode` so far: what a profile subtracts from a
+    /// step's wall time to see the cost of everything else.
+    fn decode_time(&mut self) -> (f64, u64) {
+        let d = self.inner.decoder();
+        (d.decode_time.as_secs_f64(), d.decode_calls)
+    }
+
     /// Forgets everything `seq` holds.
     fn clear(&mut self, seq: usize) -> PyResult<()> {
         self.check(seq)?;

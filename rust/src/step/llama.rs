@@ -61,6 +61,9 @@ pub struct LlamaDecoder {
     seq_ids: Vec<i32>,
     seq_id: Vec<*mut i32>,
     logits: Vec<i8>,
+    /// Time spent inside `llama_decode` since the decoder was made (for profiles).
+    pub decode_time: std::time::Duration,
+    pub decode_calls: u64,
 }
 
 // SAFETY: the context is used by one thread at a time: `Steps` is owned by the scheduler's
@@ -92,6 +95,8 @@ impl LlamaDecoder {
             seq_ids,
             seq_id,
             logits: vec![0; capacity],
+            decode_time: std::time::Duration::ZERO,
+            decode_calls: 0,
         }
     }
 }
@@ -123,7 +128,10 @@ impl Decoder for LlamaDecoder {
         };
         // SAFETY: `new`'s contract; every array holds `capacity` entries, `seq_id[i]` points
         // at `seq_ids[i]` (the vectors never reallocate).
+        let started = std::time::Instant::now();
         let code = unsafe { (self.decode)(self.context, raw) };
+        self.decode_time += started.elapsed();
+        self.decode_calls += 1;
         if code == 0 {
             Ok(())
         } else {

@@ -76,6 +76,8 @@ class Request:
 class Level:
     conversations: int
     wall: float = 0.0
+    # CPU seconds the server process (all its threads) spent on this level, where known.
+    server_cpu: float | None = None
     requests: list[Request] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
 
@@ -86,6 +88,12 @@ class Level:
     @property
     def throughput(self) -> float:
         return self.tokens / self.wall
+
+
+def process_cpu(pid: int) -> float:
+    """User and system CPU seconds of process `pid` so far, all its threads (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -244,12 +252,13 @@ def serve_command(python: str, store: str, port: int, serve_args: list[str]) -> 
 
 @contextlib.contextmanager
 def serving(command: list[str], url: str, cwd: str | None = None) -> Iterator[dict[str, object]]:
-    """Runs the server `command` and yields its `url`/health once it answers; stops it with
-    SIGTERM afterwards. A failure prints the end of the server's log."""
+    """Runs the server `command` and yields its `url`/health once it answers (with the
+    server's "pid" added); stops it with SIGTERM afterwards. A failure prints the end of the
+    server's log."""
     log = open(os.path.join(cwd or tempfile.gettempdir(), "server.log"), "w")  # noqa: SIM115
     proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
     try:
-        yield asyncio.run(wait_ready(url, proc))
+        yield {**asyncio.run(wait_ready(url, proc)), "pid": proc.pid}
     except BaseException:
         log.flush()
         print(Path(log.name).read_text()[-3000:], file=sys.stderr)
@@ -278,7 +287,10 @@ def measure_command(
         offset = 0
         for _ in range(rounds):
             for n in levels:
-                results[n].append(asyncio.run(run_level(url, n, turns, offset, turn)))
+                cpu = process_cpu(int(str(health["pid"])))
+                level = asyncio.run(run_level(url, n, turns, offset, turn))
+                level.server_cpu = process_cpu(int(str(health["pid"]))) - cpu
+                results[n].append(level)
                 offset += n
     return results
 
@@ -317,6 +329,12 @@ def main() -> None:
             p99 = percentile([r.ttft for r in reqs], 99)
             bp99 = percentile([r.ttft for r in breqs], 99)
             print(f"| {n} | {tps / btps:.1f}x | {bp99 / p99:.1f}x |")
+
+
+def cpu_per_token(results: dict[int, list[Level]], n: int) -> float:
+    """Server CPU milliseconds per generated token at level `n`."""
+    runs = results[n]
+    return 1000 * sum(lv.server_cpu or 0.0 for lv in runs) / max(1, sum(lv.tokens for lv in runs))
 
 
 def merged(results: dict[int, list[Level]], n: int) -> tuple[float, list[Request], float]:

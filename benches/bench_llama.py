@@ -10,9 +10,13 @@
    clients resending the history through `/v1/chat/completions` (`cache_prompt`), vs threadloom's
    llama-cpp backend with stored conversations, on SmolLM2 and on Gemma 3 270M.
 3. `backends`: SmolLM2 (its original GGUF) through ctransformers and through llama-cpp.
+4. `compare`: this checkout's llama-cpp backend vs another checkout's (`--checkout DIR`, its
+   `python/` put first on the server's PYTHONPATH), on SmolLM2 and Gemma 3 270M over HTTP, 8
+   slots: aggregate tok/s, TTFT p50/p99 and the server process's CPU time per generated token.
+   `--threads-list 2,1` runs this checkout again with each thread count.
 
-Usage: python benches/bench_llama.py [batching|peer|backends ...] [--threads 2]
-       [--llama-server PATH] [--rounds 1] [--gpu-layers N]
+Usage: python benches/bench_llama.py [batching|peer|backends|compare ...] [--threads 2]
+       [--llama-server PATH] [--checkout DIR] [--rounds 1] [--gpu-layers N]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from bench_concurrency import (
     Level,
     chat_turn,
+    cpu_per_token,
     free_port,
     measure,
     measure_command,
@@ -177,6 +182,45 @@ def backends(args: argparse.Namespace) -> None:
         print(f"| {n} | {a[0]:.1f} | {b[0]:.1f} | {ta:.0f} / {tb:.0f} ms |")
 
 
+def compare(args: argparse.Namespace) -> None:
+    if not args.checkout:
+        sys.exit("compare: give --checkout DIR")
+    levels = args.levels or [1, 2, 4, 8]
+    threads = args.threads_list or [args.threads]
+    for name, model, template in (
+        ("SmolLM2", smollm2_path(), None),
+        ("Gemma 3 270M", gemma_path(), "gemma"),
+    ):
+        runs: dict[str, dict[int, list[Level]]] = {}
+        for t in threads:
+            base = llama_args(model, template, 8, t, args.gpu_layers)
+            runs[f"this, {t} threads"] = measure(sys.executable, base, levels, 3, args.rounds)
+        base = llama_args(model, template, 8, args.threads, args.gpu_layers)
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.path.join(args.checkout, "python")
+        try:
+            other = measure(sys.executable, base, levels, 3, args.rounds)
+        finally:
+            if saved is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = saved
+        runs[f"{args.checkout}, {args.threads} threads"] = other
+        print(f"\n{name}, 8 slots: tok/s | TTFT p50 / p99 ms | server CPU ms per token")
+        print("| conversations | " + " | ".join(runs) + " |")
+        print("|---|" + "---|" * len(runs))
+        for n in levels:
+            cells = []
+            for res in runs.values():
+                tps, reqs, _ = merged(res, n)
+                ttft = [r.ttft for r in reqs]
+                cells.append(
+                    f"{tps:.1f} | {percentile(ttft, 50) * 1000:.0f} / "
+                    f"{percentile(ttft, 99) * 1000:.0f} | {cpu_per_token(res, n):.1f}"
+                )
+            print(f"| {n} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("parts", nargs="*", default=["batching", "peer", "backends"])
@@ -185,9 +229,12 @@ def main() -> None:
     parser.add_argument("--llama-server")
     parser.add_argument("--gpu-layers", type=int, default=0)
     parser.add_argument("--levels", type=lambda v: [int(x) for x in v.split(",")])
+    parser.add_argument("--checkout")
+    parser.add_argument("--threads-list", type=lambda v: [int(x) for x in v.split(",")])
     args = parser.parse_args()
+    parts = {"batching": batching, "peer": peer, "backends": backends, "compare": compare}
     for part in args.parts:
-        {"batching": batching, "peer": peer, "backends": backends}[part](args)
+        parts[part](args)
 
 
 if __name__ == "__main__":

@@ -206,9 +206,10 @@ def compare(args: argparse.Namespace) -> None:
             else:
                 os.environ["PYTHONPATH"] = saved
         runs[f"{args.checkout}, {args.threads} threads"] = other
-        print(f"\n{name}, 8 slots: tok/s | TTFT p50 / p99 ms | server CPU ms per token")
-        print("| conversations | " + " | ".join(runs) + " |")
-        print("|---|" + "---|" * len(runs))
+        print(f"\n{name}, 8 slots (TTFT p50 / p99; server CPU per generated token)")
+        heads = [f"{r}: tok/s | TTFT ms | CPU ms/token" for r in runs]
+        print("| conversations | " + " | ".join(heads) + " |")
+        print("|---|" + "---|---|---|" * len(runs))
         for n in levels:
             cells = []
             for res in runs.values():

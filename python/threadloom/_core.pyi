@@ -396,6 +396,7 @@ class Store:
         response: ResponseInfo | None = None,
         expected_head: str | None = None,
         anchor_window: bool = False,
+        settle_pending: bool = False,
     ) -> Appended: ...
     def rebase_thread(
         self,

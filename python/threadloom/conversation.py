@@ -3,6 +3,7 @@ hop); after it, the save. Runs in the engine's worker threads, never on the even
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -238,38 +239,42 @@ class Conversations:
         return self.summarizer.assemble(trimmed, past, shown, kwargs, owner, turn_ids)
 
     def save(self, owner: str, to: Destination, result: Result, response_id: str) -> Result:
-        """Stores the inputs and the reply as one response and drops its pending record. On a
-        thread, the reply goes after the turn the model saw (`to.head`); if the thread moved on
-        meanwhile (another server wrote to it, or it was locked), the reply is kept as a branch
-        from that turn instead and the result names no thread: no turn is lost, and none is
-        stored after a history the model did not see. If the thread was deleted, the reply is
-        kept the same way, as failed (`THREAD_DELETED`)."""
+        """Stores the inputs and the reply as one response and drops its pending record, in one
+        store transaction. On a thread, the reply goes after the turn the model saw
+        (`to.head`); if the thread moved on meanwhile (another server wrote to it, or it was
+        locked), the reply is kept as a branch from that turn instead and the result names no
+        thread: no turn is lost, and none is stored after a history the model did not see. If
+        the thread was deleted, the reply is kept the same way, as failed (`THREAD_DELETED`).
+        Whichever way it goes, the response records the `previous_response_id` it continued."""
         turns = [*to.new, *self._outputs(result)]
         head = to.head
         info = self._info(to, result, response_id)
-        if to.thread is not None:
+        if to.thread is not None and result.error == THREAD_DELETED:
+            # Ended by deleting its thread: never stored in it, even when the save runs before
+            # the delete commits.
+            appended = self._branch(owner, to, turns, info)
+        elif to.thread is not None:
             try:
                 appended = self.store.append(
                     turns,
                     owner=owner,
                     thread=to.thread,
+                    previous_response_id=to.previous_response_id,
                     response=info,
                     expected_head=head if head is not None else "",
+                    anchor_window=to.anchor_window,
+                    settle_pending=True,
                 )
             except StateConflict:
-                appended = self._branch(owner, turns, head, info)
+                appended = self._branch(owner, to, turns, info)
             except NotFound:
                 # The thread was deleted meanwhile: the reply ends as failed, kept where the
                 # announced id still answers.
                 result = msgspec.structs.replace(result, status="failed", error=THREAD_DELETED)
-                info = self._info(to, result, response_id)
-                try:
-                    appended = self._branch(owner, turns, head, info)
-                except NotFound:  # the thread's turns went with it
-                    appended = self._branch(owner, turns, None, info)
+                appended = self._branch(owner, to, turns, self._info(to, result, response_id))
         elif to.after_turn is not None:
             appended = self.store.append(
-                turns, owner=owner, after_turn=to.after_turn, response=info
+                turns, owner=owner, after_turn=to.after_turn, response=info, settle_pending=True
             )
         else:
             appended = self.store.append(
@@ -278,8 +283,8 @@ class Conversations:
                 previous_response_id=to.previous_response_id,
                 response=info,
                 anchor_window=to.anchor_window,
+                settle_pending=True,
             )
-        self.store.remove_pending(response_id, owner=owner)
         response = appended.response
         return msgspec.structs.replace(
             result,
@@ -315,12 +320,26 @@ class Conversations:
         )
 
     def _branch(
-        self, owner: str, turns: list[dict[str, str]], after: str | None, info: ResponseInfo
+        self, owner: str, to: Destination, turns: list[dict[str, str]], info: ResponseInfo
     ) -> Appended:
-        """Stores a reply meant for a thread outside it: after `after`, else on its own."""
-        if after is None:
-            return self.store.append(turns, owner=owner, response=info)
-        return self.store.append(turns, owner=owner, after_turn=after, response=info)
+        """Stores a reply meant for a thread outside it: after the response it continued (so
+        it keeps its `previous_response_id`), else after the turn the model saw, else (those
+        went with a deleted thread) on its own."""
+        if to.previous_response_id is not None:
+            with contextlib.suppress(NotFound):
+                return self.store.append(
+                    turns,
+                    owner=owner,
+                    previous_response_id=to.previous_response_id,
+                    response=info,
+                    settle_pending=True,
+                )
+        if to.head is not None:
+            with contextlib.suppress(NotFound):
+                return self.store.append(
+                    turns, owner=owner, after_turn=to.head, response=info, settle_pending=True
+                )
+        return self.store.append(turns, owner=owner, response=info, settle_pending=True)
 
     def announce(self, owner: str, to: Destination, response_id: str) -> None:
         """Records the response as running before its id is announced."""

@@ -269,11 +269,17 @@ class PostgresStore:
         response: ResponseInfo | None = None,
         expected_head: str | None = None,
         anchor_window: bool = False,
+        settle_pending: bool = False,
     ) -> Appended:
         """Appends turns after a thread's head, a response, a turn, or as a new conversation,
         in one transaction; see `threadloom.Store.append`."""
         new = _core.parse_turns(turns)
-        anchor = _core.parse_anchor(thread, previous_response_id, after_turn)
+        # A thread continued from the response at its head: the thread is the anchor, the
+        # response is what the new one records as its previous.
+        continued = previous_response_id if thread is not None and after_turn is None else None
+        anchor = _core.parse_anchor(
+            thread, None if continued else previous_response_id, after_turn
+        )
         expected = writes.parse_expected(expected_head)
         _core.validate_owner(owner)
         if not new:
@@ -287,7 +293,13 @@ class PostgresStore:
             raise InvalidInput("turns appended outside a thread must be recorded under a response")
         return self._db.call(
             lambda c: writes.append(
-                c, self._retention, owner, anchor, new, info, expected, anchor_window
+                c,
+                self._retention,
+                owner,
+                anchor,
+                new,
+                info,
+                writes.Options(expected, anchor_window, continued, settle_pending),
             ),
             write=True,
         )

@@ -5,7 +5,7 @@ one thread from any number of servers run one after another."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from threadloom import _core
 from threadloom._core import Appended, Response, Retention, Thread, quote
@@ -65,6 +65,17 @@ def _move_head(
     return rows.thread(row)
 
 
+class Options(NamedTuple):
+    """An append's checks and side effects (see `threadloom.Store.append`)."""
+
+    expected: Expected
+    windowed: bool
+    # With a thread anchor: the response at the thread's head that the new one continues.
+    continued: str | None
+    # Remove the new response's pending record in the same transaction.
+    settle_pending: bool
+
+
 def append(
     conn: Conn,
     retention: Retention,
@@ -72,8 +83,7 @@ def append(
     anchor: tuple[str, Any],
     new: list[NewTurn],
     info: rows.InfoRow | None,
-    expected: Expected,
-    windowed: bool,
+    options: Options,
 ) -> Appended:
     now = now_ms()
     kind, target = anchor
@@ -81,8 +91,17 @@ def append(
     previous_response_id: str | None = None
     parent: bytes | None = None
     depth = 0
+    windowed = options.windowed
     if kind == "thread":
-        thread, parent = _open_thread(conn, retention, owner, target, now, expected)
+        thread, parent = _open_thread(conn, retention, owner, target, now, options.expected)
+        if options.continued is not None:
+            r = rows.load_response(conn, retention, owner, options.continued, now, lock="FOR SHARE")
+            retention.check_anchor(r, now, windowed)
+            if _core.parse_turn_id(r.last_turn) != parent:
+                raise StateConflict(
+                    f"thread {quote(target)} moved on: its head is no longer the expected turn"
+                )
+            previous_response_id = r.id
         # The thread's reference to its old head passes to the first new turn (its child),
         # so the head's count is unchanged.
         depth = thread.message_count
@@ -107,6 +126,11 @@ def append(
         record = _insert_response(
             conn, owner, info, keys[-1], parent, len(new), thread, previous_response_id, now
         )
+        if options.settle_pending:
+            conn.execute(
+                "DELETE FROM threadloom_pending WHERE owner = %s AND id = %s",
+                (owner, record.id),
+            )
     return Appended(
         turn_ids=[_core.turn_id_string(k) for k in keys], response=record, thread=thread
     )

@@ -3,6 +3,7 @@
 use heed::RwTxn;
 
 use super::ops::{check_turns, new_turn_key, opt_turn_key, turn_not_found};
+use super::pending;
 use super::records::{self, to_json};
 use super::turn::{self, NewTurn};
 use super::*;
@@ -119,6 +120,11 @@ impl Store {
         let record = response
             .map(|r| self.record_response(txn, owner, r, &landing, &turn_ids, now))
             .transpose()?;
+        if options.settle_pending {
+            if let Some(r) = &record {
+                self.pending.delete(txn, &pending::key(owner, &r.id)?)?;
+            }
+        }
         Ok(Appended {
             turn_ids,
             response: record,
@@ -161,6 +167,10 @@ impl Store {
                         )));
                     }
                 }
+                if let Some(previous) = &options.previous_response_id {
+                    landing.previous_response_id =
+                        Some(self.check_continued(txn, owner, id, previous, head, options, now)?);
+                }
                 landing.parent = head;
                 landing.depth = t.message_count;
                 landing.thread = Some(t);
@@ -185,6 +195,31 @@ impl Store {
             }
         }
         Ok(landing)
+    }
+
+    /// The id of `previous`, the response a thread append continues: it must be this owner's,
+    /// within the anchor window when asked, and its last turn the thread's head (a reply
+    /// stored after an older response is a branch, never the thread's).
+    #[allow(clippy::too_many_arguments)]
+    fn check_continued(
+        &self,
+        txn: &RwTxn<'_>,
+        owner: &str,
+        thread: &str,
+        previous: &str,
+        head: Option<TurnKey>,
+        options: &AppendOptions,
+        now: i64,
+    ) -> Result<String> {
+        let r = self.load_response(txn, owner, previous, now)?;
+        self.retention
+            .check_anchor(&r, now, options.anchor_window)?;
+        if head != Some(ids::parse_turn_id(&r.last_turn)?) {
+            return Err(Error::StateConflict(format!(
+                "thread {thread:?} moved on: its head is no longer the expected turn"
+            )));
+        }
+        Ok(r.id)
     }
 
     /// Moves a thread's head to `last`: the thread takes a reference to its new head and drops

@@ -3,10 +3,10 @@
 use heed::RwTxn;
 
 use super::ops::{check_turns, new_turn_key, opt_turn_key, turn_not_found};
-use super::pending;
 use super::records::{self, to_json};
 use super::turn::{self, NewTurn};
 use super::*;
+use super::{decide, pending};
 
 /// Where an append lands, resolved from its anchor inside the write transaction.
 struct Landing {
@@ -29,21 +29,11 @@ fn check_append(
     response: Option<&NewResponse>,
 ) -> Result<Option<String>> {
     ids::validate_owner(owner)?;
-    if turns.is_empty() {
-        return Err(Error::InvalidInput(
-            "nothing to append: turns is empty".to_owned(),
-        ));
-    }
+    let in_thread = matches!(anchor, Anchor::Thread(_));
+    decide::check_append_shape(turns.len(), response.map(|r| r.output_count), in_thread)?;
     check_turns(turns)?;
     let response_metadata = match response {
         Some(r) => {
-            if r.output_count as usize > turns.len() {
-                return Err(Error::InvalidInput(format!(
-                    "output_count {} exceeds the {} turns appended",
-                    r.output_count,
-                    turns.len()
-                )));
-            }
             if let Some(id) = &r.id {
                 ids::validate_response_id(id)?;
             }
@@ -51,25 +41,7 @@ fn check_append(
         }
         None => None,
     };
-    // Without a thread head or a response pointing at them, the turns would be unreachable.
-    if response.is_none() && !matches!(anchor, Anchor::Thread(_)) {
-        return Err(Error::InvalidInput(
-            "turns appended outside a thread must be recorded under a response".to_owned(),
-        ));
-    }
     Ok(response_metadata)
-}
-
-/// Returns the conversation's length after the append, refusing one that would grow past the
-/// limit (checked before any turn is written).
-fn check_depth(depth: u32, added: usize) -> Result<u64> {
-    let new_depth = depth as u64 + added as u64;
-    if new_depth > MAX_THREAD_MESSAGES as u64 {
-        return Err(Error::LimitExceeded(format!(
-            "a conversation may hold at most {MAX_THREAD_MESSAGES} messages; it has {depth} and {added} more were sent"
-        )));
-    }
-    Ok(new_depth)
 }
 
 impl Store {
@@ -109,13 +81,13 @@ impl Store {
     ) -> Result<Appended> {
         let now = now_ms();
         let mut landing = self.resolve_anchor(txn, owner, anchor, options, now)?;
-        let new_depth = check_depth(landing.depth, turns.len())?;
+        let new_depth = decide::check_length(landing.depth, turns.len(), false)?;
         let turn_ids = self.write_turns(txn, owner, landing.parent, landing.depth, turns, now)?;
         let last = *turn_ids
             .last()
             .ok_or_else(|| Error::InvalidInput("nothing to append: turns is empty".to_owned()))?;
         if let Some(t) = landing.thread.as_mut() {
-            self.advance_thread(txn, t, &last, new_depth as u32, now)?;
+            self.advance_thread(txn, t, &last, new_depth, now)?;
         }
         let record = response
             .map(|r| self.record_response(txn, owner, r, &landing, &turn_ids, now))
@@ -152,24 +124,17 @@ impl Store {
             Anchor::Root => {}
             Anchor::Thread(id) => {
                 let t = self.load_thread(txn, owner, id, now)?;
-                if t.state != ThreadState::Open {
-                    return Err(Error::StateConflict(format!(
-                        "thread {id:?} is {} and accepts no new messages",
-                        t.state.as_str()
-                    )));
-                }
                 let head = opt_turn_key(&t.head)?;
                 // Optimistic concurrency: the caller built its request on this head.
-                if let Some(expected) = options.expected_head {
-                    if expected != head {
-                        return Err(Error::StateConflict(format!(
-                            "thread {id:?} moved on: its head is no longer the expected turn"
-                        )));
-                    }
-                }
+                decide::check_thread_write(id, t.state, head, options.expected_head, None)?;
                 if let Some(previous) = &options.previous_response_id {
-                    landing.previous_response_id =
-                        Some(self.check_continued(txn, owner, id, previous, head, options, now)?);
+                    // A reply continuing the response at the head: the head must still be it.
+                    let r = self.load_response(txn, owner, previous, now)?;
+                    self.retention
+                        .check_anchor(&r, now, options.anchor_window)?;
+                    let last = ids::parse_turn_id(&r.last_turn)?;
+                    decide::check_thread_write(id, t.state, head, None, Some(last))?;
+                    landing.previous_response_id = Some(r.id);
                 }
                 landing.parent = head;
                 landing.depth = t.message_count;
@@ -195,31 +160,6 @@ impl Store {
             }
         }
         Ok(landing)
-    }
-
-    /// The id of `previous`, the response a thread append continues: it must be this owner's,
-    /// within the anchor window when asked, and its last turn the thread's head (a reply
-    /// stored after an older response is a branch, never the thread's).
-    #[allow(clippy::too_many_arguments)]
-    fn check_continued(
-        &self,
-        txn: &RwTxn<'_>,
-        owner: &str,
-        thread: &str,
-        previous: &str,
-        head: Option<TurnKey>,
-        options: &AppendOptions,
-        now: i64,
-    ) -> Result<String> {
-        let r = self.load_response(txn, owner, previous, now)?;
-        self.retention
-            .check_anchor(&r, now, options.anchor_window)?;
-        if head != Some(ids::parse_turn_id(&r.last_turn)?) {
-            return Err(Error::StateConflict(format!(
-                "thread {thread:?} moved on: its head is no longer the expected turn"
-            )));
-        }
-        Ok(r.id)
     }
 
     /// Moves a thread's head to `last`: the thread takes a reference to its new head and drops
@@ -259,12 +199,11 @@ impl Store {
         let last = turn_ids[turn_ids.len() - 1];
         let id = match &r.id {
             // A reused id would let one response overwrite another's record.
-            Some(id) if self.responses.get(txn, id.as_bytes())?.is_some() => {
-                return Err(Error::StateConflict(format!(
-                    "response {id} already exists"
-                )));
+            Some(id) => {
+                let taken = self.responses.get(txn, id.as_bytes())?.is_some();
+                decide::check_response_id_free(id, taken)?;
+                id.clone()
             }
-            Some(id) => id.clone(),
             None => ids::new_response_id(),
         };
         let rec = ResponseRecord {

@@ -3,6 +3,7 @@
 
 mod branches;
 mod commit;
+pub mod decide;
 mod keys;
 mod pending;
 pub mod records;

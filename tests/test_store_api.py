@@ -23,6 +23,7 @@ from support import (
     snapshot,
 )
 from threadloom import ResponseInfo, Retention, Store
+from threadloom._core import new_response_id
 from threadloom.errors import (
     InvalidInput,
     LimitExceeded,
@@ -673,7 +674,8 @@ def test_turn_text_limit(store: Store) -> None:
 @pytest.mark.parametrize(
     "anchors",
     [
-        {"thread": "t", "previous_response_id": missing_response_id()},
+        # (thread with previous_response_id continues the thread from the response at its
+        # head: see test_a_thread_append_continuing_its_head_response_records_it)
         {"thread": "t", "after_turn": missing_turn_id()},
         {"previous_response_id": missing_response_id(), "after_turn": missing_turn_id()},
     ],
@@ -1579,3 +1581,69 @@ def test_branch_records_are_the_owners_and_go_with_the_thread(make_store: MakeSt
     store.create_thread("t")
     assert store.branches("t") == []
     store.verify()
+
+
+# ---- continuing a thread from the response at its head (issue 26) ------------------------------
+
+
+def test_a_thread_append_continuing_its_head_response_records_it(store: Store) -> None:
+    store.create_thread("t")
+    first = store.append(msgs("q", "a"), thread="t", response=ResponseInfo("m", output_count=1))
+    assert first.response is not None
+    second = store.append(
+        msgs("q2", "a2"),
+        thread="t",
+        previous_response_id=first.response.id,
+        response=ResponseInfo("m", output_count=1),
+    )
+    assert second.response is not None and second.thread is not None
+    assert second.thread.head == second.turn_ids[-1]
+    stored = store.get_response(second.response.id)
+    assert stored.previous_response_id == first.response.id
+    assert stored.thread_id == "t"
+    assert contents(store.history(thread="t")) == ["q", "a", "q2", "a2"]
+
+
+def test_a_thread_append_continuing_an_older_response_is_refused(store: Store) -> None:
+    store.create_thread("t")
+    first = store.append(msgs("q", "a"), thread="t", response=ResponseInfo("m", output_count=1))
+    store.append(msgs("q2", "a2"), thread="t")
+    assert first.response is not None
+    with pytest.raises(StateConflict, match="moved on"):
+        store.append(
+            msgs("q3"),
+            thread="t",
+            previous_response_id=first.response.id,
+            response=ResponseInfo("m"),
+        )
+    with pytest.raises(NotFound):
+        store.append(
+            msgs("q3"), thread="t", previous_response_id=missing_response_id(), response=None
+        )
+    # Nothing was written by the refused appends.
+    assert contents(store.history(thread="t")) == ["q", "a", "q2", "a2"]
+
+
+def test_settle_pending_removes_the_record_with_the_append(store: Store) -> None:
+    rid = new_response_id()
+    kept = new_response_id()
+    store.put_pending(rid, b"{}", owner="alice")
+    store.put_pending(kept, b"{}", owner="alice")
+    store.append(
+        msgs("q", "a"),
+        owner="alice",
+        response=ResponseInfo("m", output_count=1, id=rid),
+        settle_pending=True,
+    )
+    assert store.get_pending(rid, owner="alice") is None
+    assert store.get_pending(kept, owner="alice") == b"{}"
+    # A refused append leaves the record: the response is still to be stored.
+    with pytest.raises(NotFound):
+        store.append(
+            msgs("q"),
+            owner="alice",
+            thread="missing",
+            response=ResponseInfo("m", id=kept),
+            settle_pending=True,
+        )
+    assert store.get_pending(kept, owner="alice") == b"{}"

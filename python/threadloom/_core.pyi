@@ -5,6 +5,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Final, Literal, final
 
+from threadloom.errors import NotFound
 from threadloom.store_counts import StoreStats, SweepCounts
 
 __all__ = [
@@ -30,13 +31,22 @@ __all__ = [
     "ThreadPage",
     "Tokenizer",
     "Turn",
+    "check_append_shape",
+    "check_branch_room",
+    "check_create",
+    "check_length",
+    "check_metadata_change",
+    "check_page_limit",
+    "check_response_id_free",
     "check_state_change",
     "check_summary",
+    "check_thread_write",
     "convert_for_ctransformers",
     "new_response_id",
     "new_thread_id",
     "new_turn_key",
     "normalize_metadata",
+    "not_found",
     "open_compaction",
     "parse_anchor",
     "parse_thread_cursor",
@@ -321,6 +331,39 @@ def parse_thread_state(text: str) -> _ThreadState: ...
 def check_state_change(old: str, new: str) -> None:
     """StateConflict unless a thread may go from `old` to `new`."""
 
+# The store's decisions (rust/src/store/decide.rs), for the PostgreSQL store.
+def check_thread_write(
+    thread: Thread, expected_head: str | None = None, continued_turn: str | None = None
+) -> None:
+    """StateConflict unless turns may follow `thread`'s head (open; the head is
+    `expected_head` and `continued_turn` when given)."""
+
+def check_append_shape(turns: int, output_count: int | None, in_thread: bool) -> None:
+    """InvalidInput unless an append of `turns` turns (`output_count` of them a response's
+    outputs; None: no response) may go."""
+
+def check_length(depth: int, added: int, rebase: bool = False) -> int:
+    """The conversation's length after `added` more turns, or LimitExceeded."""
+
+def check_create(thread_id: str, exist_ok: bool, live: bool, tombstoned: bool) -> bool:
+    """A create meeting a live thread or a tombstone: True returns the live thread, False
+    creates; StateConflict or NotFound otherwise."""
+
+def check_response_id_free(response_id: str, taken: bool) -> None:
+    """StateConflict when the response id is taken."""
+
+def check_branch_room(thread_id: str, held: int, new: bool) -> None:
+    """LimitExceeded when the thread may record no new branch."""
+
+def check_metadata_change(thread_id: str, state: str, state_change: bool) -> None:
+    """StateConflict when a thread in `state` may not take new metadata."""
+
+def check_page_limit(limit: int) -> None:
+    """InvalidInput unless a page may list `limit` threads."""
+
+def not_found(kind: str, id: str | bytes) -> NotFound:
+    """The NotFound error (not raised) for a missing thread, response or turn (16-byte key)."""
+
 def normalize_metadata(value: _Metadata) -> str | None:
     """Metadata checked and re-encoded compactly as the store keeps it; None stays None."""
 
@@ -398,6 +441,7 @@ class Store:
         response: ResponseInfo | None = None,
         expected_head: str | None = None,
         anchor_window: bool = False,
+        settle_pending: bool = False,
     ) -> Appended: ...
     def rebase_thread(
         self,

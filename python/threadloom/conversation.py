@@ -3,10 +3,11 @@ hop); after it, the save. Runs in the engine's worker threads, never on the even
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -49,11 +50,26 @@ class Destination(msgspec.Struct, frozen=True, kw_only=True):
     model: str | None = None
 
 
+class HistoryEnd(NamedTuple):
+    """Where a request's stored history ends: at most one of a thread's head, a response's last
+    turn or a turn (none: a new conversation)."""
+
+    thread: str | None = None
+    response: str | None = None
+    turn: str | None = None
+
+    @property
+    def anchored(self) -> bool:
+        return self.thread is not None or self.response is not None or self.turn is not None
+
+
 class Prepared(msgspec.Struct, frozen=True):
     """What a generation starts from: the prompt and where its reply goes."""
 
     assembly: Assembly
     destination: Destination
+    # The id the reply is stored under (None: not stored), recorded as pending.
+    response_id: str | None = None
 
 
 # The reply of a generation the server did not live to finish.
@@ -77,11 +93,24 @@ class Conversations:
         self.model_name = model_name
         self.tool_family = tool_family
 
+    def begin(self, req: Request, new: list[dict[str, str]], response_id: str | None) -> Prepared:
+        """The store's half before a generation, in one worker hop: reads and checks the
+        conversation (creating `req.thread` when asked), assembles the prompt and, for a reply
+        that will be stored as `response_id`, records it as pending (its id answers from now
+        on, and a restart stores it if this process dies first)."""
+        prepared = self.prepare(req, new, create=True)
+        if response_id is None:
+            return prepared
+        self.announce(req.owner, prepared.destination, response_id)
+        return msgspec.structs.replace(prepared, response_id=response_id)
+
     def prepare(self, req: Request, new: list[dict[str, str]], *, create: bool) -> Prepared:
         """Reads and checks the conversation, creating `req.thread` if `create` and missing,
-        and assembles the prompt."""
+        and assembles the prompt. Each record is read once: the history is read from the turn
+        the thread or response resolved to, not through them again."""
         head: str | None = None
         owner = req.owner
+        at = HistoryEnd(req.thread, req.previous_response_id, req.after_turn)
         if req.thread is not None and create:
             t = (
                 self.store.create_thread(
@@ -99,13 +128,15 @@ class Conversations:
                 raise StateConflict(
                     f"thread {req.thread!r} is {t.state} and accepts no new messages"
                 )
+            at = HistoryEnd(turn=head)
         save_thread = req.thread
         if req.previous_response_id is not None:
             previous = self._previous(req.previous_response_id, owner, req.anchor_window)
             save_thread = self._headed_thread(previous, owner)
             if save_thread is not None:
                 head = previous.last_turn
-        assembly = self._assemble(req, new)
+            at = HistoryEnd(turn=previous.last_turn)
+        assembly = self._assemble(req, new, at)
         if req.stores and assembly.messages_total + 1 > MAX_THREAD_MESSAGES:
             # The store would refuse the reply after the generation; refuse it before.
             raise LimitExceeded(
@@ -146,14 +177,6 @@ class Conversations:
                 param=param,
             )
 
-    def thread_of(self, owner: str, response_id: str) -> str | None:
-        """The thread a stored response was stored in, if any (None for a missing one: the
-        request continuing it is refused later, with the reason)."""
-        try:
-            return self.store.get_response(response_id, owner=owner).thread_id
-        except NotFound:
-            return None
-
     def _headed_thread(self, previous: Response, owner: str) -> str | None:
         """The open thread whose newest turn is `previous`'s output, if any: continuing that
         response continues the thread (whichever dialect made either), so the thread's history
@@ -166,8 +189,9 @@ class Conversations:
             return None
         return t.id if t.state == "open" and t.head == previous.last_turn else None
 
-    def _assemble(self, req: Request, new: list[dict[str, str]]) -> Assembly:
-        """Renders, tokenizes and trims (the Rust core does it all). `summarize` trims like
+    def _assemble(self, req: Request, new: list[dict[str, str]], at: HistoryEnd) -> Assembly:
+        """Renders, tokenizes and trims (the Rust core does it all) the history ending `at`
+        (a thread, response or turn, or none) and the new messages. `summarize` trims like
         `tokens`, then replaces what was dropped by a summary."""
         summarize = req.strategy == "summarize"
         max_tokens = req.params.max_tokens
@@ -192,13 +216,10 @@ class Conversations:
             # text it writes them as, since such a template ignores `tool_calls`.
             block = tools.fallback_block(spec.functions, spec.forced, spec.parallel)
             shown = [{"role": "system", "content": block}, *tools.calls_as_text(new, family)]
-            if req.history is None and (req.thread or req.previous_response_id or req.after_turn):
+            if req.history is None and at.anchored:
                 past = turn_messages(
                     self.store.history(
-                        owner=owner,
-                        thread=req.thread,
-                        response=req.previous_response_id,
-                        turn=req.after_turn,
+                        owner=owner, thread=at.thread, response=at.response, turn=at.turn
                     )
                 )
             trimmed = self.prompt.assemble_messages(
@@ -218,58 +239,59 @@ class Conversations:
                 self.store,
                 new,
                 owner=owner,
-                thread=req.thread,
-                response=req.previous_response_id,
-                turn=req.after_turn,
+                thread=at.thread,
+                response=at.response,
+                turn=at.turn,
                 cache_key=req.thread,
                 **kwargs,
             )
         if not summarize or not trimmed.messages_dropped:
             return trimmed
         turn_ids: list[str] | None = None
-        if req.history is None:
+        if req.history is None and at.anchored:
             turns = self.store.history(
-                owner=owner,
-                thread=req.thread,
-                response=req.previous_response_id,
-                turn=req.after_turn,
+                owner=owner, thread=at.thread, response=at.response, turn=at.turn
             )
             past, turn_ids = turn_messages(turns), [t.id for t in turns]
         return self.summarizer.assemble(trimmed, past, shown, kwargs, owner, turn_ids)
 
     def save(self, owner: str, to: Destination, result: Result, response_id: str) -> Result:
-        """Stores the inputs and the reply as one response and drops its pending record. On a
-        thread, the reply goes after the turn the model saw (`to.head`); if the thread moved on
-        meanwhile (another server wrote to it, or it was locked), the reply is kept as a branch
-        from that turn instead and the result names no thread: no turn is lost, and none is
-        stored after a history the model did not see. If the thread was deleted, the reply is
-        kept the same way, as failed (`THREAD_DELETED`)."""
+        """Stores the inputs and the reply as one response and drops its pending record, in one
+        store transaction. On a thread, the reply goes after the turn the model saw
+        (`to.head`); if the thread moved on meanwhile (another server wrote to it, or it was
+        locked), the reply is kept as a branch from that turn instead and the result names no
+        thread: no turn is lost, and none is stored after a history the model did not see. If
+        the thread was deleted, the reply is kept the same way, as failed (`THREAD_DELETED`).
+        Whichever way it goes, the response records the `previous_response_id` it continued."""
         turns = [*to.new, *self._outputs(result)]
         head = to.head
         info = self._info(to, result, response_id)
-        if to.thread is not None:
+        if to.thread is not None and result.error == THREAD_DELETED:
+            # Ended by deleting its thread: never stored in it, even when the save runs before
+            # the delete commits.
+            appended = self._branch(owner, to, turns, info)
+        elif to.thread is not None:
             try:
                 appended = self.store.append(
                     turns,
                     owner=owner,
                     thread=to.thread,
+                    previous_response_id=to.previous_response_id,
                     response=info,
                     expected_head=head if head is not None else "",
+                    anchor_window=to.anchor_window,
+                    settle_pending=True,
                 )
             except StateConflict:
-                appended = self._branch(owner, turns, head, info)
+                appended = self._branch(owner, to, turns, info)
             except NotFound:
                 # The thread was deleted meanwhile: the reply ends as failed, kept where the
                 # announced id still answers.
                 result = msgspec.structs.replace(result, status="failed", error=THREAD_DELETED)
-                info = self._info(to, result, response_id)
-                try:
-                    appended = self._branch(owner, turns, head, info)
-                except NotFound:  # the thread's turns went with it
-                    appended = self._branch(owner, turns, None, info)
+                appended = self._branch(owner, to, turns, self._info(to, result, response_id))
         elif to.after_turn is not None:
             appended = self.store.append(
-                turns, owner=owner, after_turn=to.after_turn, response=info
+                turns, owner=owner, after_turn=to.after_turn, response=info, settle_pending=True
             )
         else:
             appended = self.store.append(
@@ -278,8 +300,8 @@ class Conversations:
                 previous_response_id=to.previous_response_id,
                 response=info,
                 anchor_window=to.anchor_window,
+                settle_pending=True,
             )
-        self.store.remove_pending(response_id, owner=owner)
         response = appended.response
         return msgspec.structs.replace(
             result,
@@ -315,12 +337,26 @@ class Conversations:
         )
 
     def _branch(
-        self, owner: str, turns: list[dict[str, str]], after: str | None, info: ResponseInfo
+        self, owner: str, to: Destination, turns: list[dict[str, str]], info: ResponseInfo
     ) -> Appended:
-        """Stores a reply meant for a thread outside it: after `after`, else on its own."""
-        if after is None:
-            return self.store.append(turns, owner=owner, response=info)
-        return self.store.append(turns, owner=owner, after_turn=after, response=info)
+        """Stores a reply meant for a thread outside it: after the response it continued (so
+        it keeps its `previous_response_id`), else after the turn the model saw, else (those
+        went with a deleted thread) on its own."""
+        if to.previous_response_id is not None:
+            with contextlib.suppress(NotFound):
+                return self.store.append(
+                    turns,
+                    owner=owner,
+                    previous_response_id=to.previous_response_id,
+                    response=info,
+                    settle_pending=True,
+                )
+        if to.head is not None:
+            with contextlib.suppress(NotFound):
+                return self.store.append(
+                    turns, owner=owner, after_turn=to.head, response=info, settle_pending=True
+                )
+        return self.store.append(turns, owner=owner, response=info, settle_pending=True)
 
     def announce(self, owner: str, to: Destination, response_id: str) -> None:
         """Records the response as running before its id is announced."""

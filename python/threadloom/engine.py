@@ -160,6 +160,8 @@ class Engine:
         self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
         # Saves in flight: each runs to the end even when its caller went away.
         self._completions: set[asyncio.Future[Result]] = set()
+        # Pending records of refused requests being dropped.
+        self._cleanups: set[asyncio.Future[None]] = set()
         # Called on the event loop with every finished generation (cancelled and failed ones
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
@@ -205,7 +207,7 @@ class Engine:
         then closes: a SIGTERM loses no announced reply."""
         for job in self.scheduler.running():
             self.scheduler.cancel(job)
-        pending = list(self._completions)
+        pending: list[asyncio.Future[Any]] = [*self._completions, *self._cleanups]
         if pending:
             await asyncio.wait(pending, timeout=30)
         await asyncio.get_running_loop().run_in_executor(None, self.close)
@@ -222,18 +224,15 @@ class Engine:
         save runs to its end even if the caller is gone). Requests on one thread take turns:
         each sees every turn stored before it."""
         new = req.check(self.context_length)
-        turn_key = await self._turn_key(req)
-        if turn_key is not None:
-            await self._thread_turns.acquire(turn_key)
+        prepared, constraint, turn_key = await self._begin(req, new)
         run: _Run | None = None
         try:
-            prepared, constraint = await self.offload(lambda: self._prepare(req, new))
             run = _Run(self, req, prepared, constraint)
             await run.admitted()
-            await run.announce()
         except BaseException as e:
             if turn_key is not None:
                 self._thread_turns.release(turn_key)
+            self._forget_pending(req.owner, prepared.response_id)
             if run is not None:
                 run.untrack()
                 if run.ended_by is not None and isinstance(e, Exception):
@@ -495,27 +494,75 @@ class Engine:
 
     # ---- internals -----------------------------------------------------------------------
 
-    def _prepare(
+    async def _begin(
         self, req: Request, new: list[dict[str, str]]
+    ) -> tuple[Prepared, Constraint | None, tuple[str, str] | None]:
+        """The store's half before a generation (`Conversations.begin`: one worker hop) in the
+        turn of the thread the request writes to, whichever handle named it; returns the lock
+        key it holds. A request naming its thread takes the turn first. One continuing a
+        response learns the thread from the read, so it takes the turn after it, and reads
+        again inside it only when another request on that thread ran meanwhile."""
+        owner = req.owner
+        if req.previous_response_id is not None:
+            # A response still generating here is waited for: it is the history asked for.
+            await self.settled(owner, req.previous_response_id)
+        response_id = new_response_id() if req.stores else None
+        turns = self._thread_turns
+
+        def work() -> tuple[Prepared, Constraint | None]:
+            return self._begin_work(req, new, response_id)
+
+        held: tuple[str, str] | None = None
+        announced = False
+        try:
+            if req.stores and req.thread is not None:
+                held = (owner, req.thread)
+                await turns.acquire(held)
+                return (*await self.offload(work), held)
+            stamp = turns.read_started()
+            try:
+                begun = await self.offload(work)
+                announced = response_id is not None
+                thread = begun[0].destination.thread
+                if not req.stores or thread is None:
+                    return (*begun, None)
+                if await turns.acquire_unchanged((owner, thread), stamp):
+                    held = (owner, thread)
+                    return (*begun, held)
+            finally:
+                turns.read_ended(stamp)
+            # Another request on that thread ran meanwhile: read again in its turn (the
+            # pending record is rewritten in place).
+            await turns.acquire((owner, thread))
+            held = (owner, thread)
+            return (*await self.offload(work), held)
+        except BaseException:
+            if held is not None:
+                turns.release(held)
+            if announced:
+                self._forget_pending(owner, response_id)
+            raise
+
+    def _begin_work(
+        self, req: Request, new: list[dict[str, str]], response_id: str | None
     ) -> tuple[Prepared, Constraint | None]:
         """The format first: a schema that cannot be enforced is refused before the store
         creates anything."""
         constraint = self.formats.constraint(req)
-        return self.conversations.prepare(req, new, create=True), constraint
+        return self.conversations.begin(req, new, response_id), constraint
 
-    async def _turn_key(self, req: Request) -> tuple[str, str] | None:
-        """The thread whose turn a request takes: its own, or the one the response it
-        continues was stored in (continuing that thread's head continues the thread). A
-        response still generating here is waited for first: it is the history asked for."""
-        if req.previous_response_id is not None:
-            await self.settled(req.owner, req.previous_response_id)
-        if not req.stores:
-            return None
-        thread = req.thread
-        previous = req.previous_response_id
-        if thread is None and previous is not None:
-            thread = await self.offload(lambda: self.conversations.thread_of(req.owner, previous))
-        return None if thread is None else (req.owner, thread)
+    def _forget_pending(self, owner: str, response_id: str | None) -> None:
+        """Drops the pending record of a request refused after `begin` wrote it (its id was
+        never announced). In the background, so a cancelled caller need not wait for it."""
+        if response_id is None:
+            return
+        store = self.store
+        cleanup = asyncio.ensure_future(
+            self.offload(lambda: store.remove_pending(response_id, owner=owner))
+        )
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanups.discard)
+        cleanup.add_done_callback(_log_failure)
 
     async def offload(self, work: Callable[[], T]) -> T:
         """Runs store or assembly work in the engine's worker threads, off the event loop: the
@@ -560,7 +607,7 @@ class _Run:
         self.loop = asyncio.get_running_loop()
         self.bridge: LoopBridge[Signal] = LoopBridge(self.loop)
         self.ended: asyncio.Future[None] = self.loop.create_future()
-        self.response_id = new_response_id() if req.stores else None
+        self.response_id = prepared.response_id
         self.owner, self.thread = req.owner, prepared.destination.thread
         # Why the run was stopped from outside (its thread deleted): stored as its error.
         self.ended_by: str | None = None
@@ -609,22 +656,6 @@ class _Run:
         first = self.pending.pop(0)
         if isinstance(first, Exception):
             raise first
-
-    async def announce(self) -> None:
-        """Records the response as running before its id goes to the client, so the id
-        answers even if this process dies before the reply is stored."""
-        response_id = self.response_id
-        if response_id is None:
-            return
-        conversations, owner = self.engine.conversations, self.req.owner
-        destination = self.prepared.destination
-        try:
-            await self.engine.offload(
-                lambda: conversations.announce(owner, destination, response_id)
-            )
-        except BaseException:
-            self.engine.scheduler.cancel(self.job)
-            raise
 
     def started(self) -> Started:
         assembly = self.prepared.assembly
@@ -685,6 +716,11 @@ class _Run:
             prompt_eval_s=t.prompt_eval_s,
             decode_tokens_per_s=t.decode_tokens_per_s(job.produced),
         )
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("dropping a pending record failed", exc_info=future.exception())
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

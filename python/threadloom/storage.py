@@ -89,6 +89,7 @@ class ConversationStore(Protocol):
         response: ResponseInfo | None = None,
         expected_head: str | None = None,
         anchor_window: bool = False,
+        settle_pending: bool = False,
     ) -> Appended: ...
     def rebase_thread(
         self,

@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from threadloom import _core
-from threadloom._core import quote
-from threadloom.errors import LimitExceeded
 from threadloom.pgstore import rows
 from threadloom.pgstore.connection import Conn
 
@@ -34,11 +32,7 @@ def add(
         (response_id, owner, thread_id),
     ).fetchone()
     assert row is not None
-    if row[0] >= _core.MAX_THREAD_BRANCHES and row[1] == 0:
-        raise LimitExceeded(
-            f"thread {quote(thread_id)} has as many branches as it can record "
-            f"({_core.MAX_THREAD_BRANCHES})"
-        )
+    _core.check_branch_room(thread_id, row[0], new=row[1] == 0)
     conn.execute(
         "INSERT INTO threadloom_thread_branches (owner, thread_id, response_id, after_turn) "
         "VALUES (%s, %s, %s, %s) ON CONFLICT (owner, thread_id, response_id) "

@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from threadloom import _core
-from threadloom._core import Response, ResponseInfo, Retention, Thread, Turn, quote
+from threadloom._core import Response, ResponseInfo, Retention, Thread, Turn
 from threadloom.errors import NotFound
 from threadloom.pgstore.connection import Conn
 
@@ -83,15 +83,15 @@ def turn(row: tuple[Any, ...]) -> Turn:
 
 
 def thread_not_found(thread_id: str) -> NotFound:
-    return NotFound(f"thread {quote(thread_id)} not found")
+    return _core.not_found("thread", thread_id)
 
 
 def response_not_found(response_id: str) -> NotFound:
-    return NotFound(f"response {quote(response_id)} not found")
+    return _core.not_found("response", response_id)
 
 
 def turn_not_found(key: bytes) -> NotFound:
-    return NotFound(f"turn {quote(_core.turn_id_string(key))} not found")
+    return _core.not_found("turn", key)
 
 
 def load_thread(

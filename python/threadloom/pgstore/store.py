@@ -24,9 +24,8 @@ from threadloom._core import (
     Thread,
     ThreadPage,
     Turn,
-    quote,
 )
-from threadloom.errors import InvalidInput, NotFound, StateConflict
+from threadloom.errors import InvalidInput, NotFound
 from threadloom.pgstore import branches as branch_records
 from threadloom.pgstore import maintenance, rows, writes
 from threadloom.pgstore.connection import Conn, Database, now_ms
@@ -160,9 +159,8 @@ class PostgresStore:
                     continue  # deleted since the insert saw it: insert again
                 t = rows.thread(old)
                 if not self._retention.thread_expired(t, now):
-                    if exist_ok:
-                        return t
-                    raise StateConflict(f"thread {quote(tid)} already exists")
+                    _core.check_create(tid, exist_ok, live=True, tombstoned=False)
+                    return t
                 # An expired thread is gone as far as readers know; reclaim it (leaving its
                 # tombstone) before deciding on reuse.
                 remove_thread(conn, t)
@@ -177,8 +175,7 @@ class PostgresStore:
             "DELETE FROM threadloom_thread_tombstones WHERE owner = %s AND id = %s RETURNING 1",
             (owner, tid),
         ).fetchone()
-        if gone is not None and exist_ok:
-            raise NotFound(f"thread {quote(tid)} was deleted or expired")
+        _core.check_create(tid, exist_ok, live=False, tombstoned=gone is not None)
 
     def get_thread(self, thread_id: str, *, owner: str = "default") -> Thread:
         """The thread, or NotFound (also for another owner's or an expired thread)."""
@@ -194,8 +191,7 @@ class PostgresStore:
     ) -> ThreadPage:
         """One page of the owner's visible (or hidden) threads, most recently active first."""
         _core.validate_owner(owner)
-        if not 1 <= limit <= 1000:
-            raise InvalidInput(f"limit must be between 1 and 1000, got {limit}")
+        _core.check_page_limit(limit)
         bound = None if after is None else _core.parse_thread_cursor(after)
 
         def page(conn: Conn) -> ThreadPage:
@@ -234,10 +230,8 @@ class PostgresStore:
             t = self._thread(conn, owner, thread_id, lock=True)
             if new_state is not None:
                 _core.check_state_change(t.state, new_state)
-            if meta is not None and t.state == "archived" and new_state is None:
-                raise StateConflict(
-                    f"thread {quote(thread_id)} is archived; its metadata cannot change"
-                )
+            if meta is not None:
+                _core.check_metadata_change(thread_id, t.state, new_state is not None)
             if new_state is None and meta is None:
                 return t
             row = conn.execute(
@@ -269,25 +263,31 @@ class PostgresStore:
         response: ResponseInfo | None = None,
         expected_head: str | None = None,
         anchor_window: bool = False,
+        settle_pending: bool = False,
     ) -> Appended:
         """Appends turns after a thread's head, a response, a turn, or as a new conversation,
         in one transaction; see `threadloom.Store.append`."""
         new = _core.parse_turns(turns)
-        anchor = _core.parse_anchor(thread, previous_response_id, after_turn)
-        expected = writes.parse_expected(expected_head)
+        # A thread continued from the response at its head: the thread is the anchor, the
+        # response is what the new one records as its previous.
+        continued = previous_response_id if thread is not None and after_turn is None else None
+        anchor = _core.parse_anchor(
+            thread, None if continued else previous_response_id, after_turn
+        )
+        expected = writes.check_expected(expected_head)
         _core.validate_owner(owner)
-        if not new:
-            raise InvalidInput("nothing to append: turns is empty")
         info = None if response is None else rows.InfoRow(response)
-        if info is not None and info.output_count > len(new):
-            raise InvalidInput(
-                f"output_count {info.output_count} exceeds the {len(new)} turns appended"
-            )
-        if info is None and anchor[0] != "thread":
-            raise InvalidInput("turns appended outside a thread must be recorded under a response")
+        output_count = None if info is None else info.output_count
+        _core.check_append_shape(len(new), output_count, anchor[0] == "thread")
         return self._db.call(
             lambda c: writes.append(
-                c, self._retention, owner, anchor, new, info, expected, anchor_window
+                c,
+                self._retention,
+                owner,
+                anchor,
+                new,
+                info,
+                writes.Options(expected, anchor_window, continued, settle_pending),
             ),
             write=True,
         )
@@ -305,7 +305,7 @@ class PostgresStore:
         transaction; see `threadloom.Store.rebase_thread`."""
         new = _core.parse_turns(turns or [])
         base = None if after_turn is None else _core.parse_turn_id(after_turn)
-        expected = writes.parse_expected(expected_head)
+        expected = writes.check_expected(expected_head)
         _core.validate_owner(owner)
         return self._db.call(
             lambda c: writes.rebase(c, self._retention, owner, thread_id, base, new, expected),

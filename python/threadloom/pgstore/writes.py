@@ -5,51 +5,35 @@ one thread from any number of servers run one after another."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from threadloom import _core
-from threadloom._core import Appended, Response, Retention, Thread, quote
-from threadloom.errors import LimitExceeded, StateConflict
+from threadloom._core import Appended, Response, Retention, Thread
 from threadloom.pgstore import rows
 from threadloom.pgstore.connection import Conn, now_ms
 from threadloom.pgstore.refs import NewTurn, insert_turns, release, retain
 
-# `expected_head` parsed: NOT_CHECKED, None (an empty thread) or the head's key.
-NOT_CHECKED = False
-Expected = bytes | bool | None
 
-
-def parse_expected(expected_head: str | None) -> Expected:
-    if expected_head is None:
-        return NOT_CHECKED
-    return None if expected_head == "" else _core.parse_turn_id(expected_head)
+def check_expected(expected_head: str | None) -> str | None:
+    """`expected_head` checked before any transaction (a turn id, "" for an empty thread, or
+    None: not checked), so a malformed one never queues behind other writers."""
+    if expected_head:
+        _core.parse_turn_id(expected_head)
+    return expected_head
 
 
 def _open_thread(
-    conn: Conn, retention: Retention, owner: str, thread_id: str, now: int, expected: Expected
+    conn: Conn,
+    retention: Retention,
+    owner: str,
+    thread_id: str,
+    now: int,
+    expected_head: str | None,
 ) -> tuple[Thread, bytes | None]:
-    """The thread, locked and open, and its head's key; refuses one that moved on."""
+    """The thread, locked, and its head's key, once the core allows writing to it."""
     t = rows.load_thread(conn, retention, owner, thread_id, now, lock=True)
-    if t.state != "open":
-        raise StateConflict(f"thread {quote(thread_id)} is {t.state} and accepts no new messages")
-    head = None if t.head is None else _core.parse_turn_id(t.head)
-    if expected is not NOT_CHECKED and expected != head:
-        raise StateConflict(
-            f"thread {quote(thread_id)} moved on: its head is no longer the expected turn"
-        )
-    return t, head
-
-
-def _check_length(depth: int, added: int, *, rebase: bool = False) -> None:
-    if depth + added > _core.MAX_THREAD_MESSAGES:
-        what = (
-            f"it would have {depth + added}"
-            if rebase
-            else f"it has {depth} and {added} more were sent"
-        )
-        raise LimitExceeded(
-            f"a conversation may hold at most {_core.MAX_THREAD_MESSAGES} messages; {what}"
-        )
+    _core.check_thread_write(t, expected_head)
+    return t, None if t.head is None else _core.parse_turn_id(t.head)
 
 
 def _move_head(
@@ -65,6 +49,17 @@ def _move_head(
     return rows.thread(row)
 
 
+class Options(NamedTuple):
+    """An append's checks and side effects (see `threadloom.Store.append`)."""
+
+    expected_head: str | None
+    windowed: bool
+    # With a thread anchor: the response at the thread's head that the new one continues.
+    continued: str | None
+    # Remove the new response's pending record in the same transaction.
+    settle_pending: bool
+
+
 def append(
     conn: Conn,
     retention: Retention,
@@ -72,8 +67,7 @@ def append(
     anchor: tuple[str, Any],
     new: list[NewTurn],
     info: rows.InfoRow | None,
-    expected: Expected,
-    windowed: bool,
+    options: Options,
 ) -> Appended:
     now = now_ms()
     kind, target = anchor
@@ -81,8 +75,14 @@ def append(
     previous_response_id: str | None = None
     parent: bytes | None = None
     depth = 0
+    windowed = options.windowed
     if kind == "thread":
-        thread, parent = _open_thread(conn, retention, owner, target, now, expected)
+        thread, parent = _open_thread(conn, retention, owner, target, now, options.expected_head)
+        if options.continued is not None:
+            r = rows.load_response(conn, retention, owner, options.continued, now, lock="FOR SHARE")
+            retention.check_anchor(r, now, windowed)
+            _core.check_thread_write(thread, continued_turn=r.last_turn)
+            previous_response_id = r.id
         # The thread's reference to its old head passes to the first new turn (its child),
         # so the head's count is unchanged.
         depth = thread.message_count
@@ -95,7 +95,7 @@ def append(
     elif kind == "turn":
         parent = target
         depth = retain(conn, target, owner)
-    _check_length(depth, len(new))
+    _core.check_length(depth, len(new))
 
     # The last turn is held by the thread and/or the response; the others by their child.
     last_refs = (thread is not None) + (info is not None)
@@ -107,6 +107,11 @@ def append(
         record = _insert_response(
             conn, owner, info, keys[-1], parent, len(new), thread, previous_response_id, now
         )
+        if options.settle_pending:
+            conn.execute(
+                "DELETE FROM threadloom_pending WHERE owner = %s AND id = %s",
+                (owner, record.id),
+            )
     return Appended(
         turn_ids=[_core.turn_id_string(k) for k in keys], response=record, thread=thread
     )
@@ -147,9 +152,9 @@ def _insert_response(
             info.metadata,
         ),
     ).fetchone()
-    if row is None:
-        # A reused id would let one response overwrite another's record.
-        raise StateConflict(f"response {rid} already exists")
+    # A reused id would let one response overwrite another's record.
+    _core.check_response_id_free(rid, row is None)
+    assert row is not None
     return rows.response(row)
 
 
@@ -160,13 +165,13 @@ def rebase(
     thread_id: str,
     base: bytes | None,
     new: list[NewTurn],
-    expected: Expected,
+    expected_head: str | None,
 ) -> Thread:
     now = now_ms()
-    _, old = _open_thread(conn, retention, owner, thread_id, now, expected)
+    _, old = _open_thread(conn, retention, owner, thread_id, now, expected_head)
     # The base gains one reference: the first new turn's, or the thread's.
     depth = 0 if base is None else retain(conn, base, owner)
-    _check_length(depth, len(new), rebase=True)
+    _core.check_length(depth, len(new), rebase=True)
     head = insert_turns(conn, owner, base, depth, new, 1, now)[-1] if new else base
     if old is not None:
         release(conn, old)

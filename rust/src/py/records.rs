@@ -181,6 +181,11 @@ impl Thread {
     pub(crate) fn times(&self) -> (i64, i64) {
         (self.created_ms, self.last_activity_ms)
     }
+
+    /// What deciding a write to it needs: id, state and head.
+    pub(crate) fn write_fields(&self) -> (&str, &str, Option<&str>) {
+        (&self.id, &self.state, self.head.as_deref())
+    }
 }
 
 #[pymethods]

@@ -340,3 +340,107 @@ pub fn parse_thread_cursor(cursor: &str) -> PyResult<(i64, String)> {
 pub fn quote(text: &str) -> String {
     format!("{text:?}")
 }
+
+// ---- the store's decisions (`store::decide`), for the PostgreSQL store ---------------------
+
+/// Raises unless turns may be written after `thread`'s head: StateConflict for a thread that is
+/// not open, or whose head is not `expected_head` (a turn id, "" for an empty thread; None:
+/// not checked) or not `continued_turn` (the last turn of the response continued).
+#[pyfunction]
+#[pyo3(signature = (thread, expected_head=None, continued_turn=None))]
+pub fn check_thread_write(
+    thread: PyRef<'_, Thread>,
+    expected_head: Option<&str>,
+    continued_turn: Option<&str>,
+) -> PyResult<()> {
+    let (id, state, head) = thread.write_fields();
+    let head = head.map(ids::parse_turn_id).transpose()?;
+    let expected = parse_expected_head(expected_head)?;
+    let continued = continued_turn.map(ids::parse_turn_id).transpose()?;
+    Ok(store::decide::check_thread_write(
+        id,
+        ThreadState::parse(state)?,
+        head,
+        expected,
+        continued,
+    )?)
+}
+
+/// InvalidInput unless an append's shape may go: some turns, at most `output_count` of them
+/// outputs, and turns outside a thread recorded under a response (`output_count` None: none).
+#[pyfunction]
+#[pyo3(signature = (turns, output_count, in_thread))]
+pub fn check_append_shape(
+    turns: usize,
+    output_count: Option<u32>,
+    in_thread: bool,
+) -> PyResult<()> {
+    Ok(store::decide::check_append_shape(
+        turns,
+        output_count,
+        in_thread,
+    )?)
+}
+
+/// The conversation's length once `added` turns follow `depth`, or LimitExceeded.
+#[pyfunction]
+#[pyo3(signature = (depth, added, rebase=false))]
+pub fn check_length(depth: u32, added: usize, rebase: bool) -> PyResult<u32> {
+    Ok(store::decide::check_length(depth, added, rebase)?)
+}
+
+/// A create of `thread_id` meeting a `live` thread or a `tombstoned` id: True to return the
+/// live thread, False to create (clearing the tombstone); StateConflict or NotFound otherwise.
+#[pyfunction]
+pub fn check_create(
+    thread_id: &str,
+    exist_ok: bool,
+    live: bool,
+    tombstoned: bool,
+) -> PyResult<bool> {
+    Ok(store::decide::check_create(
+        thread_id, exist_ok, live, tombstoned,
+    )?)
+}
+
+/// StateConflict when a new response's id is `taken`.
+#[pyfunction]
+pub fn check_response_id_free(response_id: &str, taken: bool) -> PyResult<()> {
+    Ok(store::decide::check_response_id_free(response_id, taken)?)
+}
+
+/// LimitExceeded when a thread holding `held` branch records may not record a `new` one.
+#[pyfunction]
+pub fn check_branch_room(thread_id: &str, held: usize, new: bool) -> PyResult<()> {
+    Ok(store::decide::check_branch_room(thread_id, held, new)?)
+}
+
+/// StateConflict when a thread in `state` may not take new metadata (`state_change`: the same
+/// update changes its state).
+#[pyfunction]
+pub fn check_metadata_change(thread_id: &str, state: &str, state_change: bool) -> PyResult<()> {
+    Ok(store::decide::check_metadata_change(
+        thread_id,
+        ThreadState::parse(state)?,
+        state_change,
+    )?)
+}
+
+/// InvalidInput unless one page may list `limit` threads.
+#[pyfunction]
+pub fn check_page_limit(limit: usize) -> PyResult<()> {
+    Ok(store::decide::check_page_limit(limit)?)
+}
+
+/// The NotFound error (not raised) for a missing record: `kind` "thread" or "response" with
+/// its id, or "turn" with its 16-byte key.
+#[pyfunction]
+pub fn not_found(py: Python<'_>, kind: &str, id: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let error = match kind {
+        "thread" => store::decide::thread_not_found(&id.extract::<String>()?),
+        "response" => store::decide::response_not_found(&id.extract::<String>()?),
+        "turn" => store::decide::turn_not_found(&turn_key(&id.extract::<Vec<u8>>()?)?),
+        _ => return Err(Error::InvalidInput(format!("no record kind {kind:?}")).into()),
+    };
+    Ok(PyErr::from(error).into_value(py).into_any())
+}

@@ -157,7 +157,11 @@ impl Store {
     /// transaction. With `response`, records them under a new response id. `expected_head`
     /// (a turn id, or "" for an empty thread) refuses the append if the thread moved on;
     /// `anchor_window` refuses response anchors older than the retention's window.
-    #[pyo3(signature = (turns, *, owner="default", thread=None, previous_response_id=None, after_turn=None, response=None, expected_head=None, anchor_window=false))]
+    /// With both `thread` and `previous_response_id`, the turns go after the thread's head,
+    /// which must be that response's last turn, and the new response records it as its
+    /// previous one. `settle_pending` removes the pending record of `response.id` in the same
+    /// transaction.
+    #[pyo3(signature = (turns, *, owner="default", thread=None, previous_response_id=None, after_turn=None, response=None, expected_head=None, anchor_window=false, settle_pending=false))]
     #[allow(clippy::too_many_arguments)]
     fn append(
         &self,
@@ -170,13 +174,21 @@ impl Store {
         response: Option<ResponseInfo>,
         expected_head: Option<String>,
         anchor_window: bool,
+        settle_pending: bool,
     ) -> PyResult<Appended> {
         let turns = new_turns(turns)?;
-        let anchor = anchor_from(thread, previous_response_id, after_turn)?;
+        // A thread continued from the response at its head: the thread is the anchor, the
+        // response is what the new one records as its previous.
+        let (anchor, continued) = match (thread, previous_response_id) {
+            (Some(t), Some(r)) if after_turn.is_none() => (Anchor::Thread(t), Some(r)),
+            (thread, previous) => (anchor_from(thread, previous, after_turn)?, None),
+        };
         let expected_head = parse_expected_head(expected_head.as_deref())?;
         let options = AppendOptions {
             expected_head,
             anchor_window,
+            previous_response_id: continued,
+            settle_pending,
         };
         let response = response.map(|r| r.inner);
         let out = py.detach(|| {

@@ -6,6 +6,7 @@ use super::ops::{check_turns, new_turn_key, opt_turn_key, turn_not_found};
 use super::records::{self, to_json};
 use super::turn::{self, NewTurn};
 use super::*;
+use super::{decide, pending};
 
 /// Where an append lands, resolved from its anchor inside the write transaction.
 struct Landing {
@@ -28,21 +29,11 @@ fn check_append(
     response: Option<&NewResponse>,
 ) -> Result<Option<String>> {
     ids::validate_owner(owner)?;
-    if turns.is_empty() {
-        return Err(Error::InvalidInput(
-            "nothing to append: turns is empty".to_owned(),
-        ));
-    }
+    let in_thread = matches!(anchor, Anchor::Thread(_));
+    decide::check_append_shape(turns.len(), response.map(|r| r.output_count), in_thread)?;
     check_turns(turns)?;
     let response_metadata = match response {
         Some(r) => {
-            if r.output_count as usize > turns.len() {
-                return Err(Error::InvalidInput(format!(
-                    "output_count {} exceeds the {} turns appended",
-                    r.output_count,
-                    turns.len()
-                )));
-            }
             if let Some(id) = &r.id {
                 ids::validate_response_id(id)?;
             }
@@ -50,25 +41,7 @@ fn check_append(
         }
         None => None,
     };
-    // Without a thread head or a response pointing at them, the turns would be unreachable.
-    if response.is_none() && !matches!(anchor, Anchor::Thread(_)) {
-        return Err(Error::InvalidInput(
-            "turns appended outside a thread must be recorded under a response".to_owned(),
-        ));
-    }
     Ok(response_metadata)
-}
-
-/// Returns the conversation's length after the append, refusing one that would grow past the
-/// limit (checked before any turn is written).
-fn check_depth(depth: u32, added: usize) -> Result<u64> {
-    let new_depth = depth as u64 + added as u64;
-    if new_depth > MAX_THREAD_MESSAGES as u64 {
-        return Err(Error::LimitExceeded(format!(
-            "a conversation may hold at most {MAX_THREAD_MESSAGES} messages; it has {depth} and {added} more were sent"
-        )));
-    }
-    Ok(new_depth)
 }
 
 impl Store {
@@ -108,17 +81,22 @@ impl Store {
     ) -> Result<Appended> {
         let now = now_ms();
         let mut landing = self.resolve_anchor(txn, owner, anchor, options, now)?;
-        let new_depth = check_depth(landing.depth, turns.len())?;
+        let new_depth = decide::check_length(landing.depth, turns.len(), false)?;
         let turn_ids = self.write_turns(txn, owner, landing.parent, landing.depth, turns, now)?;
         let last = *turn_ids
             .last()
             .ok_or_else(|| Error::InvalidInput("nothing to append: turns is empty".to_owned()))?;
         if let Some(t) = landing.thread.as_mut() {
-            self.advance_thread(txn, t, &last, new_depth as u32, now)?;
+            self.advance_thread(txn, t, &last, new_depth, now)?;
         }
         let record = response
             .map(|r| self.record_response(txn, owner, r, &landing, &turn_ids, now))
             .transpose()?;
+        if options.settle_pending {
+            if let Some(r) = &record {
+                self.pending.delete(txn, &pending::key(owner, &r.id)?)?;
+            }
+        }
         Ok(Appended {
             turn_ids,
             response: record,
@@ -146,20 +124,17 @@ impl Store {
             Anchor::Root => {}
             Anchor::Thread(id) => {
                 let t = self.load_thread(txn, owner, id, now)?;
-                if t.state != ThreadState::Open {
-                    return Err(Error::StateConflict(format!(
-                        "thread {id:?} is {} and accepts no new messages",
-                        t.state.as_str()
-                    )));
-                }
                 let head = opt_turn_key(&t.head)?;
                 // Optimistic concurrency: the caller built its request on this head.
-                if let Some(expected) = options.expected_head {
-                    if expected != head {
-                        return Err(Error::StateConflict(format!(
-                            "thread {id:?} moved on: its head is no longer the expected turn"
-                        )));
-                    }
+                decide::check_thread_write(id, t.state, head, options.expected_head, None)?;
+                if let Some(previous) = &options.previous_response_id {
+                    // A reply continuing the response at the head: the head must still be it.
+                    let r = self.load_response(txn, owner, previous, now)?;
+                    self.retention
+                        .check_anchor(&r, now, options.anchor_window)?;
+                    let last = ids::parse_turn_id(&r.last_turn)?;
+                    decide::check_thread_write(id, t.state, head, None, Some(last))?;
+                    landing.previous_response_id = Some(r.id);
                 }
                 landing.parent = head;
                 landing.depth = t.message_count;
@@ -224,12 +199,11 @@ impl Store {
         let last = turn_ids[turn_ids.len() - 1];
         let id = match &r.id {
             // A reused id would let one response overwrite another's record.
-            Some(id) if self.responses.get(txn, id.as_bytes())?.is_some() => {
-                return Err(Error::StateConflict(format!(
-                    "response {id} already exists"
-                )));
+            Some(id) => {
+                let taken = self.responses.get(txn, id.as_bytes())?.is_some();
+                decide::check_response_id_free(id, taken)?;
+                id.clone()
             }
-            Some(id) => id.clone(),
             None => ids::new_response_id(),
         };
         let rec = ResponseRecord {

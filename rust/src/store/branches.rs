@@ -60,12 +60,8 @@ impl Store {
                 .branches
                 .prefix_iter(txn, &prefix(&owner, &thread_id))?
                 .count();
-            if held >= MAX_THREAD_BRANCHES && s.branches.get(txn, &new)?.is_none() {
-                return Err(Error::LimitExceeded(format!(
-                    "thread {thread_id:?} has as many branches as it can record \
-                     ({MAX_THREAD_BRANCHES})"
-                )));
-            }
+            let recorded = s.branches.get(txn, &new)?.is_some();
+            super::decide::check_branch_room(&thread_id, held, !recorded)?;
             let value: &[u8] = after.as_ref().map_or(&[], |k| &k[..]);
             s.branches.put(txn, &new, value)?;
             Ok(())

@@ -3,6 +3,7 @@
 
 mod branches;
 mod commit;
+pub mod decide;
 mod keys;
 mod pending;
 pub mod records;
@@ -58,6 +59,13 @@ pub struct AppendOptions {
     pub expected_head: Option<Option<TurnKey>>,
     /// Refuse response anchors older than the retention's anchor window.
     pub anchor_window: bool,
+    /// With a thread anchor: the response whose reply is the thread's head, which the new
+    /// response continues and records as its previous one. Refused (StateConflict) when the
+    /// head is no longer that response's last turn.
+    pub previous_response_id: Option<String>,
+    /// Remove the pending record of the new response's id in the same transaction: the
+    /// stored reply and the end of its announcement commit together or not at all.
+    pub settle_pending: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -7,22 +7,13 @@ use std::ops::Bound;
 
 use heed::{RoTxn, RwTxn, WithoutTls};
 
+use super::decide;
 use super::keys;
 use super::records::{self, from_json, to_json};
 use super::turn::{self, NewTurn, TurnView};
 use super::*;
 
-fn thread_not_found(id: &str) -> Error {
-    Error::NotFound(format!("thread {id:?} not found"))
-}
-
-fn response_not_found(id: &str) -> Error {
-    Error::NotFound(format!("response {id:?} not found"))
-}
-
-pub(super) fn turn_not_found(key: &TurnKey) -> Error {
-    Error::NotFound(format!("turn {:?} not found", ids::turn_id_string(key)))
-}
+pub(super) use super::decide::{response_not_found, thread_not_found, turn_not_found};
 
 /// A new turn's key: a 48-bit time field (big-endian) over 80 random bits. The time field is the
 /// clock's Unix ms, or one more than the parent's time field when that is not below the clock,
@@ -216,26 +207,16 @@ impl Store {
             if let Some(raw) = s.threads.get(txn, &key)? {
                 let old: ThreadRecord = from_json(raw, "thread")?;
                 if !s.retention.thread_expired(&old, now) {
-                    if exist_ok {
-                        return Ok(old);
-                    }
-                    return Err(Error::StateConflict(format!(
-                        "thread {id:?} already exists"
-                    )));
+                    decide::check_create(&id, exist_ok, true, false)?;
+                    return Ok(old);
                 }
                 // An expired thread is gone as far as readers know; reclaim it (leaving its
                 // tombstone) before deciding on reuse.
                 s.remove_thread(txn, &old)?;
             }
-            // "Create if missing" must not quietly revive a deleted or expired conversation
-            // under its old id (the client would continue a thread that lost its history);
-            // an explicit create may reuse the id.
-            if s.tombstones.get(txn, &key)?.is_some() {
-                if exist_ok {
-                    return Err(Error::NotFound(format!(
-                        "thread {id:?} was deleted or expired"
-                    )));
-                }
+            let tombstoned = s.tombstones.get(txn, &key)?.is_some();
+            decide::check_create(&id, exist_ok, false, tombstoned)?;
+            if tombstoned {
                 s.tombstones.delete(txn, &key)?;
             }
             let t = ThreadRecord {
@@ -268,11 +249,7 @@ impl Store {
         after: Option<&str>,
     ) -> Result<ThreadPage> {
         ids::validate_owner(owner)?;
-        if limit == 0 || limit > 1000 {
-            return Err(Error::InvalidInput(format!(
-                "limit must be between 1 and 1000, got {limit}"
-            )));
-        }
+        decide::check_page_limit(limit)?;
         let prefix = keys::activity_prefix(owner, visible);
         let start = match after {
             None => prefix.clone(),
@@ -340,11 +317,7 @@ impl Store {
                 t.state = to;
             }
             if let Some(m) = &metadata {
-                if t.state == ThreadState::Archived && state.is_none() {
-                    return Err(Error::StateConflict(format!(
-                        "thread {id:?} is archived; its metadata cannot change"
-                    )));
-                }
+                decide::check_metadata_change(&id, t.state, state.is_some())?;
                 t.metadata = m.clone();
             }
             s.put_thread(txn, &t)?;

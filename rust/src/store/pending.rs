@@ -15,7 +15,7 @@ use super::Store;
 /// The largest payload: the inputs of one request (bodies are bounded well below this).
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
 
-fn key(owner: &str, id: &str) -> Result<Vec<u8>> {
+pub(super) fn key(owner: &str, id: &str) -> Result<Vec<u8>> {
     ids::validate_owner(owner)?;
     ids::validate_response_id(id)?;
     let mut k = Vec::with_capacity(owner.len() + 1 + id.len());

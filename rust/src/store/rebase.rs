@@ -2,7 +2,8 @@
 //! pointer, and this points it elsewhere (new turns may be written on the way), in one
 //! transaction.
 
-use super::ops::{check_turns, opt_turn_key, turn_not_found};
+use super::decide::{self, turn_not_found};
+use super::ops::{check_turns, opt_turn_key};
 use super::*;
 
 impl Store {
@@ -28,18 +29,8 @@ impl Store {
         self.write(move |s, txn| {
             let now = now_ms();
             let mut t = s.load_thread(txn, &owner, &id, now)?;
-            if t.state != ThreadState::Open {
-                return Err(Error::StateConflict(format!(
-                    "thread {id:?} is {} and accepts no new messages",
-                    t.state.as_str()
-                )));
-            }
             let old = opt_turn_key(&t.head)?;
-            if expected_head.is_some_and(|expected| expected != old) {
-                return Err(Error::StateConflict(format!(
-                    "thread {id:?} moved on: its head is no longer the expected turn"
-                )));
-            }
+            decide::check_thread_write(&id, t.state, old, expected_head, None)?;
             let depth = match &base {
                 Some(key) => {
                     let view = s.load_turn(txn, key)?;
@@ -50,12 +41,7 @@ impl Store {
                 }
                 None => 0,
             };
-            let new_depth = depth as u64 + turns.len() as u64;
-            if new_depth > MAX_THREAD_MESSAGES as u64 {
-                return Err(Error::LimitExceeded(format!(
-                    "a conversation may hold at most {MAX_THREAD_MESSAGES} messages; it would have {new_depth}"
-                )));
-            }
+            let new_depth = decide::check_length(depth, turns.len(), true)?;
             let written = s.write_turns(txn, &owner, base, depth, &turns, now)?;
             let head = written.last().copied().or(base);
             // The new head is held before the old one is let go: they may share turns.
@@ -67,7 +53,7 @@ impl Store {
             }
             s.unindex_thread(txn, &t)?;
             t.head = head.as_ref().map(ids::turn_id_string);
-            t.message_count = new_depth as u32;
+            t.message_count = new_depth;
             t.last_activity_ms = now.max(t.last_activity_ms);
             s.put_thread(txn, &t)?;
             s.index_thread(txn, &t)?;

@@ -2673,3 +2673,55 @@ fn summaries_are_kept_per_owner_and_survive_a_reopen() {
         Some("replaced")
     );
 }
+
+#[test]
+fn a_thread_append_records_the_head_response_it_continues() {
+    let (_d, s) = store();
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let first = respond(&s, A, &thread("t"), &["q", "a"]);
+    let continuing = |previous: &str| AppendOptions {
+        previous_response_id: Some(previous.to_owned()),
+        ..AppendOptions::default()
+    };
+    let out = s
+        .append(
+            A,
+            &thread("t"),
+            &turns(&["q2", "a2"]),
+            Some(&completed()),
+            &continuing(&first),
+        )
+        .unwrap();
+    let second = out.response.unwrap();
+    assert_eq!(second.previous_response_id.as_deref(), Some(first.as_str()));
+    assert_eq!(second.thread_id.as_deref(), Some("t"));
+    // The head moved on: continuing `first` again in the thread is refused, nothing written.
+    let before = turn_count(&s);
+    let err = s
+        .append(
+            A,
+            &thread("t"),
+            &turns(&["q3"]),
+            Some(&completed()),
+            &continuing(&first),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::StateConflict(_)), "{err:?}");
+    assert_eq!(turn_count(&s), before);
+}
+
+#[test]
+fn settle_pending_removes_the_record_in_the_append() {
+    let (_d, s) = store();
+    let id = ids::new_response_id();
+    s.put_pending(A, &id, b"{}".to_vec()).unwrap();
+    let mut r = completed();
+    r.id = Some(id.clone());
+    let settle = AppendOptions {
+        settle_pending: true,
+        ..AppendOptions::default()
+    };
+    s.append(A, &Anchor::Root, &turns(&["q", "a"]), Some(&r), &settle)
+        .unwrap();
+    assert_eq!(s.get_pending(A, &id).unwrap(), None);
+}

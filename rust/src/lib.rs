@@ -1,6 +1,8 @@
-//! threadloom's core: the LMDB conversation store, GGUF reading, chat templates, tokenization,
-//! prompt assembly and trimming, and constrained decoding (and, behind the `python` feature,
-//! the `threadloom._core` extension module that exposes them).
+//! threadloom's core: the conversation store's rules and ids (with the LMDB store built on
+//! them; the PostgreSQL store calls the same rules from Python), GGUF reading, chat templates,
+//! tokenization, prompt assembly and trimming, sealing compaction items, and constrained
+//! decoding (and, behind the `python` feature, the `threadloom._core` extension module that
+//! exposes them).
 
 pub mod constrain;
 pub mod error;
@@ -55,6 +57,9 @@ mod _core {
         // Role names in the order of their stored index (`parse_turns` gives the index).
         m.add("ROLES", ("system", "user", "assistant", "tool"))?;
         m.add("COMPACTION_KEY_BYTES", crate::seal::KEY_LEN)?;
+        // The id grammar, for the request schemas: one definition, the store's.
+        m.add("RESPONSE_ID_PATTERN", crate::ids::RESPONSE_ID_PATTERN)?;
+        m.add("THREAD_ID_PATTERN", crate::ids::THREAD_ID_PATTERN)?;
         Ok(())
     }
 }

@@ -11,6 +11,7 @@ from aiohttp import web
 from threadloom import tools
 from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result, TokenEvent
+from threadloom.request import Request
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER
@@ -20,11 +21,12 @@ from threadloom.server.routes.common import (
     decode_body,
     engine_for,
     final_result,
+    generation_failed,
     json_response,
+    mint_id,
     sampling_params,
 )
 from threadloom.server.routes.compat import refuse_unsupported
-from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import chat as c
 from threadloom.server.schemas import formats
 from threadloom.server.schemas import tools as t
@@ -96,15 +98,17 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages = _messages(req)
     schema, schema_field = formats.chat_response_format(req.response_format)
     spec = t.chat_spec(req.tools, req.tool_choice, req.parallel_tool_calls)
-    events = engine.stream(
-        messages[-1:],
-        history=messages[:-1],
-        store=False,
-        owner=request[OWNER],
-        sampling=sampling,
-        output_schema=schema,
-        output_schema_field=schema_field,
-        tools=spec,
+    events = engine.stream_request(
+        Request(
+            inputs=messages[-1:],
+            history=messages[:-1],
+            store=False,
+            owner=request[OWNER],
+            sampling=sampling,
+            output_schema=schema,
+            output_schema_field=schema_field,
+            tools=spec,
+        )
     )
     await sse.started(events)
     ident, created = mint_id("chatcmpl"), int(time.time())
@@ -115,7 +119,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await sse.serve_stream(request, events, dialect)
     result = await final_result(events)
     if result.status == "failed":
-        raise ApiError(500, "the generation failed", type="server_error", code="server_error")
+        raise generation_failed(result)
     return json_response(
         c.ChatCompletion(
             id=ident,
@@ -208,7 +212,7 @@ class _ChatStream:
 
     async def finish(self, response: web.StreamResponse, result: Result) -> None:
         if result.status == "failed":
-            raise ApiError(500, "the generation failed", type="server_error", code="server_error")
+            raise generation_failed(result)
         if self.scanner is not None:
             await self._pieces(response, self.scanner.finish())
         await response.write(self._chunk(c.Delta(), _finish_reason(result)))

@@ -3,7 +3,7 @@ they are about, and the dialect toolkit's id, paging and error helpers."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import pytest
@@ -162,7 +162,10 @@ def test_unknown_model_names_itself() -> None:
     from threadloom.registry.pool import Models
     from threadloom.registry.spec import ModelSpec
 
-    models = Models([ModelSpec(name="a")], lambda spec: None)  # type: ignore[arg-type,return-value]
+    def never(spec: ModelSpec, group: object) -> Any:
+        raise AssertionError("no model is loaded to refuse an unknown name")
+
+    models = Models([ModelSpec(name="a")], never)
     with pytest.raises(ModelNotFound) as e:
         models.entry("nope", "model")
     assert (e.value.kind, e.value.id, e.value.param) == ("model", "nope", "model")

@@ -11,7 +11,6 @@ from aiohttp import web
 from threadloom import tools
 from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result, TokenEvent
-from threadloom.request import Request
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER
@@ -25,6 +24,7 @@ from threadloom.server.routes.common import (
     json_response,
     mint_id,
     sampling_params,
+    stateless,
 )
 from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import chat as c
@@ -99,11 +99,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     schema, schema_field = formats.chat_response_format(req.response_format)
     spec = t.chat_spec(req.tools, req.tool_choice, req.parallel_tool_calls)
     events = engine.stream_request(
-        Request(
-            inputs=messages[-1:],
-            history=messages[:-1],
-            store=False,
-            owner=request[OWNER],
+        stateless(
+            messages,
+            request[OWNER],
             sampling=sampling,
             output_schema=schema,
             output_schema_field=schema_field,

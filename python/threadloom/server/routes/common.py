@@ -11,7 +11,7 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -22,6 +22,7 @@ from threadloom.conversation import THREAD_DELETED
 from threadloom.engine import Engine, Event, Finished, Result
 from threadloom.errors import ThreadloomError
 from threadloom.registry import Lease, LoadedModel
+from threadloom.request import Request
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import LEASES, MODELS
 from threadloom.server.middleware import Handler
@@ -192,6 +193,38 @@ def sampling_params(
             )
         given["max_tokens"] = max_tokens
     return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+
+class OutputSettings(Protocol):
+    """The sampler fields most dialects' request bodies spell alike."""
+
+    @property
+    def max_output_tokens(self) -> int | None: ...
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def top_p(self) -> float | None: ...
+
+
+def output_sampling(
+    engine: Engine, req: OutputSettings, max_tokens_param: str = "max_output_tokens", **more: Any
+) -> SamplingParams:
+    """`sampling_params` for a body with `max_output_tokens`, `temperature` and `top_p` (and
+    `more` settings of the dialect's own)."""
+    return sampling_params(
+        engine,
+        max_tokens=req.max_output_tokens,
+        max_tokens_param=max_tokens_param,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        **more,
+    )
+
+
+def stateless(messages: list[dict[str, str]], owner: str, **options: Any) -> Request:
+    """A request that carries its whole conversation and stores nothing: the last message is
+    the input, the ones before it the history."""
+    return Request(inputs=messages[-1:], history=messages[:-1], store=False, owner=owner, **options)
 
 
 # ---- the model of a request -----------------------------------------------------------------

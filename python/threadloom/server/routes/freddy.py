@@ -18,7 +18,6 @@ import msgspec
 from aiohttp import web
 
 from threadloom import Thread, Turn
-from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result
 from threadloom.errors import (
     InvalidInput,
@@ -39,7 +38,7 @@ from threadloom.server.routes.common import (
     failure,
     final_result,
     json_response,
-    sampling_params,
+    output_sampling,
     store_engine,
 )
 from threadloom.server.schemas import freddy as f
@@ -96,16 +95,6 @@ def _check_combination(req: f.CreateModelResponse) -> None:
             param="threadState",
             code="invalid_value",
         )
-
-
-def _sampling(req: f.CreateModelResponse, engine: Engine) -> SamplingParams:
-    return sampling_params(
-        engine,
-        max_tokens=req.max_output_tokens,
-        max_tokens_param="maxOutputTokens",
-        temperature=req.temperature,
-        top_p=req.top_p,
-    )
 
 
 class _Target:
@@ -217,7 +206,7 @@ async def create_model_response(request: web.Request) -> web.Response:
     req = decode_body(_create_response, await request.read())
     engine = await engine_for(request, req.model)
     _check_combination(req)
-    sampling = _sampling(req, engine)
+    sampling = output_sampling(engine, req, "maxOutputTokens")
     inputs = [{"role": m.role, "content": m.content()} for m in req.inputs]
     target = None
     if req.previous_response_id is None:

@@ -28,7 +28,7 @@ from threadloom.server.routes.common import (
     final_result,
     generation_failed,
     json_response,
-    sampling_params,
+    output_sampling,
 )
 from threadloom.server.schemas import lmstudio as lm
 
@@ -68,15 +68,7 @@ def _sampling(req: lm.StatefulChatRequest, engine: Engine) -> SamplingParams:
             param="context_length",
             code="invalid_value",
         )
-    return sampling_params(
-        engine,
-        max_tokens=req.max_output_tokens,
-        max_tokens_param="max_output_tokens",
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        repetition_penalty=req.repeat_penalty,
-    )
+    return output_sampling(engine, req, top_k=req.top_k, repetition_penalty=req.repeat_penalty)
 
 
 def _anchor(req: lm.StatefulChatRequest) -> tuple[str | None, str]:

@@ -13,12 +13,11 @@ from aiohttp import web
 
 from threadloom.backends.base import SamplingParams
 from threadloom.engine import Result, TokenEvent
-from threadloom.request import Request
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER, PADDLER_REQUEST_ID
 from threadloom.server.middleware import register_error_format
-from threadloom.server.routes.common import decode_body, engine_for, generation_failed
+from threadloom.server.routes.common import decode_body, engine_for, generation_failed, stateless
 from threadloom.server.schemas import paddler as p
 
 PATH = "/api/v1/continue_from_conversation_history"
@@ -72,11 +71,9 @@ async def continue_from_conversation_history(request: web.Request) -> web.Stream
     engine = await engine_for(request, None)  # Paddler's requests name no model
     messages = [{"role": m.role, "content": m.content} for m in req.conversation_history]
     events = engine.stream_request(
-        Request(
-            inputs=messages[-1:],
-            history=messages[:-1],
-            store=False,
-            owner=request[OWNER],
+        stateless(
+            messages,
+            request[OWNER],
             sampling=SamplingParams(max_tokens=req.max_tokens),
             enable_thinking=req.enable_thinking,
             add_generation_prompt=req.add_generation_prompt,

@@ -29,9 +29,9 @@ from threadloom.server.routes.common import (
     mint_id,
     not_found,
     opener,
+    output_sampling,
     page_after,
     path_id,
-    sampling_params,
     sealer,
     store_engine,
 )
@@ -60,16 +60,6 @@ def _inputs(req: s.CreateResponse, open_item: s.Opener) -> list[dict[str, str]]:
     else:
         out.extend(item.turn(f"input[{i}]", open_item) for i, item in enumerate(req.input))
     return out
-
-
-def _sampling(req: s.CreateResponse, engine: Engine) -> SamplingParams:
-    return sampling_params(
-        engine,
-        max_tokens=req.max_output_tokens,
-        max_tokens_param="max_output_tokens",
-        temperature=req.temperature,
-        top_p=req.top_p,
-    )
 
 
 def usage(prompt: int, completion: int, cached: int) -> s.ResponseUsage:
@@ -232,7 +222,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "background needs store true and stream false", param="background")
     engine = await engine_for(request, req.model)
     inputs = _inputs(req, opener(engine, owner))
-    sampling = _sampling(req, engine)
+    sampling = output_sampling(engine, req)
     draft = _Draft(req, engine, sampling)
     if req.context_management:
         threshold = req.context_management[0].compact_threshold or engine.context_length // 2
@@ -403,7 +393,7 @@ async def input_tokens(request: web.Request) -> web.Response:
     req = decode_items_body(_create, await request.read(), "input")
     refuse_unsupported(req, compat.RESPONSES)
     engine = await engine_for(request, req.model)
-    sampling = _sampling(req, engine)
+    sampling = output_sampling(engine, req)
     owner = request[OWNER]
     try:
         assembly = await engine.assemble_prompt(

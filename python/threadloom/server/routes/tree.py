@@ -31,8 +31,8 @@ from threadloom.server.routes.common import (
     final_result,
     json_response,
     not_found,
+    output_sampling,
     path_id,
-    sampling_params,
     store_engine,
 )
 from threadloom.server.schemas import tree as s
@@ -182,13 +182,7 @@ async def continue_thread(request: web.Request) -> web.StreamResponse:
     owner, tid = request[OWNER], _thread_id(request)
     req = decode_body(_continue, await request.read())
     engine = await engine_for(request, req.model)
-    sampling = sampling_params(
-        engine,
-        max_tokens=req.max_output_tokens,
-        max_tokens_param="max_output_tokens",
-        temperature=req.temperature,
-        top_p=req.top_p,
-    )
+    sampling = output_sampling(engine, req)
     point = await _point(engine, owner, tid, req.after)
     inputs = [{"role": m.role, "content": m.content} for m in req.input]
     events = engine.stream_request(_request(point, owner, inputs, sampling=sampling))

@@ -163,7 +163,17 @@ mod tests {
             let matched = response.is_match(case).unwrap();
             assert_eq!(matched, validate_response_id(case).is_ok(), "{case}");
         }
-        for case in [".", "..", "...", ".a", "", "a b", "é", "thread_x", &"x".repeat(129)] {
+        for case in [
+            ".",
+            "..",
+            "...",
+            ".a",
+            "",
+            "a b",
+            "é",
+            "thread_x",
+            &"x".repeat(129),
+        ] {
             let matched = thread.is_match(case).unwrap();
             assert_eq!(matched, validate_thread_id(case).is_ok(), "{case:?}");
         }

@@ -1,5 +1,6 @@
 """`Request`: everything one generation is asked to do, in one typed value. Every dialect
-builds one; `Engine.stream`, `respond`, `assemble_prompt` and `run_batch` take it."""
+builds one; `Engine.stream_request`, `respond`, `assemble_prompt`, `compact_request` and
+`run_batch` take it (`Engine.stream` is the keyword form, for the Python API)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,9 @@ __all__ = [
     "MAX_THREAD_BRANCHES",
     "MAX_THREAD_MESSAGES",
     "MAX_TURN_BYTES",
+    "RESPONSE_ID_PATTERN",
     "ROLES",
+    "THREAD_ID_PATTERN",
     "Appended",
     "Assembly",
     "ChatTemplate",
@@ -80,6 +82,10 @@ MAX_TURN_BYTES: Final[int]
 """Largest turn, in bytes of text (content, reasoning and tool data)."""
 ROLES: Final[tuple[_Role, _Role, _Role, _Role]]
 """Role names in the order of their stored index."""
+RESPONSE_ID_PATTERN: Final[str]
+"""The ids `validate_response_id` takes, as a regular expression (canonical spelling only)."""
+THREAD_ID_PATTERN: Final[str]
+"""The ids `validate_thread_id` takes, as a regular expression."""
 
 @final
 class Retention:

@@ -174,5 +174,5 @@ def resolve(store: ConversationStore, owner: str, thread_id: str, after: str) ->
         return ROOT
     tree = build(store, owner, thread_id, None)
     if not any(n.turn.id == after for n in tree.nodes):
-        raise NotFound(f"no turn {after!r} in thread {thread_id!r}")
+        raise NotFound(f"no turn {after!r} in thread {thread_id!r}", kind="turn", id=after)
     return after

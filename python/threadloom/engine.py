@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import msgspec
+
 from threadloom import branches, tools
 from threadloom._core import Assembly, Constraint, Thread, new_response_id
 from threadloom.backends import BackendName, load_backend
@@ -28,9 +30,9 @@ from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usag
 from threadloom.formats import OutputFormats
 from threadloom.generation import ENDED, Signal, TextJob
 from threadloom.kvstate import StateCache, StateTag
+from threadloom.locks import KeyedLocks
 from threadloom.request import Message, Request, make_request
 from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, ComputeTurns, Scheduler
-from threadloom.serial import KeyedLocks
 from threadloom.storage import ConversationStore, StoreStats, close_store, open_store
 from threadloom.summarize import Summarizer
 
@@ -294,11 +296,13 @@ class Engine:
         slots = len(self.scheduler.slots)
         return run_batch(self.respond, self.model_name, requests, concurrency or slots, show)
 
-    async def assemble_prompt(self, inputs: str | Iterable[Message], **options: Any) -> Assembly:
+    async def assemble_prompt(
+        self, inputs: str | Iterable[Message] | Request, **options: Any
+    ) -> Assembly:
         """The prompt `stream` would give the model for the same arguments (same checks, same
         assembly and trimming), without generating or storing anything: for token counting.
         A missing thread is not created."""
-        req = make_request(inputs, options)
+        req = inputs if isinstance(inputs, Request) else make_request(inputs, options)
         new = req.check(self.context_length)
         prepared = await self.offload(lambda: self.conversations.prepare(req, new, create=False))
         return prepared.assembly
@@ -341,24 +345,30 @@ class Engine:
                 for t in turns
             ]
 
-        return await self.with_store(read)
+        return await self.offload(lambda: read(self.store))
 
     async def compact_over(
         self, inputs: list[dict[str, str]], threshold: int, **options: Any
     ) -> tuple[list[dict[str, str]], Summary | None]:
-        """`inputs` as they go to `stream` with `options`, unless the whole prompt (untrimmed)
-        would cross `threshold` tokens: then the stored conversation and all but the newest
-        input are compacted, and the inputs become the instructions, a compaction turn and
-        that newest input. Returns the summary written, if any."""
+        """`compact_request` in the keyword form."""
+        return await self.compact_request(make_request(inputs, options), threshold)
+
+    async def compact_request(
+        self, req: Request, threshold: int
+    ) -> tuple[list[dict[str, str]], Summary | None]:
+        """`req`'s inputs as they go to `stream`, unless the whole prompt (untrimmed) would
+        cross `threshold` tokens: then the stored conversation and all but the newest input
+        are compacted, and the inputs become the instructions, a compaction turn and that
+        newest input. Returns the summary written, if any."""
+        inputs = req.new_messages()
         try:
-            assembly = await self.assemble_prompt(inputs, **{**options, "strategy": "none"})
-            tokens = assembly.prompt_tokens
+            untrimmed = msgspec.structs.replace(req, strategy="none")
+            tokens = (await self.assemble_prompt(untrimmed)).prompt_tokens
         except ContextLengthExceeded as e:
             tokens = e.prompt_tokens
         if tokens <= threshold:
             return inputs, None
-        owner = options.get("owner", "default")
-        thread, previous = options.get("thread"), options.get("previous_response_id")
+        owner, thread, previous = req.owner, req.thread, req.previous_response_id
         history = []
         if thread is not None or previous is not None:
             history = await self.history_messages(owner, thread=thread, response=previous)
@@ -422,11 +432,6 @@ class Engine:
             return await self.offload(lambda: work(self.store))
         finally:
             self._thread_turns.release(key)
-
-    async def with_store(self, work: Callable[[ConversationStore], T]) -> T:
-        """Runs `work(store)` in the engine's worker threads: the routes' one way to the store
-        (a read, or several calls in one hop), never on the event loop."""
-        return await self.offload(lambda: work(self.store))
 
     async def pending_response(self, owner: str, response_id: str) -> Destination | None:
         """Where an announced response that is still generating goes; None when there is none."""

@@ -23,12 +23,23 @@ __all__ = [
 
 
 class ThreadloomError(Exception):
-    """Base class of every threadloom error. `param` names the argument or request field at
-    fault, where one is (the server reports it)."""
+    """Base class of every threadloom error. What it is about, where that is known, travels
+    with it, so a caller tells errors apart by these and never by the message text: `kind`
+    (the sort of object: "thread", "response", "turn", "model"), `id` (that object's id) and
+    `param` (the argument or request field at fault; the server reports it). The Rust core's
+    errors carry only their message."""
 
-    def __init__(self, *args: object, param: str | None = None) -> None:
+    def __init__(
+        self,
+        *args: object,
+        param: str | None = None,
+        kind: str | None = None,
+        id: str | None = None,
+    ) -> None:
         super().__init__(*args)
         self.param = param
+        self.kind = kind
+        self.id = id
 
 
 class NotFound(ThreadloomError, LookupError):

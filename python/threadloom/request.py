@@ -1,5 +1,6 @@
 """`Request`: everything one generation is asked to do, in one typed value. Every dialect
-builds one; `Engine.stream`, `respond`, `assemble_prompt` and `run_batch` take it."""
+builds one; `Engine.stream_request`, `respond`, `assemble_prompt`, `compact_request` and
+`run_batch` take it (`Engine.stream` is the keyword form, for the Python API)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,13 @@ from typing import Any, Literal
 
 import msgspec
 
-from threadloom._core import MAX_THREAD_MESSAGES
 from threadloom.backends.base import SamplingParams
-from threadloom.errors import InvalidInput, LimitExceeded
+from threadloom.errors import InvalidInput
+from threadloom.limits import check_input_chars, check_message_count
 from threadloom.tools.spec import ToolSpec
 
 Message = Mapping[str, str | None]
 Strategy = Literal["tokens", "window", "summarize", "none"]
-# One request's text, all messages together: far beyond any context, small enough that a
-# batch job's mistake is refused before it is tokenized.
-MAX_INPUT_CHARS = 4_000_000
 
 
 class Request(msgspec.Struct, kw_only=True):
@@ -36,6 +34,8 @@ class Request(msgspec.Struct, kw_only=True):
     # Continue after any stored turn (a branch): the reply is stored after it, in no thread.
     after_turn: str | None = None
     history: list[dict[str, str]] | None = None
+    # The caller's wish to keep the reply (the dialects' `store` field); `stores` says whether
+    # it is kept. Not to be confused with `Engine.store`, the conversation store itself.
     store: bool = True
     sampling: SamplingParams | None = None
     strategy: Strategy = "tokens"
@@ -71,7 +71,8 @@ class Request(msgspec.Struct, kw_only=True):
 
     @property
     def stores(self) -> bool:
-        """Whether the reply is stored (a stateless request never is)."""
+        """Whether the reply is written to the conversation store: `store` was asked and the
+        request is not stateless (a history given in full is never stored)."""
         return self.store and not self.stateless
 
     def new_messages(self) -> list[dict[str, str]]:
@@ -86,15 +87,10 @@ class Request(msgspec.Struct, kw_only=True):
         if not new:
             raise InvalidInput("inputs is empty", param="input")
         past = self.history or []
-        if len(new) + len(past) > MAX_THREAD_MESSAGES:
-            raise LimitExceeded(
-                f"a request may carry at most {MAX_THREAD_MESSAGES} messages", param="input"
-            )
-        chars = sum(len(m.get("content") or "") + len(m.get("tool") or "") for m in (*new, *past))
-        if chars > MAX_INPUT_CHARS:
-            raise LimitExceeded(
-                f"a request may carry at most {MAX_INPUT_CHARS} characters of text", param="input"
-            )
+        check_message_count(len(new) + len(past))
+        check_input_chars(
+            sum(len(m.get("content") or "") + len(m.get("tool") or "") for m in (*new, *past))
+        )
         anchors = (self.thread, self.previous_response_id, self.after_turn, self.history)
         if sum(x is not None for x in anchors) > 1:
             raise InvalidInput(

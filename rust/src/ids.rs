@@ -10,6 +10,13 @@ pub const THREAD_PREFIX: &str = "thread_";
 pub const RESPONSE_PREFIX: &str = "resp_";
 pub const TURN_PREFIX: &str = "msg_";
 
+/// The id grammar as regular expressions (exported to Python, where the request schemas use
+/// them), so a route refuses exactly the ids the store would. A response id is the canonical
+/// spelling only: lowercase, its first character carrying the top 3 of the 128 bits.
+pub const RESPONSE_ID_PATTERN: &str = "^resp_[0-7][0-9a-hjkmnp-tv-z]{25}$";
+/// A client-chosen thread id (see `validate_thread_id`).
+pub const THREAD_ID_PATTERN: &str = r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,128}$";
+
 /// The raw key of a turn in the store.
 pub type TurnKey = [u8; 16];
 
@@ -81,10 +88,18 @@ pub fn validate_thread_id(id: &str) -> Result<()> {
     }
 }
 
+/// A response is stored and looked up by its text, so only the canonical spelling (the one
+/// `new_response_id` writes) names one; `decode` alone would also take upper case. (A turn id
+/// is parsed to its key, so any case of it names the same turn.)
 pub fn validate_response_id(id: &str) -> Result<()> {
-    match id.strip_prefix(RESPONSE_PREFIX).and_then(decode) {
-        Some(_) => Ok(()),
-        None => Err(Error::InvalidInput(format!("invalid response id {id:?}"))),
+    let canonical = id
+        .strip_prefix(RESPONSE_PREFIX)
+        .and_then(|text| decode(text).map(|bits| encode(&bits) == text))
+        .unwrap_or(false);
+    if canonical {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!("invalid response id {id:?}")))
     }
 }
 
@@ -122,6 +137,46 @@ mod tests {
         assert!(parse_turn_id("resp_0000000000000000000000000a").is_err());
         assert!(validate_response_id("resp_abc").is_err());
         assert!(validate_response_id(&new_response_id()).is_ok());
+        assert!(validate_response_id(&new_response_id().to_uppercase()).is_err());
+        let upper = format!("resp_{}", &new_response_id()[5..].to_uppercase());
+        assert!(validate_response_id(&upper).is_err());
+    }
+
+    /// The exported patterns take exactly what the validators take.
+    #[test]
+    fn patterns_agree_with_validators() {
+        let response = fancy_regex::Regex::new(RESPONSE_ID_PATTERN).unwrap();
+        let thread = fancy_regex::Regex::new(THREAD_ID_PATTERN).unwrap();
+        let id = new_response_id();
+        let cases = [
+            id.clone(),
+            id.to_uppercase(),
+            format!("resp_{}", &id[5..].to_uppercase()),
+            format!("resp_z{}", &id[6..]),
+            format!("resp_7{}", &id[6..]),
+            format!("resp_8{}", &id[6..]),
+            format!("{id}0"),
+            "resp_".to_owned(),
+            "resp_0000000000000000000000000u".to_owned(),
+        ];
+        for case in &cases {
+            let matched = response.is_match(case).unwrap();
+            assert_eq!(matched, validate_response_id(case).is_ok(), "{case}");
+        }
+        for case in [
+            ".",
+            "..",
+            "...",
+            ".a",
+            "",
+            "a b",
+            "é",
+            "thread_x",
+            &"x".repeat(129),
+        ] {
+            let matched = thread.is_match(case).unwrap();
+            assert_eq!(matched, validate_thread_id(case).is_ok(), "{case:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! threadloom's core: the LMDB conversation store, GGUF reading, chat templates, tokenization,
-//! prompt assembly and trimming, constrained decoding, and the batched backend's step loop (and, behind the `python` feature,
-//! the `threadloom._core` extension module that exposes them).
+//! threadloom's core: the conversation store's rules and ids (with the LMDB store built on
+//! them; the PostgreSQL store calls the same rules from Python), GGUF reading, chat templates,
+//! tokenization, prompt assembly and trimming, sealing compaction items, constrained decoding,
+//! and the llama.cpp backend's step loop (and, behind the `python` feature, the
+//! `threadloom._core` extension module that exposes them).
 
 pub mod constrain;
 pub mod error;
@@ -62,6 +64,9 @@ mod _core {
         m.add("COMPACTION_KEY_BYTES", crate::seal::KEY_LEN)?;
         // What `LlamaSteps` expects of the loaded libllama's `llama_batch`.
         m.add("LLAMA_BATCH_LAYOUT", crate::py::llama::batch_layout())?;
+        // The id grammar, for the request schemas: one definition, the store's.
+        m.add("RESPONSE_ID_PATTERN", crate::ids::RESPONSE_ID_PATTERN)?;
+        m.add("THREAD_ID_PATTERN", crate::ids::THREAD_ID_PATTERN)?;
         Ok(())
     }
 }

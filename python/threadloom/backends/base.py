@@ -15,12 +15,6 @@ from typing import Any, Protocol
 
 import msgspec
 
-# Stop strings one generation may watch for, and their longest length (each is matched against
-# the held-back tail of the output on every token).
-MAX_STOPS = 16
-MAX_STOP_CHARS = 256
-
-
 # A saved state's bytes as `load_state` takes them: a writable view is used without a copy.
 StateData = bytes | bytearray | memoryview
 
@@ -38,26 +32,10 @@ class SamplingParams(msgspec.Struct, frozen=True, kw_only=True):
     stop: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        from threadloom.errors import InvalidInput, LimitExceeded
+        """Every bound is `threadloom.limits`', which the request schemas use too."""
+        from threadloom.limits import check_sampling
 
-        if self.max_tokens < 1:
-            raise InvalidInput("max_tokens must be at least 1", param="max_tokens")
-        if len(self.stop) > MAX_STOPS:
-            raise LimitExceeded(f"at most {MAX_STOPS} stop strings", param="stop")
-        if any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
-            raise LimitExceeded(
-                f"stop strings must be 1 to {MAX_STOP_CHARS} characters", param="stop"
-            )
-        if not -(2**31) <= self.seed < 2**31:
-            raise InvalidInput("seed must fit in 32 bits", param="seed")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise InvalidInput("temperature must be between 0 and 2")
-        if not 0.0 < self.top_p <= 1.0:
-            raise InvalidInput("top_p must be greater than 0 and at most 1")
-        if self.top_k < 0:
-            raise InvalidInput("top_k must not be negative")
-        if not 0.5 <= self.repetition_penalty <= 2.0:
-            raise InvalidInput("repetition_penalty must be between 0.5 and 2")
+        check_sampling(self)
 
 
 class TokenConstraint(Protocol):

@@ -105,7 +105,9 @@ class Models:
         """The declared model a request names; a name nobody declared is `ModelNotFound`."""
         entry = self._by_name.get(model or "default")
         if entry is None:
-            raise ModelNotFound(f"model {model!r} does not exist", param=param)
+            raise ModelNotFound(
+                f"model {model!r} does not exist", param=param, kind="model", id=model
+            )
         return entry
 
     async def start(self) -> None:

@@ -44,7 +44,7 @@ METRICS_PATH = "/metrics"
 # What only the operator's key may call once API keys are configured: /metrics tells about
 # every tenant, and loading or unloading a model changes every tenant's service.
 OPERATOR_PATHS = frozenset({METRICS_PATH, "/api/v1/models/load", "/api/v1/models/unload"})
-# The web page's static files (routes/web.py): the page asks for a key and sends it itself.
+# The web page's static files (routes/page.py): the page asks for a key and sends it itself.
 OPEN_PREFIXES = ("/ui/",)
 RETRY_AFTER_S = "1"
 

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from threadloom.server.schemas import chat as c
-from threadloom.server.schemas import common
+from threadloom.server.schemas import common, ids
 from threadloom.server.schemas import compaction as cp
 from threadloom.server.schemas import conversations as cv
 from threadloom.server.schemas import freddy as fr
@@ -146,7 +146,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "A stored response",
         r.ResponseObject,
         tag="responses",
-        path_params={"response_id": r.ResponseId},
+        path_params={"response_id": ids.ResponseId},
         errors=(400, 404),
     ),
     Operation(
@@ -156,7 +156,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Delete a stored response (a running one is stopped and stored first)",
         r.DeletedResponse,
         tag="responses",
-        path_params={"response_id": r.ResponseId},
+        path_params={"response_id": ids.ResponseId},
         errors=(400, 404, 409),
     ),
     Operation(
@@ -166,7 +166,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Stop a background response; answers with it as stored (incomplete)",
         r.ResponseObject,
         tag="responses",
-        path_params={"response_id": r.ResponseId},
+        path_params={"response_id": ids.ResponseId},
         errors=(400, 404),
     ),
     Operation(
@@ -177,7 +177,7 @@ OPERATIONS: tuple[Operation, ...] = (
         r.InputItemList,
         tag="responses",
         query=r.InputItemsQuery,
-        path_params={"response_id": r.ResponseId},
+        path_params={"response_id": ids.ResponseId},
         errors=(400, 404, 409),
     ),
     # ---- OpenAI Conversations (a conversation is a thread) ----------------------------------
@@ -208,7 +208,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "A conversation",
         cv.Conversation,
         tag="conversations",
-        path_params={"conversation_id": fr.ThreadId},
+        path_params={"conversation_id": ids.ThreadId},
         errors=(400, 404),
     ),
     Operation(
@@ -219,7 +219,7 @@ OPERATIONS: tuple[Operation, ...] = (
         cv.Conversation,
         tag="conversations",
         request=cv.UpdateConversation,
-        path_params={"conversation_id": fr.ThreadId},
+        path_params={"conversation_id": ids.ThreadId},
         errors=(400, 404, 413),
     ),
     Operation(
@@ -229,7 +229,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Delete a conversation (its thread)",
         cv.ConversationDeleted,
         tag="conversations",
-        path_params={"conversation_id": fr.ThreadId},
+        path_params={"conversation_id": ids.ThreadId},
         errors=(400, 404),
     ),
     Operation(
@@ -240,7 +240,7 @@ OPERATIONS: tuple[Operation, ...] = (
         cv.ItemList,
         tag="conversations",
         query=cv.ItemsQuery,
-        path_params={"conversation_id": fr.ThreadId},
+        path_params={"conversation_id": ids.ThreadId},
         errors=(400, 404),
     ),
     Operation(
@@ -251,7 +251,7 @@ OPERATIONS: tuple[Operation, ...] = (
         cv.ItemList,
         tag="conversations",
         request=cv.AddItems,
-        path_params={"conversation_id": fr.ThreadId},
+        path_params={"conversation_id": ids.ThreadId},
         errors=(400, 404, 409, 413),
     ),
     Operation(
@@ -261,7 +261,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "One item of a conversation (a message, function_call or function_call_output)",
         cv.AnyItem,
         tag="conversations",
-        path_params={"conversation_id": fr.ThreadId},
+        path_params={"conversation_id": ids.ThreadId},
         errors=(400, 404),
     ),
     Operation(
@@ -271,7 +271,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Delete an item; answers the conversation",
         cv.Conversation,
         tag="conversations",
-        path_params={"conversation_id": fr.ThreadId},
+        path_params={"conversation_id": ids.ThreadId},
         errors=(400, 404, 409),
         description=(
             "Turns are immutable and form a tree, so the conversation moves to a new path "
@@ -410,7 +410,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "A thread",
         fr.ThreadObject,
         tag="threads",
-        path_params={"thread_id": fr.ThreadId},
+        path_params={"thread_id": ids.ThreadId},
         errors=(400, 404),
     ),
     Operation(
@@ -421,7 +421,7 @@ OPERATIONS: tuple[Operation, ...] = (
         fr.ThreadObject,
         tag="threads",
         request=fr.UpdateThread,
-        path_params={"thread_id": fr.ThreadId},
+        path_params={"thread_id": ids.ThreadId},
         errors=(400, 404, 409, 413),
     ),
     Operation(
@@ -431,7 +431,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Delete a thread",
         fr.DeletedThread,
         tag="threads",
-        path_params={"thread_id": fr.ThreadId},
+        path_params={"thread_id": ids.ThreadId},
         errors=(400, 404),
     ),
     Operation(
@@ -443,7 +443,7 @@ OPERATIONS: tuple[Operation, ...] = (
         fr.MessageList,
         tag="threads",
         query=fr.MessagesQuery,
-        path_params={"thread_id": fr.ThreadId},
+        path_params={"thread_id": ids.ThreadId},
         errors=(400, 404),
     ),
     # ---- thread trees: branches and replies from any turn (routes/tree.py) -----------------
@@ -454,7 +454,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "Every turn of a thread and of its recorded branches, with children and branch points",
         tr.ThreadTree,
         tag="threads",
-        path_params={"thread_id": fr.ThreadId},
+        path_params={"thread_id": ids.ThreadId},
         errors=(400, 404),
     ),
     Operation(
@@ -464,7 +464,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "The turns that continue one turn of a thread's tree, oldest first",
         tr.TurnChildren,
         tag="threads",
-        path_params={"thread_id": fr.ThreadId},
+        path_params={"thread_id": ids.ThreadId},
         errors=(400, 404),
     ),
     Operation(
@@ -477,7 +477,7 @@ OPERATIONS: tuple[Operation, ...] = (
         tag="threads",
         request=tr.ContinueRequest,
         stream=("ThreadReplyStreamEvent", tr.StreamEvent),
-        path_params={"thread_id": fr.ThreadId},
+        path_params={"thread_id": ids.ThreadId},
         errors=GENERATION_ERRORS,
     ),
     # ---- the web page (routes/page.py) ------------------------------------------------------

@@ -20,11 +20,13 @@ from threadloom.server.routes.common import (
     decode_body,
     engine_for,
     final_result,
+    generation_failed,
     json_response,
+    mint_id,
     sampling_params,
+    stateless,
 )
 from threadloom.server.routes.compat import refuse_unsupported
-from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import chat as c
 from threadloom.server.schemas import formats
 from threadloom.server.schemas import tools as t
@@ -96,15 +98,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     messages = _messages(req)
     schema, schema_field = formats.chat_response_format(req.response_format)
     spec = t.chat_spec(req.tools, req.tool_choice, req.parallel_tool_calls)
-    events = engine.stream(
-        messages[-1:],
-        history=messages[:-1],
-        store=False,
-        owner=request[OWNER],
-        sampling=sampling,
-        output_schema=schema,
-        output_schema_field=schema_field,
-        tools=spec,
+    events = engine.stream_request(
+        stateless(
+            messages,
+            request[OWNER],
+            sampling=sampling,
+            output_schema=schema,
+            output_schema_field=schema_field,
+            tools=spec,
+        )
     )
     await sse.started(events)
     ident, created = mint_id("chatcmpl"), int(time.time())
@@ -115,7 +117,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await sse.serve_stream(request, events, dialect)
     result = await final_result(events)
     if result.status == "failed":
-        raise ApiError(500, "the generation failed", type="server_error", code="server_error")
+        raise generation_failed(result)
     return json_response(
         c.ChatCompletion(
             id=ident,
@@ -208,7 +210,7 @@ class _ChatStream:
 
     async def finish(self, response: web.StreamResponse, result: Result) -> None:
         if result.status == "failed":
-            raise ApiError(500, "the generation failed", type="server_error", code="server_error")
+            raise generation_failed(result)
         if self.scanner is not None:
             await self._pieces(response, self.scanner.finish())
         await response.write(self._chunk(c.Delta(), _finish_reason(result)))

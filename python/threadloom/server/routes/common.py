@@ -1,23 +1,33 @@
-"""Dialect-neutral endpoints (health and the model list) and helpers every dialect uses."""
+"""The dialect toolkit: what every dialect's routes share, so that each dialect file holds only
+its wire format. The model of a request (`engine_for`, `store_engine`), the id grammar
+(`check_id`, `path_id`, `mint_id`), the failure of a generation (`failure`,
+`generation_failed`), paging a list by cursor (`page_after`), and errors: an engine or store
+error renamed to the request field it is about (`about`), a 404 naming what was not found
+(`not_found`). Also the dialect-neutral endpoints (health and the model list)."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
-from collections.abc import AsyncGenerator
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 from aiohttp import web
 
+from threadloom._core import new_response_id
 from threadloom.backends.base import SamplingParams
 from threadloom.conversation import THREAD_DELETED
 from threadloom.engine import Engine, Event, Finished, Result
+from threadloom.errors import ThreadloomError
 from threadloom.registry import Lease, LoadedModel
+from threadloom.request import Request
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import LEASES, MODELS
 from threadloom.server.middleware import Handler
 from threadloom.server.schemas.common import Health, Model, ModelHealth, ModelList
+from threadloom.server.schemas.ids import THREAD_ID
 from threadloom.server.schemas.items import Seal
 from threadloom.server.schemas.responses import Opener, unsupported_item
 
@@ -25,16 +35,99 @@ T = TypeVar("T")
 Events = AsyncGenerator[Event, None]
 
 _encoder = msgspec.json.Encoder()
+THREAD_ID_HINT = ": use 1 to 128 characters of [A-Za-z0-9_.:-], not . or .."
 _STARTED = int(time.time())
+
+
+# What a client is told of a failed generation: its detail is the server's, in the log.
+GENERATION_FAILED = "the generation failed"
 
 
 def failure(error: str | None) -> tuple[str, str]:
     """A failed response's error code and message, for every dialect: the reason when it was
-    stopped because its conversation was deleted; nothing more for a failed generation (its
-    detail is the server's, in the log)."""
+    stopped because its conversation was deleted; nothing more for a failed generation."""
     if error == THREAD_DELETED:
         return "conversation_deleted", error
-    return "server_error", "the generation failed"
+    return "server_error", GENERATION_FAILED
+
+
+def generation_failed(result: Result) -> ApiError:
+    """The error a dialect answers (or streams) for a failed generation: a 409 when its
+    conversation was deleted under it (the client's own doing), else a 500."""
+    code, message = failure(result.error)
+    if code == "conversation_deleted":
+        return ApiError(409, message, code=code)
+    return ApiError(500, message, type="server_error", code=code)
+
+
+# ---- errors about a request field -----------------------------------------------------------
+
+
+def about(e: BaseException, param: str) -> BaseException:
+    """`e` as the client-facing error naming the request field `param` it is about: the one
+    place an engine or store error gets the dialect's own field name. Anything that is not a
+    threadloom error passes through unchanged."""
+    if not isinstance(e, (ThreadloomError, ApiError)):
+        return e
+    from threadloom.server.middleware import to_api_error
+
+    error = to_api_error(e)
+    error.param = param
+    return error
+
+
+def not_found(kind: str, ident: str, param: str) -> ApiError:
+    """The 404 for a `kind` (thread, conversation, response, item...) `ident` that does not
+    exist (or is another tenant's)."""
+    return ApiError(404, f"{kind} {ident!r} not found", param=param, code="not_found")
+
+
+# ---- ids --------------------------------------------------------------------------------------
+
+
+def check_id(ident: str, grammar: re.Pattern[str], kind: str, param: str) -> str:
+    """`ident` if the grammar (`schemas.ids`) takes it whole; else a 400 naming `param`."""
+    if not grammar.fullmatch(ident):
+        # A client chooses thread ids, so it is told the grammar; other ids are the server's.
+        hint = THREAD_ID_HINT if grammar is THREAD_ID else ""
+        raise ApiError(400, f"invalid {kind} id {ident!r}{hint}", param=param, code="invalid_id")
+    return ident
+
+
+def path_id(request: web.Request, name: str, grammar: re.Pattern[str], kind: str) -> str:
+    """The id in the path placeholder `name`, checked against the grammar."""
+    return check_id(request.match_info[name], grammar, kind, name)
+
+
+def mint_id(prefix: str) -> str:
+    """An id in the store's format (128 random bits, the core's encoding) for something not
+    (yet) stored: a chat completion, a compaction item, a conversation."""
+    return prefix + "_" + new_response_id().removeprefix("resp_")
+
+
+# ---- paging -----------------------------------------------------------------------------------
+
+
+def page_after(
+    items: Sequence[T],
+    key: Callable[[T], str],
+    *,
+    after: str | None,
+    limit: int,
+    kind: str,
+    param: str = "after",
+) -> tuple[list[T], bool]:
+    """One page of `items` (already in the order asked for): the `limit` after the item whose
+    key is `after` (from the start without one), and whether more follow. A cursor that names
+    no item is a 400 naming `param`."""
+    start = 0
+    if after is not None:
+        keys = [key(i) for i in items]
+        if after not in keys:
+            raise ApiError(400, f"no {kind} {after!r}", param=param, code="invalid_value")
+        start = keys.index(after) + 1
+    rest = items[start:]
+    return list(rest[:limit]), len(rest) > limit
 
 
 async def final_result(events: Events) -> Result:
@@ -100,6 +193,38 @@ def sampling_params(
             )
         given["max_tokens"] = max_tokens
     return SamplingParams(**{k: v for k, v in given.items() if v is not None})
+
+
+class OutputSettings(Protocol):
+    """The sampler fields most dialects' request bodies spell alike."""
+
+    @property
+    def max_output_tokens(self) -> int | None: ...
+    @property
+    def temperature(self) -> float | None: ...
+    @property
+    def top_p(self) -> float | None: ...
+
+
+def output_sampling(
+    engine: Engine, req: OutputSettings, max_tokens_param: str = "max_output_tokens", **more: Any
+) -> SamplingParams:
+    """`sampling_params` for a body with `max_output_tokens`, `temperature` and `top_p` (and
+    `more` settings of the dialect's own)."""
+    return sampling_params(
+        engine,
+        max_tokens=req.max_output_tokens,
+        max_tokens_param=max_tokens_param,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        **more,
+    )
+
+
+def stateless(messages: list[dict[str, str]], owner: str, **options: Any) -> Request:
+    """A request that carries its whole conversation and stores nothing: the last message is
+    the input, the ones before it the history."""
+    return Request(inputs=messages[-1:], history=messages[:-1], store=False, owner=owner, **options)
 
 
 # ---- the model of a request -----------------------------------------------------------------

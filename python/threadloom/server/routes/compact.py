@@ -12,10 +12,16 @@ import msgspec
 from aiohttp import web
 
 from threadloom.errors import InvalidInput, NotFound
-from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER
-from threadloom.server.routes.common import decode_items_body, engine_for, json_response, opener
-from threadloom.server.routes.responses import mint_id, usage
+from threadloom.server.routes.common import (
+    about,
+    decode_items_body,
+    engine_for,
+    json_response,
+    mint_id,
+    opener,
+)
+from threadloom.server.routes.responses import usage
 from threadloom.server.schemas import compaction as cp
 from threadloom.server.schemas.items import CompactionItem
 from threadloom.server.schemas.responses import InputTextPart
@@ -33,7 +39,7 @@ async def compact(request: web.Request) -> web.Response:
         try:
             messages = await engine.history_messages(owner, response=rid)
         except NotFound as e:
-            raise ApiError(404, str(e), param="previous_response_id", code="not_found") from None
+            raise about(e, "previous_response_id") from None
     if req.instructions is not None:
         messages.append({"role": "system", "content": req.instructions})
     if isinstance(req.input, str):

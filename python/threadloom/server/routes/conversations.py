@@ -25,16 +25,19 @@ from threadloom.errors import InvalidInput, NotFound
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER
 from threadloom.server.routes.common import (
+    about,
     decode_body,
     decode_items_body,
     json_response,
+    mint_id,
+    not_found,
     opener,
+    path_id,
     sealer,
     store_engine,
 )
-from threadloom.server.routes.responses import mint_id
 from threadloom.server.schemas import conversations as c
-from threadloom.server.schemas.freddy import THREAD_ID
+from threadloom.server.schemas.ids import THREAD_ID
 from threadloom.server.schemas.items import Seal, tool_item
 from threadloom.server.schemas.responses import OutputText
 from threadloom.storage import ConversationStore, cursor_index
@@ -67,16 +70,15 @@ def _item(turn_id: str, role: str, content: str, tool: str | None, seal: Seal) -
 
 
 def _conversation_id(request: web.Request) -> str:
-    cid = request.match_info["conversation_id"]
-    if not THREAD_ID.fullmatch(cid):
-        raise ApiError(400, f"invalid conversation id {cid!r}", param="conversation_id")
-    return cid
+    return path_id(request, "conversation_id", THREAD_ID, "conversation")
 
 
 def _not_found(cid: str) -> ApiError:
-    return ApiError(
-        404, f"conversation {cid!r} not found", param="conversation_id", code="not_found"
-    )
+    return not_found("conversation", cid, "conversation_id")
+
+
+def _item_not_found(item_id: str) -> ApiError:
+    return not_found("item", item_id, "item_id")
 
 
 async def create(request: web.Request) -> web.Response:
@@ -92,13 +94,13 @@ async def create(request: web.Request) -> web.Response:
             t = store.append(new, owner=owner, thread=cid).thread or t
         return t
 
-    return json_response(conversation_object(await engine.with_store(make)))
+    return json_response(conversation_object(await engine.offload(lambda: make(engine.store))))
 
 
 async def get(request: web.Request) -> web.Response:
     engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     try:
-        t = await engine.with_store(lambda store: store.get_thread(cid, owner=owner))
+        t = await engine.offload(lambda: engine.store.get_thread(cid, owner=owner))
     except NotFound:
         raise _not_found(cid) from None
     return json_response(conversation_object(t))
@@ -108,8 +110,8 @@ async def update(request: web.Request) -> web.Response:
     engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     req = decode_body(_update, await request.read())
     try:
-        t = await engine.with_store(
-            lambda store: store.update_thread(cid, owner=owner, metadata=req.metadata)
+        t = await engine.offload(
+            lambda: engine.store.update_thread(cid, owner=owner, metadata=req.metadata)
         )
     except NotFound:
         raise _not_found(cid) from None
@@ -129,11 +131,11 @@ async def list_conversations(request: web.Request) -> web.Response:
     engine, owner = await store_engine(request), request[OWNER]
     query = msgspec.convert(dict(request.query), c.ListQuery, strict=False)
     try:
-        page = await engine.with_store(
-            lambda store: store.list_threads(owner=owner, limit=query.limit, after=query.after)
+        page = await engine.offload(
+            lambda: engine.store.list_threads(owner=owner, limit=query.limit, after=query.after)
         )
     except InvalidInput as e:
-        raise ApiError(400, str(e), param="after") from None
+        raise about(e, "after") from None
     return json_response(
         c.ConversationList(
             data=[conversation_object(t) for t in page.threads],
@@ -174,11 +176,11 @@ async def list_items(request: web.Request) -> web.Response:
     engine, owner, cid = await store_engine(request), request[OWNER], _conversation_id(request)
     query = msgspec.convert(dict(request.query), c.ItemsQuery, strict=False)
     try:
-        turns, more = await engine.with_store(lambda store: _page(store, owner, cid, query))
+        turns, more = await engine.offload(lambda: _page(engine.store, owner, cid, query))
     except NotFound:
         raise _not_found(cid) from None
     except InvalidInput as e:
-        raise ApiError(400, str(e), param="after") from None
+        raise about(e, "after") from None
     seal = sealer(engine, owner)
     return json_response(_item_list([item(t, seal) for t in turns], more))
 
@@ -214,11 +216,9 @@ async def get_item(request: web.Request) -> web.Response:
         return turn
 
     try:
-        turn = await engine.with_store(find)
+        turn = await engine.offload(lambda: find(engine.store))
     except (NotFound, InvalidInput):
-        raise ApiError(
-            404, f"item {item_id!r} not found", param="item_id", code="not_found"
-        ) from None
+        raise _item_not_found(item_id) from None
     return json_response(item(turn, sealer(engine, owner)))
 
 
@@ -233,7 +233,7 @@ async def delete_item(request: web.Request) -> web.Response:
     except NotFound:
         raise _not_found(cid) from None
     if t is None:
-        raise ApiError(404, f"item {item_id!r} not found", param="item_id", code="not_found")
+        raise _item_not_found(item_id)
     return json_response(conversation_object(t))
 
 

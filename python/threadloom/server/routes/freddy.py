@@ -18,7 +18,6 @@ import msgspec
 from aiohttp import web
 
 from threadloom import Thread, Turn
-from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result
 from threadloom.errors import (
     InvalidInput,
@@ -27,20 +26,23 @@ from threadloom.errors import (
     StateConflict,
     ThreadloomError,
 )
+from threadloom.request import Request
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER
-from threadloom.server.middleware import to_api_error
 from threadloom.server.routes.common import (
     Events,
+    about,
+    check_id,
     decode_body,
     engine_for,
     failure,
     final_result,
     json_response,
-    sampling_params,
+    output_sampling,
     store_engine,
 )
 from threadloom.server.schemas import freddy as f
+from threadloom.server.schemas.ids import THREAD_ID
 from threadloom.storage import ConversationStore, cursor_index
 
 T = TypeVar("T")
@@ -48,15 +50,6 @@ T = TypeVar("T")
 _create_response = msgspec.json.Decoder(f.CreateModelResponse)
 _create_thread = msgspec.json.Decoder(f.CreateThread)
 _update_thread = msgspec.json.Decoder(f.UpdateThread)
-
-
-def _named(e: BaseException, param: str) -> BaseException:
-    """The client-facing error for `e`, naming `param`; anything unexpected passes through."""
-    if not isinstance(e, ThreadloomError):
-        return e
-    error = to_api_error(e)
-    error.param = param
-    return error
 
 
 def _thread_object(t: Thread) -> f.ThreadObject:
@@ -72,13 +65,8 @@ def _thread_object(t: Thread) -> f.ThreadObject:
 
 
 def _check_id(tid: str | None, param: str) -> None:
-    if tid is not None and not f.THREAD_ID.fullmatch(tid):
-        raise ApiError(
-            400,
-            f"invalid thread id {tid!r}: use 1 to 128 characters of [A-Za-z0-9_.:-], not . or ..",
-            param=param,
-            code="invalid_id",
-        )
+    if tid is not None:
+        check_id(tid, THREAD_ID, "thread", param)
 
 
 def _path_thread_id(request: web.Request) -> str:
@@ -109,16 +97,6 @@ def _check_combination(req: f.CreateModelResponse) -> None:
         )
 
 
-def _sampling(req: f.CreateModelResponse, engine: Engine) -> SamplingParams:
-    return sampling_params(
-        engine,
-        max_tokens=req.max_output_tokens,
-        max_tokens_param="maxOutputTokens",
-        temperature=req.temperature,
-        top_p=req.top_p,
-    )
-
-
 class _Target:
     """The thread a reply goes into, and whether this request created it (so a request that
     fails before anything is stored can take it back)."""
@@ -137,20 +115,20 @@ async def _open_thread(engine: Engine, owner: str, req: f.CreateModelResponse) -
     _check_id(tid, "thread" if isinstance(ref, str) else "thread.id")
     if tid is not None:
         with contextlib.suppress(NotFound):
-            await engine.with_store(lambda store: store.get_thread(tid, owner=owner))
+            await engine.offload(lambda: engine.store.get_thread(tid, owner=owner))
             return _Target(tid, created=False)
     try:
         # Create-if-missing: a deleted or expired conversation's id is NotFound (404), as the
         # seed's clients expect, rather than a fresh thread that lost its history.
-        t = await engine.with_store(
-            lambda store: store.create_thread(
+        t = await engine.offload(
+            lambda: engine.store.create_thread(
                 tid, owner=owner, metadata=metadata, visible=req.store, exist_ok=True
             )
         )
     except NotFound as e:
-        raise _named(e, "thread") from None
+        raise about(e, "thread") from None
     except ThreadloomError as e:
-        raise _named(e, "thread.metadata" if metadata is not None else "thread") from None
+        raise about(e, "thread.metadata" if metadata is not None else "thread") from None
     # Empty: this request made it (or one racing it did; undoing an empty thread loses nothing).
     return _Target(t.id, created=t.head is None)
 
@@ -160,16 +138,12 @@ def _generation_error(e: BaseException, req: f.CreateModelResponse) -> BaseExcep
     inputs that do not fit (the context, or the 10,000 messages of a conversation)."""
     anchor = "previousResponseId" if req.previous_response_id else "thread"
     if isinstance(e, LimitExceeded):
-        return _named(e, "inputs")
+        return about(e, "inputs")
     if isinstance(e, (NotFound, StateConflict)):
-        return _named(e, anchor)
+        return about(e, anchor)
     if isinstance(e, InvalidInput):
-        return _named(e, "previousResponseId" if req.previous_response_id else "inputs")
+        return about(e, "previousResponseId" if req.previous_response_id else "inputs")
     return e
-
-
-async def _finish(events: Events) -> Result:
-    return await final_result(events)
 
 
 async def _generate(
@@ -178,7 +152,7 @@ async def _generate(
     """Runs the generation to its end. A failure stores nothing (the engine appends only at
     the end, in one commit), so a thread this request created is taken back too."""
     try:
-        return await _finish(events)
+        return await final_result(events)
     except Exception as e:
         if target is not None and target.created:
             with contextlib.suppress(ThreadloomError):
@@ -199,7 +173,7 @@ async def _apply_state(engine: Engine, owner: str, req: f.CreateModelResponse, r
             owner, thread_id, lambda store: store.update_thread(thread_id, owner=owner, state=state)
         )
     except ThreadloomError as e:
-        raise _named(e, "threadState") from None
+        raise about(e, "threadState") from None
 
 
 def _model_response(req: f.CreateModelResponse, r: Result, created_at: int) -> f.ModelResponse:
@@ -232,19 +206,21 @@ async def create_model_response(request: web.Request) -> web.Response:
     req = decode_body(_create_response, await request.read())
     engine = await engine_for(request, req.model)
     _check_combination(req)
-    sampling = _sampling(req, engine)
+    sampling = output_sampling(engine, req, "maxOutputTokens")
     inputs = [{"role": m.role, "content": m.content()} for m in req.inputs]
     target = None
     if req.previous_response_id is None:
         target = await _open_thread(engine, owner, req)
-    events = engine.stream(
-        inputs,
-        thread=target.id if target is not None else None,
-        previous_response_id=req.previous_response_id,
-        owner=owner,
-        sampling=sampling,
-        anchor_window=True,  # Freddy continues responses up to 24 h old
-        visible=req.store,
+    events = engine.stream_request(
+        Request(
+            inputs=inputs,
+            thread=target.id if target is not None else None,
+            previous_response_id=req.previous_response_id,
+            owner=owner,
+            sampling=sampling,
+            anchor_window=True,  # Freddy continues responses up to 24 h old
+            visible=req.store,
+        )
     )
     result = await _generate(engine, owner, events, req, target)
     await _apply_state(engine, owner, req, result)
@@ -260,13 +236,13 @@ async def create_thread(request: web.Request) -> web.Response:
     req = decode_body(_create_thread, body) if body.strip() else f.CreateThread()
     _check_id(req.id, "id")
     try:
-        t = await engine.with_store(
-            lambda store: store.create_thread(req.id, owner=request[OWNER], metadata=req.metadata)
+        t = await engine.offload(
+            lambda: engine.store.create_thread(req.id, owner=request[OWNER], metadata=req.metadata)
         )
     except StateConflict as e:
-        raise _named(e, "id") from None
+        raise about(e, "id") from None
     except ThreadloomError as e:
-        raise _named(e, "metadata") from None
+        raise about(e, "metadata") from None
     return json_response(_thread_object(t))
 
 
@@ -274,8 +250,8 @@ async def list_threads(request: web.Request) -> web.Response:
     engine = await store_engine(request)
     query = msgspec.convert(dict(request.query), f.ListThreadsQuery, strict=False)
     try:
-        page = await engine.with_store(
-            lambda store: store.list_threads(
+        page = await engine.offload(
+            lambda: engine.store.list_threads(
                 owner=request[OWNER],
                 visible=query.visible_in_ui,
                 limit=query.limit,
@@ -283,7 +259,7 @@ async def list_threads(request: web.Request) -> web.Response:
             )
         )
     except ThreadloomError as e:
-        raise _named(e, "cursor") from None
+        raise about(e, "cursor") from None
     return json_response(
         f.ThreadList(
             data=[_thread_object(t) for t in page.threads],
@@ -299,9 +275,9 @@ async def _load(request: web.Request, call: Callable[[ConversationStore, str, st
     tid = _path_thread_id(request)
     owner = request[OWNER]
     try:
-        return await engine.with_store(lambda store: call(store, tid, owner))
+        return await engine.offload(lambda: call(engine.store, tid, owner))
     except NotFound as e:
-        raise _named(e, "threadId") from None
+        raise about(e, "threadId") from None
 
 
 async def get_thread(request: web.Request) -> web.Response:
@@ -335,7 +311,7 @@ async def thread_messages(request: web.Request) -> web.Response:
     try:
         turns = await _load(request, page)
     except InvalidInput as e:
-        raise _named(e, "before") from None
+        raise about(e, "before") from None
     more = len(turns) > query.limit
     turns = turns[1:] if more else turns
     tid = request.match_info["thread_id"]
@@ -360,11 +336,11 @@ async def update_thread(request: web.Request) -> web.Response:
             lambda s: s.update_thread(tid, owner=owner, metadata=req.metadata, state=req.state),
         )
     except NotFound as e:
-        raise _named(e, "threadId") from None
+        raise about(e, "threadId") from None
     except StateConflict as e:
-        raise _named(e, "state" if req.state is not None else "metadata") from None
+        raise about(e, "state" if req.state is not None else "metadata") from None
     except ThreadloomError as e:
-        raise _named(e, "metadata") from None
+        raise about(e, "metadata") from None
     return json_response(_thread_object(t))
 
 
@@ -373,7 +349,7 @@ async def delete_thread(request: web.Request) -> web.Response:
     try:
         await engine.delete_thread(request[OWNER], tid)
     except NotFound as e:
-        raise _named(e, "threadId") from None
+        raise about(e, "threadId") from None
     return json_response(f.DeletedThread(id=request.match_info["thread_id"]))
 
 

@@ -16,17 +16,19 @@ from aiohttp import web
 from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result, TokenEvent
 from threadloom.errors import NotFound, StateConflict
+from threadloom.request import Request
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER
 from threadloom.server.routes.common import (
     Events,
+    about,
     decode_body,
     engine_for,
-    failure,
     final_result,
+    generation_failed,
     json_response,
-    sampling_params,
+    output_sampling,
 )
 from threadloom.server.schemas import lmstudio as lm
 
@@ -66,15 +68,7 @@ def _sampling(req: lm.StatefulChatRequest, engine: Engine) -> SamplingParams:
             param="context_length",
             code="invalid_value",
         )
-    return sampling_params(
-        engine,
-        max_tokens=req.max_output_tokens,
-        max_tokens_param="max_output_tokens",
-        temperature=req.temperature,
-        top_p=req.top_p,
-        top_k=req.top_k,
-        repetition_penalty=req.repeat_penalty,
-    )
+    return output_sampling(engine, req, top_k=req.top_k, repetition_penalty=req.repeat_penalty)
 
 
 def _anchor(req: lm.StatefulChatRequest) -> tuple[str | None, str]:
@@ -134,13 +128,6 @@ def _chat_result(result: Result, engine: Engine) -> lm.ChatResult:
     )
 
 
-def _generation_failed(result: Result) -> ApiError:
-    code, message = failure(result.error)
-    if code == "conversation_deleted":  # the client's own doing, not the server's
-        return ApiError(409, message, code=code)
-    return ApiError(500, message, type="server_error", code=code)
-
-
 def _stream_error(error: ApiError) -> lm.ChatErrorEvent:
     kind: lm.ErrorType = "invalid_request"
     if error.status >= 500:
@@ -161,9 +148,8 @@ async def _start(events: Events, anchor_param: str) -> None:
     so these failures are plain JSON errors and nothing has been stored."""
     try:
         await sse.started(events)
-    except (NotFound, StateConflict) as e:
-        status, code = (404, "not_found") if isinstance(e, NotFound) else (409, "conflict")
-        raise ApiError(status, str(e), param=anchor_param, code=code) from None
+    except (NotFound, StateConflict) as e:  # about the response it continues
+        raise about(e, anchor_param) from None
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -172,20 +158,22 @@ async def chat(request: web.Request) -> web.StreamResponse:
     inputs = _inputs(req)
     sampling = _sampling(req, engine)
     anchor, anchor_param = _anchor(req)
-    events = engine.stream(
-        inputs,
-        previous_response_id=anchor,
-        store=req.store,
-        owner=request[OWNER],
-        sampling=sampling,
-        enable_thinking=_thinking(req),
+    events = engine.stream_request(
+        Request(
+            inputs=inputs,
+            previous_response_id=anchor,
+            store=req.store,
+            owner=request[OWNER],
+            sampling=sampling,
+            enable_thinking=_thinking(req),
+        )
     )
     await _start(events, anchor_param)
     if req.stream:
         return await sse.serve_stream(request, events, _LmStudioStream(engine))
     result = await final_result(events)
     if result.status == "failed":
-        raise _generation_failed(result)
+        raise generation_failed(result)
     return json_response(_chat_result(result, engine))
 
 
@@ -264,7 +252,7 @@ class _LmStudioStream:
         assert self.phases is not None
         await self.phases.end()
         if result.status == "failed":
-            await self.phases.send(_stream_error(_generation_failed(result)))
+            await self.phases.send(_stream_error(generation_failed(result)))
         await self.phases.send(lm.ChatEnd(result=_chat_result(result, self.engine)))
 
     async def error(self, response: web.StreamResponse, error: ApiError) -> None:

@@ -17,7 +17,7 @@ from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER, PADDLER_REQUEST_ID
 from threadloom.server.middleware import register_error_format
-from threadloom.server.routes.common import decode_body, engine_for
+from threadloom.server.routes.common import decode_body, engine_for, generation_failed, stateless
 from threadloom.server.schemas import paddler as p
 
 PATH = "/api/v1/continue_from_conversation_history"
@@ -70,16 +70,16 @@ async def continue_from_conversation_history(request: web.Request) -> web.Stream
     req = decode_body(_decoder, await request.read())
     engine = await engine_for(request, None)  # Paddler's requests name no model
     messages = [{"role": m.role, "content": m.content} for m in req.conversation_history]
-    events = engine.stream(
-        messages[-1:],
-        history=messages[:-1],
-        store=False,
-        owner=request[OWNER],
-        sampling=SamplingParams(max_tokens=req.max_tokens),
-        enable_thinking=req.enable_thinking,
-        add_generation_prompt=req.add_generation_prompt,
-        # Paddler streams the model's raw tokens, thinking block and all.
-        split_reasoning=False,
+    events = engine.stream_request(
+        stateless(
+            messages,
+            request[OWNER],
+            sampling=SamplingParams(max_tokens=req.max_tokens),
+            enable_thinking=req.enable_thinking,
+            add_generation_prompt=req.add_generation_prompt,
+            # Paddler streams the model's raw tokens, thinking block and all.
+            split_reasoning=False,
+        )
     )
     first = await sse.started(events)  # errors before generation keep their HTTP status
     return await sse.serve_stream(request, events, _PaddlerStream(request_id, first.slot))
@@ -107,7 +107,7 @@ class _PaddlerStream:
 
     async def finish(self, response: web.StreamResponse, result: Result) -> None:
         if result.status == "failed":
-            raise ApiError(500, "the generation failed", type="server_error", code="server_error")
+            raise generation_failed(result)
         await response.write(_line(_token_frame(self.request_id, self.slot, None)))
 
     async def error(self, response: web.StreamResponse, error: ApiError) -> None:

@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import re
-import secrets
 import time
-from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -15,19 +12,26 @@ from threadloom import Response, Turn, tools
 from threadloom.backends.base import SamplingParams
 from threadloom.engine import Engine, Result, Started
 from threadloom.errors import NotFound
+from threadloom.request import Request
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER
 from threadloom.server.routes import background, compat
 from threadloom.server.routes import response_output as out
 from threadloom.server.routes.common import (
+    about,
+    check_id,
     decode_items_body,
     engine_for,
     failure,
     final_result,
     json_response,
+    mint_id,
+    not_found,
     opener,
-    sampling_params,
+    output_sampling,
+    page_after,
+    path_id,
     sealer,
     store_engine,
 )
@@ -35,7 +39,7 @@ from threadloom.server.routes.compat import refuse_unsupported
 from threadloom.server.schemas import formats
 from threadloom.server.schemas import responses as s
 from threadloom.server.schemas import tools as tool_schemas
-from threadloom.server.schemas.freddy import THREAD_ID
+from threadloom.server.schemas.ids import RESPONSE_ID, THREAD_ID
 from threadloom.server.schemas.items import (
     CompactionItem,
     FunctionCallItem,
@@ -45,13 +49,6 @@ from threadloom.server.schemas.items import (
 from threadloom.storage import ConversationStore
 
 _create = msgspec.json.Decoder(s.CreateResponse)
-_ID = re.compile(s.RESPONSE_ID_PATTERN)
-
-
-def mint_id(prefix: str) -> str:
-    """An id in the store's format for something not (yet) stored: 128 random bits."""
-    n = secrets.randbits(128)
-    return prefix + "_" + "".join(s.CROCKFORD[(n >> (5 * i)) & 31] for i in range(25, -1, -1))
 
 
 def _inputs(req: s.CreateResponse, open_item: s.Opener) -> list[dict[str, str]]:
@@ -63,16 +60,6 @@ def _inputs(req: s.CreateResponse, open_item: s.Opener) -> list[dict[str, str]]:
     else:
         out.extend(item.turn(f"input[{i}]", open_item) for i, item in enumerate(req.input))
     return out
-
-
-def _sampling(req: s.CreateResponse, engine: Engine) -> SamplingParams:
-    return sampling_params(
-        engine,
-        max_tokens=req.max_output_tokens,
-        max_tokens_param="max_output_tokens",
-        temperature=req.temperature,
-        top_p=req.top_p,
-    )
 
 
 def usage(prompt: int, completion: int, cached: int) -> s.ResponseUsage:
@@ -180,8 +167,9 @@ def conversation_id(req: s.CreateResponse) -> str | None:
     if ref is None:
         return None
     cid = ref if isinstance(ref, str) else ref.get("id")
-    if not isinstance(cid, str) or not THREAD_ID.fullmatch(cid):
+    if not isinstance(cid, str):
         raise ApiError(400, 'conversation must be an id or {"id": ...}', param="conversation")
+    check_id(cid, THREAD_ID, "conversation", "conversation")
     if req.previous_response_id is not None:
         raise ApiError(
             400,
@@ -192,30 +180,38 @@ def conversation_id(req: s.CreateResponse) -> str | None:
     return cid
 
 
-def _prompt_kwargs(req: s.CreateResponse, owner: str, sampling: SamplingParams) -> dict[str, Any]:
+def _request(
+    req: s.CreateResponse, owner: str, sampling: SamplingParams, inputs: list[dict[str, str]]
+) -> Request:
     """What shapes the prompt: shared by generation and input token counting, so a count is
     the prompt a create with the same body gets."""
-    return {
-        "thread": conversation_id(req),
-        "previous_response_id": req.previous_response_id,
-        "owner": owner,
-        "sampling": sampling,
-        "strategy": "tokens" if req.truncation == "auto" else "none",
-        "tools": tool_schemas.responses_spec(req.tools, req.tool_choice, req.parallel_tool_calls),
-    }
+    return Request(
+        inputs=inputs,
+        thread=conversation_id(req),
+        previous_response_id=req.previous_response_id,
+        owner=owner,
+        sampling=sampling,
+        strategy="tokens" if req.truncation == "auto" else "none",
+        tools=tool_schemas.responses_spec(req.tools, req.tool_choice, req.parallel_tool_calls),
+    )
 
 
-def _stream_kwargs(draft: _Draft, owner: str) -> dict[str, Any]:
-    # A conversation must exist (a thread id alone would create one), also when it is deleted
-    # while the request waits for its turn.
-    return {
-        **_prompt_kwargs(draft.req, owner, draft.sampling),
-        "store": draft.req.store,
-        "create_thread": False,
-        "output_schema": draft.schema,
-        "output_schema_field": draft.schema_field,
-        "tools": draft.tools,
-    }
+def _generation(draft: _Draft, owner: str, inputs: list[dict[str, str]]) -> Request:
+    """The create's generation. A conversation must exist (a thread id alone would create
+    one), also when it is deleted while the request waits for its turn."""
+    return msgspec.structs.replace(
+        _request(draft.req, owner, draft.sampling, inputs),
+        store=draft.req.store,
+        create_thread=False,
+        output_schema=draft.schema,
+        output_schema_field=draft.schema_field,
+        tools=draft.tools,
+    )
+
+
+def _anchor_param(req: s.CreateResponse) -> str:
+    """The field naming what a create continues (for its not-found errors)."""
+    return "conversation" if req.conversation is not None else "previous_response_id"
 
 
 async def create_response(request: web.Request) -> web.StreamResponse:
@@ -226,23 +222,21 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "background needs store true and stream false", param="background")
     engine = await engine_for(request, req.model)
     inputs = _inputs(req, opener(engine, owner))
-    sampling = _sampling(req, engine)
+    sampling = output_sampling(engine, req)
     draft = _Draft(req, engine, sampling)
-    cid = conversation_id(req)
     if req.context_management:
         threshold = req.context_management[0].compact_threshold or engine.context_length // 2
-        inputs, summary = await engine.compact_over(
-            inputs, threshold, **_prompt_kwargs(req, owner, sampling)
+        inputs, summary = await engine.compact_request(
+            _request(req, owner, sampling, inputs), threshold
         )
         if summary is not None:
             sealed = engine.compactor.seal(owner, summary.text)
             draft.compaction = CompactionItem(id=mint_id("cmp"), encrypted_content=sealed)
-    events = engine.stream(inputs, **_stream_kwargs(draft, owner))
+    events = engine.stream_request(_generation(draft, owner, inputs))
     try:
         first = await sse.started(events)
     except NotFound as e:
-        param = "conversation" if cid is not None else "previous_response_id"
-        raise ApiError(404, str(e), param=param, code="not_found") from None
+        raise about(e, _anchor_param(req)) from None
     draft.started(first)
     if req.background:
         background.start(request, draft.id, events)
@@ -256,10 +250,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
 
 
 def _response_id(request: web.Request) -> str:
-    rid = request.match_info["response_id"]
-    if not _ID.match(rid):
-        raise ApiError(400, f"invalid response id {rid!r}", param="response_id", code="invalid_id")
-    return rid
+    return path_id(request, "response_id", RESPONSE_ID, "response")
 
 
 async def _lookup(engine: Engine, owner: str, rid: str) -> tuple[Response, list[Turn], list[Turn]]:
@@ -271,11 +262,9 @@ async def _lookup(engine: Engine, owner: str, rid: str) -> tuple[Response, list[
         return stored, store.history(owner=owner, response=rid, limit=own)
 
     try:
-        stored, turns = await engine.with_store(read)
+        stored, turns = await engine.offload(lambda: read(engine.store))
     except NotFound:
-        raise ApiError(
-            404, f"response {rid!r} not found", param="response_id", code="not_found"
-        ) from None
+        raise not_found("response", rid, "response_id") from None
     n_out, n_in = stored.output_count, stored.input_count
     outputs = turns[len(turns) - n_out :] if n_out else []
     inputs = turns[len(turns) - n_out - n_in : len(turns) - n_out]
@@ -355,9 +344,7 @@ async def delete_response(request: web.Request) -> web.Response:
     try:
         await engine.delete_response(owner, rid)
     except NotFound:
-        raise ApiError(
-            404, f"response {rid!r} not found", param="response_id", code="not_found"
-        ) from None
+        raise not_found("response", rid, "response_id") from None
     return json_response(s.DeletedResponse(id=rid))
 
 
@@ -387,18 +374,15 @@ async def input_items(request: web.Request) -> web.Response:
     ]
     if query.order == "desc":
         items.reverse()
-    if query.after is not None:
-        ids = [i.id for i in items]
-        if query.after not in ids:
-            raise ApiError(400, f"no input item {query.after!r}", param="after")
-        items = items[ids.index(query.after) + 1 :]
-    page = items[: query.limit]
+    page, more = page_after(
+        items, lambda i: i.id, after=query.after, limit=query.limit, kind="input item"
+    )
     return json_response(
         s.InputItemList(
             data=page,
             first_id=page[0].id if page else None,
             last_id=page[-1].id if page else None,
-            has_more=len(items) > len(page),
+            has_more=more,
         )
     )
 
@@ -409,14 +393,14 @@ async def input_tokens(request: web.Request) -> web.Response:
     req = decode_items_body(_create, await request.read(), "input")
     refuse_unsupported(req, compat.RESPONSES)
     engine = await engine_for(request, req.model)
-    sampling = _sampling(req, engine)
+    sampling = output_sampling(engine, req)
+    owner = request[OWNER]
     try:
         assembly = await engine.assemble_prompt(
-            _inputs(req, opener(engine, request[OWNER])),
-            **_prompt_kwargs(req, request[OWNER], sampling),
+            _request(req, owner, sampling, _inputs(req, opener(engine, owner)))
         )
     except NotFound as e:
-        raise ApiError(404, str(e), param="previous_response_id", code="not_found") from None
+        raise about(e, _anchor_param(req)) from None
     return json_response(s.InputTokens(input_tokens=assembly.prompt_tokens))
 
 

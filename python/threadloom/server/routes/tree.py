@@ -20,33 +20,34 @@ from aiohttp import web
 from threadloom import branches
 from threadloom.engine import Engine, Result, Started, TokenEvent
 from threadloom.errors import NotFound, StateConflict
+from threadloom.request import Request
 from threadloom.server import sse
 from threadloom.server.errors import ApiError
 from threadloom.server.keys import OWNER
 from threadloom.server.routes.common import (
+    about,
     decode_body,
     engine_for,
     final_result,
     json_response,
-    sampling_params,
+    not_found,
+    output_sampling,
+    path_id,
     store_engine,
 )
 from threadloom.server.schemas import tree as s
-from threadloom.server.schemas.freddy import THREAD_ID
+from threadloom.server.schemas.ids import THREAD_ID
 from threadloom.server.schemas.items import item_kind
 
 _continue = msgspec.json.Decoder(s.ContinueRequest)
 
 
 def _thread_id(request: web.Request) -> str:
-    tid = request.match_info["thread_id"]
-    if not THREAD_ID.fullmatch(tid):
-        raise ApiError(400, f"invalid thread id {tid!r}", param="thread_id", code="invalid_id")
-    return tid
+    return path_id(request, "thread_id", THREAD_ID, "thread")
 
 
 def _not_found(tid: str) -> ApiError:
-    return ApiError(404, f"thread {tid!r} not found", param="thread_id", code="not_found")
+    return not_found("thread", tid, "thread_id")
 
 
 def _node(n: branches.TreeNode) -> s.TreeNode:
@@ -125,10 +126,10 @@ async def _point(engine: Engine, owner: str, tid: str, after: str) -> _Point:
     try:
         at = await engine.branch_point(owner, tid, after)
     except StateConflict as e:
-        raise ApiError(409, str(e), param="thread_id", code="conflict") from None
+        raise about(e, "thread_id") from None
     except NotFound as e:
-        if str(e).startswith("no turn"):
-            raise ApiError(404, str(e), param="after", code="not_found") from None
+        if e.kind == "turn":  # `after` names no turn of this thread's tree
+            raise about(e, "after") from None
         raise _not_found(tid) from None
     if at is None:
         head = None if after == branches.HEAD else after
@@ -136,11 +137,11 @@ async def _point(engine: Engine, owner: str, tid: str, after: str) -> _Point:
     return _Point(tid, False, None if at == branches.ROOT else at)
 
 
-def _anchor(point: _Point) -> dict[str, Any]:
+def _request(point: _Point, owner: str, inputs: list[dict[str, str]], **rest: Any) -> Request:
     if point.into_thread:
         # Into the thread only while it exists: one deleted meanwhile is not made again.
-        return {"thread": point.thread, "create_thread": False}
-    return {"after_turn": point.after} if point.after is not None else {}
+        return Request(inputs=inputs, owner=owner, thread=point.thread, create_thread=False, **rest)
+    return Request(inputs=inputs, owner=owner, after_turn=point.after, **rest)
 
 
 def _reply(point: _Point, r: Result) -> s.ContinueResult:
@@ -181,16 +182,10 @@ async def continue_thread(request: web.Request) -> web.StreamResponse:
     owner, tid = request[OWNER], _thread_id(request)
     req = decode_body(_continue, await request.read())
     engine = await engine_for(request, req.model)
-    sampling = sampling_params(
-        engine,
-        max_tokens=req.max_output_tokens,
-        max_tokens_param="max_output_tokens",
-        temperature=req.temperature,
-        top_p=req.top_p,
-    )
+    sampling = output_sampling(engine, req)
     point = await _point(engine, owner, tid, req.after)
     inputs = [{"role": m.role, "content": m.content} for m in req.input]
-    events = engine.stream(inputs, owner=owner, sampling=sampling, **_anchor(point))
+    events = engine.stream_request(_request(point, owner, inputs, sampling=sampling))
     started = await sse.started(events)
     if not point.into_thread and started.response_id is not None:
         # Recorded before the first token: a reply stopped half-way is still in the tree.

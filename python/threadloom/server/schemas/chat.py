@@ -7,7 +7,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from threadloom.server.schemas.limits import MAX_ITEMS, MAX_STOPS, Seed, StopString
+from threadloom.server.schemas.limits import (
+    MAX_ITEMS,
+    Seed,
+    StopList,
+    StopString,
+    Temperature,
+    TopP,
+)
 from threadloom.server.schemas.tools import ChatToolCall, DeltaToolCall
 
 FinishReason = Literal["stop", "length", "tool_calls"]
@@ -48,9 +55,9 @@ class ChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stream_options: StreamOptions | None = None
     max_tokens: Annotated[int, Meta(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Meta(ge=1)] | None = None
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    stop: StopString | Annotated[list[StopString], Meta(max_length=MAX_STOPS)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    stop: StopString | StopList | None = None
     seed: Seed | None = None
     n: Annotated[int, Meta(ge=1, le=1)] | None = None
     # Accepted for compatibility and not used by the sampler.

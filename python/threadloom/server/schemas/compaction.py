@@ -8,14 +8,10 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from threadloom.server.schemas.ids import ResponseId
 from threadloom.server.schemas.items import CompactionItem
 from threadloom.server.schemas.limits import MAX_ITEMS
-from threadloom.server.schemas.responses import (
-    InputItemParam,
-    InputTextPart,
-    ResponseId,
-    ResponseUsage,
-)
+from threadloom.server.schemas.responses import InputItemParam, InputTextPart, ResponseUsage
 
 
 class CompactRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -8,25 +8,14 @@ misspelled field is an error rather than silently ignored."""
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
 
-from threadloom.server.schemas.limits import MAX_ITEMS
-from threadloom.server.schemas.responses import RESPONSE_ID_PATTERN
+from threadloom.server.schemas.ids import ResponseId, ThreadId
+from threadloom.server.schemas.limits import MAX_ITEMS, Temperature, TopP
 
-# The store's thread id format; checked here too so a bad id is reported with its field. msgspec
-# checks it with Python's `re`, whose `$` also matches before a final newline: the routes check
-# ids again with `fullmatch` (the pattern stays ECMA-compatible for the OpenAPI document). `.` and
-# `..` are path segments a URL normaliser removes (`/v1/threads/./tree` is `/v1/threads/tree`),
-# so no URL could name such a thread.
-THREAD_ID_PATTERN = r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,128}$"
-ThreadId = Annotated[str, Meta(pattern=THREAD_ID_PATTERN)]
-# For `fullmatch` in the routes (a conversation id is a thread id too).
-THREAD_ID = re.compile(THREAD_ID_PATTERN)
-ResponseId = Annotated[str, Meta(pattern=RESPONSE_ID_PATTERN)]
 ThreadState = Literal["open", "locked", "archived"]
 # Any JSON object; its 16 KB limit is the store's (it measures the encoded form).
 Metadata = dict[str, Any]
@@ -65,8 +54,8 @@ class CreateModelResponse(msgspec.Struct, kw_only=True, rename="camel", forbid_u
     organization_id: str | None = msgspec.field(default=None, name="organization_id")
     # Not in Freddy's documentation: sampling controls as the other dialects offer them.
     max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
 
 
 class OutputMessage(msgspec.Struct, kw_only=True, rename="camel"):

@@ -1,19 +1,34 @@
-"""Bounds on what one request may carry, shared by every dialect's schema so that an oversized
-request is refused while decoding, with a 400 that names the field."""
+"""The request bounds every dialect's schema uses, so that an oversized request is refused while
+decoding, with a 400 that names the field. They are `threadloom.limits`', which the engine
+checks too; this module only names them for the schemas."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from threadloom.limits import (
+    MAX_MESSAGES,
+    MAX_STOP_CHARS,
+    MAX_STOPS,
+    RepetitionPenalty,
+    Seed,
+    StopList,
+    StopString,
+    Temperature,
+    TopK,
+    TopP,
+)
 
-from msgspec import Meta
+# Items (messages) in one request.
+MAX_ITEMS = MAX_MESSAGES
 
-from threadloom import MAX_THREAD_MESSAGES
-
-# Items (messages) in one request: no request can need more than a conversation may hold.
-MAX_ITEMS = MAX_THREAD_MESSAGES
-# Stop sequences: OpenAI's count; a stop string longer than this is not a stop sequence.
-MAX_STOPS = 4
-MAX_STOP_CHARS = 256
-StopString = Annotated[str, Meta(min_length=1, max_length=MAX_STOP_CHARS)]
-# The samplers take a 32-bit seed.
-Seed = Annotated[int, Meta(ge=-(2**31), le=2**31 - 1)]
+__all__ = [
+    "MAX_ITEMS",
+    "MAX_STOPS",
+    "MAX_STOP_CHARS",
+    "RepetitionPenalty",
+    "Seed",
+    "StopList",
+    "StopString",
+    "Temperature",
+    "TopK",
+    "TopP",
+]

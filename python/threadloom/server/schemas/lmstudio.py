@@ -8,8 +8,14 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from threadloom.server.schemas.limits import MAX_ITEMS
-from threadloom.server.schemas.responses import ResponseId
+from threadloom.server.schemas.ids import ResponseId
+from threadloom.server.schemas.limits import (
+    MAX_ITEMS,
+    RepetitionPenalty,
+    Temperature,
+    TopK,
+    TopP,
+)
 
 # ---- request ---------------------------------------------------------------------------------
 
@@ -37,10 +43,10 @@ class StatefulChatRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=Tr
     thread_id: ResponseId | None = None
     previous_response_id: ResponseId | None = None
     # Ranges are the sampler's (LM Studio documents temperature in [0, 1]; more is allowed).
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
-    top_k: Annotated[int, Meta(ge=0, le=2**31 - 1)] | None = None  # the sampler's C int
-    repeat_penalty: Annotated[float, Meta(ge=0.5, le=2.0)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None
+    repeat_penalty: RepetitionPenalty | None = None
     max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
     reasoning: Reasoning | None = None
     # Accepted for compatibility: the sampler has no min-p, and the context is the loaded

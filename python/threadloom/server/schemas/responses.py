@@ -12,12 +12,9 @@ from threadloom.compaction import COMPACTION, compaction_turn
 from threadloom.errors import InvalidInput
 from threadloom.server.schemas import items
 from threadloom.server.schemas.formats import TextConfig
-from threadloom.server.schemas.limits import MAX_ITEMS
+from threadloom.server.schemas.ids import ResponseId
+from threadloom.server.schemas.limits import MAX_ITEMS, Temperature, TopP
 
-# Ids come from the store: "resp_" and 128 random bits in Crockford's base 32 (lower case).
-CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
-RESPONSE_ID_PATTERN = r"^resp_[0-9a-hjkmnp-tv-z]{26}$"
-ResponseId = Annotated[str, Meta(pattern=RESPONSE_ID_PATTERN)]
 MetadataKey = Annotated[str, Meta(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, Meta(max_length=512)]
 Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=16)]
@@ -159,8 +156,8 @@ class CreateResponse(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store: bool = True
     stream: bool = False
     max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
     metadata: Metadata | None = None
     # Documented by OpenAI and accepted; these change nothing here.

@@ -12,7 +12,7 @@ from msgspec import Meta
 
 from threadloom.server.schemas.freddy import ThreadState
 from threadloom.server.schemas.items import ItemKind
-from threadloom.server.schemas.limits import MAX_ITEMS
+from threadloom.server.schemas.limits import MAX_ITEMS, Temperature, TopP
 
 # `head` (the thread's newest turn: the reply goes into the thread), `root` (a new first
 # message: a branch beside the whole conversation) or a turn id of the thread's tree.
@@ -72,8 +72,8 @@ class ContinueRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
     # The model of this reply (a declared name or alias); None: the default model.
     model: str | None = None
-    temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
-    top_p: Annotated[float, Meta(gt=0.0, le=1.0)] | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
 
 
 class Usage(msgspec.Struct, kw_only=True):

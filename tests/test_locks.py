@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from threadloom.serial import KeyedLocks
+from threadloom.locks import KeyedLocks
 
 
 def test_a_read_nobody_raced_takes_the_lock_at_once() -> None:

@@ -97,32 +97,40 @@ def test_long_prompt_is_prefilled_in_chunks_between_decode_steps() -> None:
 
 
 def test_waiting_prompts_share_one_budget_per_step() -> None:
-    """Two new turns arriving together both start in the first steps: the budget of prompt
-    tokens per step goes to the oldest first, the rest to the next (llama-server's n_batch)."""
-    s, backend = scheduler(sequences=3, prefill_chunk=8, delay_s=0.001)
+    """Short new turns arriving together start in the same step (their chunks fit in one
+    budget, oldest first); a long prompt is still cut into whole chunks from its start."""
+    s, backend = scheduler(sequences=4, prefill_chunk=8, delay_s=0.001)
     decoding = Collect([1, 2, 3], 500)
     s.submit(decoding)
     while not decoding.tokens:
         threading.Event().wait(0.001)
-    first, second = Collect(list(range(10, 15)), 3), Collect(list(range(20, 30)), 3)
-    with s._cond:  # both admitted in the same iteration
-        s.submit(first)
-        s.submit(second)
-    assert first.done.wait(10) and second.done.wait(10)
+    short, shorter, long = (
+        Collect(list(range(10, 15)), 3),
+        Collect(list(range(20, 23)), 3),
+        Collect(list(range(30, 50)), 3),
+    )
+    with s._cond:  # all admitted in the same iteration
+        for job in (short, shorter, long):
+            s.submit(job)
+    assert short.done.wait(10) and shorter.done.wait(10) and long.done.wait(10)
     s.cancel(decoding)
     assert decoding.done.wait(10)
     s.close()
     log = list(backend.log)
     prefills = [(i, seq, n) for i, (kind, seq, n) in enumerate(log) if kind == "prefill"]
-    # Step 1: all 5 of the first prompt and 3 of the second; step 2: the second's other 7.
-    assert [(seq, n) for _, seq, n in prefills[-3:]] == [
-        (first.seq, 5),
-        (second.seq, 3),
-        (second.seq, 7),
+    mine = prefills[-5:]
+    assert [(seq, n) for _, seq, n in mine] == [
+        (short.seq, 5),
+        (shorter.seq, 3),
+        (long.seq, 8),
+        (long.seq, 8),
+        (long.seq, 4),
     ]
-    (_, _, _), (b, _, _), (c, _, _) = prefills[-3:]
-    assert ("decode", decoding.seq, 1) in log[b:c]
-    assert ("decode", decoding.seq, 1) not in log[prefills[-3][0] : b]
+    # The two short ones in one step (no decode between them), then a step per chunk.
+    starts = [i for i, _, _ in mine]
+    assert ("decode", decoding.seq, 1) not in log[starts[0] : starts[1]]
+    for i, j in itertools.pairwise(starts[1:]):
+        assert ("decode", decoding.seq, 1) in log[i:j]
 
 
 def test_cancelling_one_sequence_leaves_the_others_running() -> None:

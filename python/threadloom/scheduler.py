@@ -1,8 +1,9 @@
 """The generation scheduler: one thread owns the model and steps every active sequence.
 
-Each iteration of its loop hands the backend at most `prefill_chunk` prompt tokens, taken from
-the admitted requests still in prefill, oldest first (a token budget per step, as
-llama-server's `n_batch`: several new turns start in one step), then asks it for one token of
+Each iteration of its loop hands the backend the next chunks (`prefill_chunk` tokens at most
+each) of the admitted requests still in prefill, oldest first, as many as fit in one chunk's
+worth of tokens (a token budget per step, as llama-server's `n_batch`: several short new turns
+start in one step), then asks it for one token of
 every sequence that is decoding. A batching backend evaluates all of that in one call. So a long
 prompt delays the others' streams by one budget per token at most, every decoding stream gets
 one token per iteration (token-level round robin), and requests are admitted first come, first
@@ -367,11 +368,17 @@ class Scheduler:
     def _step(self) -> None:
         for job in [j for j in self._active if j.cancel.is_set()]:
             self._end(job, "cancelled")
+        # The waiting prompts' next chunks, oldest first, while they fit in one chunk's worth
+        # of tokens (the first always goes). A chunk is always the next `prefill_chunk`
+        # tokens of its prompt, so where a prompt is cut never depends on what else waits:
+        # the same prompt evaluates the same way (bit for bit) alone or in company.
         budget = self.prefill_chunk
         for job in [j for j in self._active if j.position < len(j.ids)]:
-            if budget <= 0:
+            size = min(self.prefill_chunk, len(job.ids) - job.position)
+            if size > budget and budget < self.prefill_chunk:
                 break
-            budget -= self._prefill(job, budget)
+            budget -= size
+            self._prefill(job, size)
         decoding = [j for j in self._active if j.position >= len(j.ids)]
         if not decoding:
             return
@@ -410,20 +417,19 @@ class Scheduler:
             if finish is not None:
                 self._end(job, finish)
 
-    def _prefill(self, job: Job, budget: int) -> int:
-        """Hands the backend up to `budget` more prompt tokens of `job`; returns how many."""
+    def _prefill(self, job: Job, size: int) -> None:
+        """Hands the backend the next `size` prompt tokens of `job`."""
         start = job.position
-        chunk = job.ids[start : start + budget]
+        chunk = job.ids[start : start + size]
         try:
             self.backend.prefill(job.seq, start, chunk)
         except BaseException as e:
             log.exception("prefill failed")
             self._end(job, "error", f"{type(e).__name__}: {e}")
-            return len(chunk)
+            return
         job.position = start + len(chunk)
         if job.position >= len(job.ids):
             job.timings.prefilled = time.perf_counter()
-        return len(chunk)
 
     def _end(self, job: Job, finish: Finish, error: str | None = None) -> None:
         with self._cond:

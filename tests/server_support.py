@@ -113,7 +113,8 @@ def parse_sse(raw: str) -> list[tuple[str | None, dict[str, Any]]]:
 
 
 def config(tmp_path: Any, **kwargs: Any) -> ServerConfig:
-    return ServerConfig(store=str(tmp_path / "store"), **kwargs)
+    kwargs.setdefault("store", str(tmp_path / "store"))
+    return ServerConfig(**kwargs)
 
 
 BACKEND_OPTIONS = ("delay_s", "context_length", "fail_after")

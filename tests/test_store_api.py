@@ -50,7 +50,7 @@ def now_ms() -> int:
 def test_store_properties(store: Store, store_spec: str) -> None:
     assert str(store.path) == store_spec
     # LMDB's on-disk layout version; PostgreSQL's schema migration version.
-    assert store.format_version == (6 if is_postgres_url(store_spec) else 1)
+    assert store.format_version == (7 if is_postgres_url(store_spec) else 1)
     r = store.retention
     assert r.thread_inactivity_s == 90 * 86400
     assert r.thread_max_age_s == 365 * 86400

@@ -94,16 +94,16 @@ def test_schema_is_versioned_and_a_newer_one_refused(schema_url: str) -> None:
     import psycopg
 
     with PostgresStore(schema_url) as s:
-        assert s.format_version == 6
+        assert s.format_version == 7
         s.create_thread("t")
     with psycopg.connect(schema_url, autocommit=True) as conn:
         rows = conn.execute("SELECT version, description FROM threadloom_schema").fetchall()
-        assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
-        conn.execute("INSERT INTO threadloom_schema (version, description) VALUES (7, 'future')")
-    with pytest.raises(StoreFormatError, match=r"schema version 7.*up to 6"):
+        assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6, 7]
+        conn.execute("INSERT INTO threadloom_schema (version, description) VALUES (8, 'future')")
+    with pytest.raises(StoreFormatError, match=r"schema version 8.*up to 7"):
         PostgresStore(schema_url)
     with psycopg.connect(schema_url, autocommit=True) as conn:
-        conn.execute("DELETE FROM threadloom_schema WHERE version = 7")
+        conn.execute("DELETE FROM threadloom_schema WHERE version = 8")
     # The refused open changed nothing.
     with PostgresStore(schema_url) as s:
         assert [t.id for t in s.list_threads().threads] == ["t"]

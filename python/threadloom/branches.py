@@ -1,8 +1,9 @@
 """A thread's branch tree: its own turns (root to head) plus every branch continued from one of
-its turns (`Request.after_turn`), read from the store in the engine's worker threads.
+its turns, read from the store in the engine's worker threads.
 
-Turns keep only their parent links, and a reply that rewrites the first message has no parent,
-so the store records a thread's branches next to it (`Store.add_branch` / `branches`): a
+The store's children index (`ConversationStore.children`) finds every continuation of a turn,
+whichever route made it. A reply that rewrites the first message has no parent, though, so the
+store also records a thread's branches next to it (`Store.add_branch` / `branches`): a
 branch's newest response is its record; continuing a branch's newest turn replaces the record.
 A record whose response has expired or been deleted drops out of the tree (and is removed at
 the next registration). The records are the owner's and go with the thread: a thread deleted
@@ -114,6 +115,18 @@ def _sorted(ids: Iterable[str], nodes: dict[str, Turn]) -> list[str]:
     return sorted(ids, key=lambda i: (nodes[i].created_ms, i))
 
 
+def _add_continuations(store: ConversationStore, owner: str, nodes: dict[str, Turn]) -> None:
+    """Adds every turn that continues one of `nodes`, down to the leaves: the store's children
+    index knows each branch made after a turn, whichever route made it (the Responses API's
+    `previous_response_id`, a turn anchor), not only those the records hold."""
+    queue = list(nodes)
+    while queue:
+        for child in store.children(queue.pop(), owner=owner):
+            if child not in nodes:
+                nodes[child] = store.history(owner=owner, turn=child, limit=1)[-1]
+                queue.append(child)
+
+
 def build(
     store: ConversationStore, owner: str, thread_id: str, tokenizer: Tokenizer | None
 ) -> Tree:
@@ -136,6 +149,7 @@ def build(
             nodes.setdefault(turn.id, turn)
         if path:
             responses[path[-1].id] = rid
+    _add_continuations(store, owner, nodes)
     children: dict[str, list[str]] = {}
     roots: list[str] = []
     for turn in nodes.values():

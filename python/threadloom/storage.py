@@ -112,6 +112,7 @@ class ConversationStore(Protocol):
     def branches(
         self, thread_id: str, *, owner: str = "default"
     ) -> list[tuple[str, str | None]]: ...
+    def children(self, turn_id: str, *, owner: str = "default") -> list[str]: ...
     def history(
         self,
         *,

@@ -161,6 +161,15 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        7,
+        "the children index: each turn's continuations, per owner (a thread's tree)",
+        """
+        -- Turns keep their parent; this finds a turn's children without a scan.
+        CREATE INDEX threadloom_turns_children
+            ON threadloom_turns (owner, parent) WHERE parent IS NOT NULL;
+        """,
+    ),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -345,6 +345,21 @@ class PostgresStore:
 
         return self._db.call(read)
 
+    def children(self, turn_id: str, *, owner: str = "default") -> list[str]:
+        """The ids of the turns that continue `turn_id`, whichever route made them, in
+        creation order; empty for another owner's or a missing turn."""
+        parent = rows.to_uuid(_core.parse_turn_id(turn_id))
+
+        def read(conn: Conn) -> list[str]:
+            found = conn.execute(
+                "SELECT id FROM threadloom_turns WHERE owner = %s AND parent = %s"
+                " ORDER BY created_ms, id",
+                (owner, parent),
+            ).fetchall()
+            return [_core.turn_id_string(r[0].bytes) for r in found]
+
+        return self._db.call(read)
+
     # ---- history ----------------------------------------------------------------------------
 
     def history(

@@ -293,6 +293,15 @@ impl Store {
             .collect())
     }
 
+    /// The ids of the turns that continue `turn_id` (every branch made after it, whichever
+    /// route made it), in creation order to the millisecond; empty for another owner's or a missing turn.
+    #[pyo3(signature = (turn_id, *, owner="default"))]
+    fn children(&self, py: Python<'_>, turn_id: String, owner: &str) -> PyResult<Vec<String>> {
+        let key = ids::parse_turn_id(&turn_id)?;
+        let found = py.detach(|| self.inner.children(owner, &key))?;
+        Ok(found.iter().map(ids::turn_id_string).collect())
+    }
+
     /// The response, or NotFound (also for another owner's or an expired one).
     #[pyo3(signature = (response_id, *, owner="default"))]
     fn get_response(&self, py: Python<'_>, response_id: String, owner: &str) -> PyResult<Response> {

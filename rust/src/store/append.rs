@@ -251,6 +251,7 @@ impl Store {
             self.turns.put(txn, &key, &record)?;
             if let Some(p) = &prev {
                 self.retain(txn, p)?;
+                self.index_child(txn, owner, p, &key)?;
             }
             turn_ids.push(key);
             prev = Some(key);

@@ -77,6 +77,7 @@ impl Store {
         use std::collections::HashMap;
         self.read(|txn| {
             let mut expected: HashMap<TurnKey, u32> = HashMap::new();
+            let mut children = 0u64;
             for item in self.turns.iter(txn)? {
                 let (k, raw) = item?;
                 let key: TurnKey = k
@@ -92,7 +93,15 @@ impl Store {
                         ));
                     }
                     *expected.entry(p).or_insert(0) += 1;
+                    if !self.children(view.owner, &p)?.contains(&key) {
+                        return Err(Error::Format("turn missing from the children index".into()));
+                    }
+                    children += 1;
                 }
+            }
+            // Every turn with a parent is indexed (above), and nothing else is.
+            if self.children.len(txn)? != children {
+                return Err(Error::Format("stale children index entries".into()));
             }
             for item in self.threads.iter(txn)? {
                 let (_, raw) = item?;

@@ -2,6 +2,7 @@
 //! named threads that point at a head turn. See docs/storage.md for the on-disk layout.
 
 mod branches;
+mod children;
 mod commit;
 pub mod decide;
 mod keys;
@@ -140,6 +141,7 @@ pub struct Store {
     pending: Db,
     branches: Db,
     summaries: Db,
+    children: Db,
 }
 
 pub fn now_ms() -> i64 {
@@ -169,6 +171,7 @@ struct Dbs {
     pending: Db,
     branches: Db,
     summaries: Db,
+    children: Db,
 }
 
 /// Creates (or opens) the databases and checks the format header, in one write transaction.
@@ -192,6 +195,7 @@ fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Option<Dbs>> {
         pending: create("pending_responses")?,
         branches: create("thread_branches")?,
         summaries: create("summaries")?,
+        children: create("turn_children")?,
     };
     let meta = dbs.meta;
     match meta.get(&txn, b"format")? {
@@ -219,6 +223,7 @@ fn init(env: &Env<WithoutTls>, path: &Path) -> Result<Option<Dbs>> {
             }
         }
     }
+    children::backfill(&mut txn, dbs.meta, dbs.turns, dbs.children)?;
     txn.commit()?;
     Ok(Some(dbs))
 }
@@ -283,6 +288,7 @@ impl Store {
             pending: dbs.pending,
             summaries: dbs.summaries,
             branches: dbs.branches,
+            children: dbs.children,
         })
     }
 

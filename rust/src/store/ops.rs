@@ -164,7 +164,11 @@ impl Store {
                 self.refs.put(txn, &key, &n.to_le_bytes())?;
                 break;
             }
-            let parent = self.load_turn(txn, &key)?.parent;
+            let view = self.load_turn(txn, &key)?;
+            let (parent, owner) = (view.parent, view.owner.to_owned());
+            if let Some(p) = &parent {
+                self.unindex_child(txn, &owner, p, &key)?;
+            }
             self.turns.delete(txn, &key)?;
             self.refs.delete(txn, &key)?;
             let start = keys::token_count(&key, 0);

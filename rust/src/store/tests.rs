@@ -2725,3 +2725,115 @@ fn settle_pending_removes_the_record_in_the_append() {
         .unwrap();
     assert_eq!(s.get_pending(A, &id).unwrap(), None);
 }
+
+// ---- the children index -------------------------------------------------------------------------
+
+fn last_turn(s: &Store, owner: &str, response: &str) -> TurnKey {
+    ids::parse_turn_id(&s.get_response(owner, response).unwrap().last_turn).unwrap()
+}
+
+#[test]
+fn children_index_holds_every_continuation_made_by_append() {
+    let (_d, s) = store();
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let first = push(&s, A, "t", &["u1", "a1"]).turn_ids;
+    let second = push(&s, A, "t", &["u2", "a2"]).turn_ids;
+    // A branch through the Responses route: after the first reply's turn, not the head.
+    let older = respond(&s, A, &Anchor::Turn(first[1]), &["u2b", "a2b"]);
+    let branch = ids::parse_turn_id(&s.get_response(A, &older).unwrap().last_turn).unwrap();
+    let kids = s.children(A, &first[1]).unwrap();
+    assert_eq!(kids.len(), 2);
+    assert!(kids.contains(&second[0]));
+    // Keys order by creation time only to the millisecond: the other one is the branch's.
+    let branch_first = *kids.iter().find(|k| **k != second[0]).unwrap();
+    assert_eq!(s.children(A, &branch_first).unwrap(), [branch]);
+    assert_eq!(s.children(A, &first[0]).unwrap(), [first[1]]);
+    assert!(s.children(A, &second[1]).unwrap().is_empty());
+    // Per owner: another tenant sees no continuations of A's turns.
+    assert!(s.children(B, &first[1]).unwrap().is_empty());
+    s.verify().unwrap();
+    // A response continuing the branch's reply continues the index too.
+    let further = respond(&s, A, &after_response(&older), &["u3", "a3"]);
+    assert_eq!(s.children(A, &branch).unwrap().len(), 1);
+    assert_eq!(last_turn(&s, A, &further), {
+        let u3 = s.children(A, &branch).unwrap()[0];
+        s.children(A, &u3).unwrap()[0]
+    });
+    s.verify().unwrap();
+}
+
+#[test]
+fn children_index_follows_rebase_and_deletes() {
+    let (_d, s) = store();
+    let (one, two, keys) = rebase_fixture(&s);
+    s.rebase_thread(
+        A,
+        "t",
+        Some(keys[0]),
+        &turns(&["u2", "a2"]),
+        Some(Some(keys[3])),
+    )
+    .unwrap();
+    // u1 now has two continuations: a1 (kept by the responses) and the rebased u2.
+    assert_eq!(s.children(A, &keys[0]).unwrap().len(), 2);
+    s.verify().unwrap();
+    s.delete_response(A, &two).unwrap();
+    s.delete_response(A, &one).unwrap();
+    // a1 and what followed it are gone, and so are their entries.
+    assert_eq!(s.children(A, &keys[0]).unwrap().len(), 1);
+    assert!(s.children(A, &keys[1]).unwrap().is_empty());
+    s.verify().unwrap();
+    s.delete_thread(A, "t").unwrap();
+    assert!(s.children(A, &keys[0]).unwrap().is_empty());
+    s.verify().unwrap();
+}
+
+#[test]
+fn children_index_entries_go_with_swept_turns() {
+    let (_d, s) = store_with(retention(|r| r.response_ttl_ms = 1_000));
+    let r0 = respond(&s, A, &Anchor::Root, &["root"]);
+    let root = last_turn(&s, A, &r0);
+    s.create_thread(A, Some("t"), None, true, false).unwrap();
+    let kept = s
+        .append(A, &thread("t"), &turns(&["u"]), None, &no_options())
+        .unwrap()
+        .turn_ids;
+    for _ in 0..3 {
+        respond(&s, A, &Anchor::Turn(root), &["leaf"]);
+    }
+    assert_eq!(s.children(A, &root).unwrap().len(), 3);
+    sleep_ms(1_100);
+    s.sweep().unwrap();
+    assert!(s.children(A, &root).unwrap().is_empty());
+    assert_eq!(kept.len(), 1);
+    s.verify().unwrap();
+}
+
+#[test]
+fn children_index_is_built_for_a_store_written_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, leaf) = {
+        let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+        let r = respond(&s, A, &Anchor::Root, &["u", "a"]);
+        let leaf = last_turn(&s, A, &r);
+        let root = s.children(A, &leaf).unwrap();
+        assert!(root.is_empty());
+        // Forget the index as an older store never had it.
+        s.write(|s, txn| {
+            s.children.clear(txn)?;
+            s.meta.delete(txn, b"children_indexed")?;
+            Ok(())
+        })
+        .unwrap();
+        let first = s
+            .history_records(A, &after_response(&r))
+            .unwrap()
+            .view(0)
+            .unwrap()
+            .id;
+        (first, leaf)
+    };
+    let s = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    assert_eq!(s.children(A, &root).unwrap(), [leaf]);
+    s.verify().unwrap();
+}

@@ -71,8 +71,12 @@ def test_tree_holds_branches_nobody_recorded(store: Store) -> None:
     deeper = store.append(
         [msg("q3")], after_turn=off.turn_ids[1], response=ResponseInfo("m", output_count=0)
     )
-    assert store.children(line.turn_ids[1]) == [off.turn_ids[0]]
-    assert store.children(line.turn_ids[1], owner="other") == []
+    assert store.children([line.turn_ids[1], line.turn_ids[0]]) == [
+        [off.turn_ids[0]],
+        [line.turn_ids[1]],
+    ]
+    assert store.children([line.turn_ids[1]], owner="other") == [[]]
+    assert store.children([]) == []
     tree = branches.build(store, "default", "t", None)
     by_id = {n.turn.id: n for n in tree.nodes}
     assert set(by_id) == {*line.turn_ids, *off.turn_ids, *deeper.turn_ids}
@@ -82,6 +86,6 @@ def test_tree_holds_branches_nobody_recorded(store: Store) -> None:
     # The turns go with the response that held them, and so do their index entries.
     assert deeper.response is not None
     store.delete_response(deeper.response.id)
-    assert store.children(off.turn_ids[1]) == []
+    assert store.children([off.turn_ids[1]]) == [[]]
     tree = branches.build(store, "default", "t", None)
     assert {n.turn.id for n in tree.nodes} == {*line.turn_ids, *off.turn_ids}

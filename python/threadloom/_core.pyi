@@ -471,9 +471,9 @@ class Store:
         new first message) as a branch of the thread, dropping the records of `replaces`."""
     def branches(self, thread_id: str, *, owner: str = "default") -> list[tuple[str, str | None]]:
         """The thread's recorded branches: (response id, the turn it continues or None)."""
-    def children(self, turn_id: str, *, owner: str = "default") -> list[str]:
-        """The ids of the turns that continue `turn_id`, whichever route made them; empty
-        for another owner's or a missing turn."""
+    def children(self, turn_ids: Sequence[str], *, owner: str = "default") -> list[list[str]]:
+        """For each of `turn_ids`, the ids of the turns that continue it, whichever route made
+        them; empty for another owner's or a missing turn. One read for them all."""
     def history(
         self,
         *,

@@ -118,13 +118,14 @@ def _sorted(ids: Iterable[str], nodes: dict[str, Turn]) -> list[str]:
 def _add_continuations(store: ConversationStore, owner: str, nodes: dict[str, Turn]) -> None:
     """Adds every turn that continues one of `nodes`, down to the leaves: the store's children
     index knows each branch made after a turn, whichever route made it (the Responses API's
-    `previous_response_id`, a turn anchor), not only those the records hold."""
-    queue = list(nodes)
-    while queue:
-        for child in store.children(queue.pop(), owner=owner):
-            if child not in nodes:
-                nodes[child] = store.history(owner=owner, turn=child, limit=1)[-1]
-                queue.append(child)
+    `previous_response_id`, a turn anchor), not only those the records hold. One store read
+    per level of the walk, plus one per turn added."""
+    level = list(nodes)
+    while level:
+        found = store.children(level, owner=owner)
+        level = [c for kids in found for c in kids if c not in nodes]
+        for child in level:
+            nodes[child] = store.history(owner=owner, turn=child, limit=1)[-1]
 
 
 def build(

@@ -293,13 +293,25 @@ impl Store {
             .collect())
     }
 
-    /// The ids of the turns that continue `turn_id` (every branch made after it, whichever
-    /// route made it), in creation order to the millisecond; empty for another owner's or a missing turn.
-    #[pyo3(signature = (turn_id, *, owner="default"))]
-    fn children(&self, py: Python<'_>, turn_id: String, owner: &str) -> PyResult<Vec<String>> {
-        let key = ids::parse_turn_id(&turn_id)?;
-        let found = py.detach(|| self.inner.children(owner, &key))?;
-        Ok(found.iter().map(ids::turn_id_string).collect())
+    /// For each of `turn_ids`, the ids of the turns that continue it (every branch made after
+    /// it, whichever route made it), in creation order to the millisecond; empty for another
+    /// owner's or a missing turn. One read for them all: a tree walk asks a level at once.
+    #[pyo3(signature = (turn_ids, *, owner="default"))]
+    fn children(
+        &self,
+        py: Python<'_>,
+        turn_ids: Vec<String>,
+        owner: &str,
+    ) -> PyResult<Vec<Vec<String>>> {
+        let keys = turn_ids
+            .iter()
+            .map(|t| ids::parse_turn_id(t))
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        let found = py.detach(|| self.inner.children_of(owner, &keys))?;
+        Ok(found
+            .iter()
+            .map(|kids| kids.iter().map(ids::turn_id_string).collect())
+            .collect())
     }
 
     /// The response, or NotFound (also for another owner's or an expired one).

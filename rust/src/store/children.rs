@@ -78,17 +78,31 @@ impl Store {
         Ok(())
     }
 
-    /// The continuations of one of the owner's turns, by key (oldest first: keys begin with
-    /// their creation time). Empty for a turn without any, another owner's or a missing one.
+    /// The continuations of one of the owner's turns, by key (in creation order to the
+    /// millisecond: keys begin with their creation time). Empty for a turn without any,
+    /// another owner's or a missing one.
     pub fn children(&self, owner: &str, parent: &TurnKey) -> Result<Vec<TurnKey>> {
+        Ok(self
+            .children_of(owner, std::slice::from_ref(parent))?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// The continuations of each of `parents` (as `children`), in one read transaction: a
+    /// tree walk asks for a whole level at once.
+    pub fn children_of(&self, owner: &str, parents: &[TurnKey]) -> Result<Vec<Vec<TurnKey>>> {
         self.read(|txn| {
-            let start = prefix(owner, parent);
-            let mut out = Vec::new();
-            for item in self.children.prefix_iter(txn, &start)? {
-                let (k, _) = item?;
-                let child = TurnKey::try_from(&k[start.len()..])
-                    .map_err(|_| Error::Format("corrupt children index entry".to_owned()))?;
-                out.push(child);
+            let mut out = Vec::with_capacity(parents.len());
+            for parent in parents {
+                let start = prefix(owner, parent);
+                let mut found = Vec::new();
+                for item in self.children.prefix_iter(txn, &start)? {
+                    let (k, _) = item?;
+                    let child = TurnKey::try_from(&k[start.len()..])
+                        .map_err(|_| Error::Format("corrupt children index entry".to_owned()))?;
+                    found.push(child);
+                }
+                out.push(found);
             }
             Ok(out)
         })

@@ -4,17 +4,18 @@ in its own thread (for blocking clients such as the `openai` SDK) and an SSE par
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
-from support import child_env, helper_command
+from support import POSTGRES_URL, child_env, create_pg_schema, drop_pg_schema, helper_command
 from threadloom.server.config import ServerConfig
 from threadloom.testing import ScriptedFactory
 
@@ -205,3 +206,34 @@ def keyed_scripted_app(tmp: Any) -> web.Application:
     app = init_app(config(tmp, api_keys=SDK_KEYS), backend=scripted(script))
     attach_tokenizer(app, script)
     return app
+
+
+@contextlib.contextmanager
+def echo_server(store: str, directory: Path, delay_s: float = 0.0) -> Iterator[ThreadedServer]:
+    """A threaded server with the echo script and the SDK keys, on `store` ("postgres": a
+    fresh schema of the test cluster, dropped afterwards; else LMDB in `directory`)."""
+    from threadloom.server.app import init_app
+
+    schema = None
+    if store == "postgres":
+        assert POSTGRES_URL is not None
+        schema, spec = create_pg_schema(POSTGRES_URL)
+    else:
+        spec = str(directory / "store")
+
+    def make() -> web.Application:
+        script = EchoScript()
+        app = init_app(
+            ServerConfig(store=spec, api_keys=SDK_KEYS), backend=scripted(script, delay_s=delay_s)
+        )
+        attach_tokenizer(app, script)
+        return app
+
+    s = ThreadedServer(make).start()
+    try:
+        yield s
+    finally:
+        s.stop()
+        if schema is not None:
+            assert POSTGRES_URL is not None
+            drop_pg_schema(POSTGRES_URL, schema)

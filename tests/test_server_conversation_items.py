@@ -14,14 +14,11 @@ import pytest
 openai = pytest.importorskip("openai")
 
 from server_support import (  # noqa: E402
-    SDK_KEYS,
-    EchoScript,
     ThreadedServer,
-    attach_tokenizer,
-    scripted,
+    echo_server,
     sdk_client,
 )
-from support import BACKENDS, POSTGRES_URL, create_pg_schema, drop_pg_schema  # noqa: E402
+from support import BACKENDS  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -31,28 +28,8 @@ OUTPUT = {"type": "function_call_output", "call_id": "call_1", "output": "2"}
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterator[ThreadedServer]:
-    from threadloom.server.app import init_app
-    from threadloom.server.config import ServerConfig
-
-    schema = None
-    if request.param == "postgres":
-        assert POSTGRES_URL is not None
-        schema, spec = create_pg_schema(POSTGRES_URL)
-    else:
-        spec = str(tmp_path_factory.mktemp("items") / "store")
-
-    def make() -> Any:
-        script = EchoScript()
-        app = init_app(ServerConfig(store=spec, api_keys=SDK_KEYS), backend=scripted(script))
-        attach_tokenizer(app, script)
-        return app
-
-    s = ThreadedServer(make).start()
-    yield s
-    s.stop()
-    if schema is not None:
-        assert POSTGRES_URL is not None
-        drop_pg_schema(POSTGRES_URL, schema)
+    with echo_server(request.param, tmp_path_factory.mktemp("items"), 0.0) as s:
+        yield s
 
 
 def texts(client: Any, conv_id: str) -> list[str]:

@@ -545,9 +545,7 @@ async def test_messages_include_turns_from_every_dialect(client: Client) -> None
 # ---- the real model --------------------------------------------------------------------------
 
 
-async def test_end_to_end_with_the_real_model(
-    aiohttp_client: Any, tmp_path: Path
-) -> None:
+async def test_end_to_end_with_the_real_model(aiohttp_client: Any, tmp_path: Path) -> None:
     pytest.importorskip("ctransformers")
     from threadloom.errors import ModelNotInstalled
     from threadloom.models import default_model_path
@@ -633,6 +631,4 @@ async def test_messages_are_read_a_page_at_a_time(client: Client) -> None:
         client, "GET", f"/v1/threads/paged/messages?limit=4&before={older['firstId']}"
     )
     assert oldest["data"] == everything["data"][:2] and oldest["hasMore"] is False
-    await expect_error(
-        client, "GET", "/v1/threads/paged/messages?before=nope", 400, "before"
-    )
+    await expect_error(client, "GET", "/v1/threads/paged/messages?before=nope", 400, "before")

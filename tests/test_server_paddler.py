@@ -337,9 +337,7 @@ def real_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield cache
 
 
-async def test_real_model_end_to_end(
-    aiohttp_client: Any, tmp_path: Path, real_model: Path
-) -> None:
+async def test_real_model_end_to_end(aiohttp_client: Any, tmp_path: Path, real_model: Path) -> None:
     # A small context keeps the model's memory small.
     app = init_app(config(tmp_path, cache_dir=str(real_model), slots=1, context_length=1024))
     client: Client = await aiohttp_client(app)

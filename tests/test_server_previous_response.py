@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from server_support import SDK_KEYS, EchoScript, ThreadedServer, attach_tokenizer, scripted
-from support import BACKENDS, POSTGRES_URL, create_pg_schema, drop_pg_schema
+from server_support import ThreadedServer, echo_server
+from support import BACKENDS
 
 # Seconds per generated token: a `long:N` reply takes about N of these.
 DELAY_S = 0.01
@@ -26,30 +26,8 @@ ENDED = ("response.completed", "response.incomplete", "response.failed")
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterator[ThreadedServer]:
-    from threadloom.server.app import init_app
-    from threadloom.server.config import ServerConfig
-
-    schema = None
-    if request.param == "postgres":
-        assert POSTGRES_URL is not None
-        schema, spec = create_pg_schema(POSTGRES_URL)
-    else:
-        spec = str(tmp_path_factory.mktemp("previous") / "store")
-
-    def make() -> Any:
-        script = EchoScript()
-        app = init_app(
-            ServerConfig(store=spec, api_keys=SDK_KEYS), backend=scripted(script, delay_s=DELAY_S)
-        )
-        attach_tokenizer(app, script)
-        return app
-
-    s = ThreadedServer(make).start()
-    yield s
-    s.stop()
-    if schema is not None:
-        assert POSTGRES_URL is not None
-        drop_pg_schema(POSTGRES_URL, schema)
+    with echo_server(request.param, tmp_path_factory.mktemp("previous"), DELAY_S) as s:
+        yield s
 
 
 class Http:

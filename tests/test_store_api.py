@@ -1543,9 +1543,7 @@ def test_branches_are_recorded_per_thread_and_replaced(store: Store) -> None:
         msgs("more", "sure"), previous_response_id=off.response.id, response=ResponseInfo("m")
     )
     assert more.response is not None
-    store.add_branch(
-        "t", more.response.id, after_turn=off.turn_ids[-1], replaces=[off.response.id]
-    )
+    store.add_branch("t", more.response.id, after_turn=off.turn_ids[-1], replaces=[off.response.id])
     assert sorted(store.branches("t")) == sorted(
         [(more.response.id, off.turn_ids[-1]), (rewrite.response.id, None)]
     )

@@ -229,11 +229,14 @@ async def test_streamed_deltas_join_into_the_json(smol_server: ThreadedServer) -
     import aiohttp
 
     body = {"input": "A person, as JSON.", "text": responses_format(PERSON), "stream": True}
-    async with aiohttp.ClientSession() as http, http.post(
-        f"{smol_server.url}/v1/responses",
-        json=body,
-        headers={"Authorization": "Bearer x"},
-    ) as r:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"{smol_server.url}/v1/responses",
+            json=body,
+            headers={"Authorization": "Bearer x"},
+        ) as r,
+    ):
         events = parse_sse(await r.text())
     deltas = "".join(d["delta"] for name, d in events if name == "response.output_text.delta")
     [done] = [d["text"] for name, d in events if name == "response.output_text.done"]

@@ -221,7 +221,7 @@ CONVERSATIONS: dict[str, list[Message]] = {
         a("<tool_call>\n{}\n</tool_call> <tool_response>x</tool_response>"),
     ],
     "quotes-and-backslashes": [
-        u('He said "hi" and \'bye\' \\ C:\\path\\to\\file \\n \\t \\u00e9 </script>'),
+        u("He said \"hi\" and 'bye' \\ C:\\path\\to\\file \\n \\t \\u00e9 </script>"),
         a('{"json": "like", "n": [1, 2]}'),
     ],
     "reasoning-last": [u("Is 7 prime?"), a("Yes.", reasoning="7 has no divisors but 1 and 7.")],
@@ -343,9 +343,32 @@ def test_fixture_templates_match_jinja2(pair: Pair, conversation: str) -> None:
 
 
 PIECES = [
-    "hi", " ", "  ", "\n", "\n\n", "\t", "\r\n", "<think>", "</think>", "<tool_response>",
-    "</tool_response>", "{{ x }}", "{% if %}", "é", "😀", "中文", "\u00a0", "\x1c", "Σ", "'",
-    '"', "\\", "<|im_end|>", "\u2028", "ǆ", "ß",
+    "hi",
+    " ",
+    "  ",
+    "\n",
+    "\n\n",
+    "\t",
+    "\r\n",
+    "<think>",
+    "</think>",
+    "<tool_response>",
+    "</tool_response>",
+    "{{ x }}",
+    "{% if %}",
+    "é",
+    "😀",
+    "中文",
+    "\u00a0",
+    "\x1c",
+    "Σ",
+    "'",
+    '"',
+    "\\",
+    "<|im_end|>",
+    "\u2028",
+    "ǆ",
+    "ß",
 ]
 
 

@@ -310,3 +310,30 @@ def test_aclose_stores_running_generations_before_closing(tmp_path: Path) -> Non
 async def _drain(events: object) -> None:
     async for _ in events:  # type: ignore[attr-defined]
         pass
+
+
+def test_only_a_reply_announced_early_is_recorded_as_pending(tmp_path: Path) -> None:
+    """A stream shows its id before the reply is stored, so the id must answer (and survive a
+    crash) from then on; `respond` shows it only with the stored reply, so it skips that
+    durable write."""
+    engine, _ = make_engine(tmp_path, reply=" a b c d e f", delay_s=0.02)
+
+    async def run() -> tuple[list[str], list[str], str | None, str | None]:
+        streamed = engine.stream("streamed")
+        first = await anext(streamed)
+        assert isinstance(first, Started) and first.response_id is not None
+        while_streaming = [rid for _, rid, _ in engine.store.pending()]
+        async for _ in streamed:
+            pass
+        quiet = asyncio.ensure_future(engine.respond("quiet"))
+        await asyncio.sleep(0.05)  # generating now
+        while_responding = [rid for _, rid, _ in engine.store.pending()]
+        result = await quiet
+        return while_streaming, while_responding, first.response_id, result.response_id
+
+    while_streaming, while_responding, streamed_id, quiet_id = asyncio.run(run())
+    assert while_streaming == [streamed_id]
+    assert while_responding == [] and quiet_id is not None
+    assert engine.store.get_response(quiet_id).status == "completed"
+    assert engine.store.pending() == []
+    engine.close()

@@ -96,12 +96,14 @@ class Conversations:
     def begin(self, req: Request, new: list[dict[str, str]], response_id: str | None) -> Prepared:
         """The store's half before a generation, in one worker hop: reads and checks the
         conversation (creating `req.thread` when asked), assembles the prompt and, for a reply
-        that will be stored as `response_id`, records it as pending (its id answers from now
-        on, and a restart stores it if this process dies first)."""
+        that will be stored as `response_id` and announced before then (`req.announce`),
+        records it as pending (its id answers from now on, and a restart stores it if this
+        process dies first)."""
         prepared = self.prepare(req, new, create=True)
         if response_id is None:
             return prepared
-        self.announce(req.owner, prepared.destination, response_id)
+        if req.announce:
+            self.announce(req.owner, prepared.destination, response_id)
         return msgspec.structs.replace(prepared, response_id=response_id)
 
     def prepare(self, req: Request, new: list[dict[str, str]], *, create: bool) -> Prepared:

@@ -234,7 +234,8 @@ class Engine:
         except BaseException as e:
             if turn_key is not None:
                 self._thread_turns.release(turn_key)
-            self._forget_pending(req.owner, prepared.response_id)
+            if req.announce:
+                self._forget_pending(req.owner, prepared.response_id)
             if run is not None:
                 run.untrack()
                 if run.ended_by is not None and isinstance(e, Exception):
@@ -269,8 +270,10 @@ class Engine:
         yield Finished(result)
 
     async def respond(self, inputs: str | Iterable[Message] | Request, **options: Any) -> Result:
-        """Like `stream`, returning only the finished result."""
+        """Like `stream`, returning only the finished result. The reply's id is known only
+        once it is stored, so it is not recorded as pending first."""
         req = inputs if isinstance(inputs, Request) else make_request(inputs, options)
+        req = msgspec.structs.replace(req, announce=False)
         result: Result | None = None
         async for event in self.stream_request(req):
             if isinstance(event, Finished):
@@ -527,7 +530,7 @@ class Engine:
             stamp = turns.read_started()
             try:
                 begun = await self.offload(work)
-                announced = response_id is not None
+                announced = response_id is not None and req.announce
                 thread = begun[0].destination.thread
                 if not req.stores or thread is None:
                     return (*begun, None)

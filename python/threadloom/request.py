@@ -60,6 +60,11 @@ class Request(msgspec.Struct, kw_only=True):
     # Functions the model may call (None: none offered); the reply's calls come back as
     # `Result.tool_calls`, and the stored reply keeps each as a call turn.
     tools: ToolSpec | None = None
+    # Whether the reply's id is shown before the reply is stored (a stream's first frame, a
+    # background response): it is then recorded as pending first, so the id answers while the
+    # reply generates and a restart stores it. A caller that shows the id only with the stored
+    # reply says False and saves a durable write per turn.
+    announce: bool = True
 
     @property
     def params(self) -> SamplingParams:

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
@@ -58,16 +58,39 @@ async def open_stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+class Frames:
+    """A stream's frames not written yet. Dialects add their frames; the pipeline writes what
+    has gathered in one go whenever no further event is ready, so the tokens of one scheduler
+    step cost one write (and one chunk) per stream, not one per frame."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        self._parts.append(data)
+
+    async def flush(self, response: web.StreamResponse) -> None:
+        if not self._parts:
+            return
+        data = self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+        self._parts.clear()
+        await response.write(data)
+
+
 async def end_with_error(
     request: web.Request,
     response: web.StreamResponse | None,
+    out: Frames,
     error: Exception,
-    write: Callable[[web.StreamResponse, ApiError], Awaitable[object]],
+    dialect: Dialect,
 ) -> None:
     # Used by `serve_stream` only.
     """Ends a stream that failed: once the response has started, the error goes out as the
-    dialect's own error frame (`write(response, error)`) and the stream ends; before that it
-    is re-raised, so the error middleware answers with a plain JSON error and the status."""
+    dialect's own error frame and the stream ends (after whatever frames were waiting); before
+    that it is re-raised, so the error middleware answers with a plain JSON error and the
+    status."""
     if response is None or not response.prepared:
         raise error
     api = to_api_error(error)
@@ -80,27 +103,28 @@ async def end_with_error(
             exc_info=error,
         )
     with contextlib.suppress(ConnectionResetError):
-        await write(response, api)
+        dialect.error(out, api)
+        await out.flush(response)
         await response.write_eof()
 
 
 class Dialect(Protocol):
     """How one dialect writes a stream: the pipeline (`serve_stream`) owns the loop, the
-    disconnect and error handling; the dialect only writes its frames.
+    writes, the disconnect and error handling; the dialect only makes its frames (`out.add`).
 
     When a generation fails after the stream started, each dialect answers the way its own
-    clients expect (README's table): `finish` writes the failure frames, or raises an `ApiError`
+    clients expect (README's table): `finish` adds the failure frames, or raises an `ApiError`
     to end the stream with the dialect's `error` frame."""
 
     async def open(self, request: web.Request) -> web.StreamResponse: ...
 
-    async def start(self, response: web.StreamResponse) -> None: ...
+    def start(self, out: Frames) -> None: ...
 
-    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None: ...
+    def token(self, out: Frames, event: TokenEvent) -> None: ...
 
-    async def finish(self, response: web.StreamResponse, result: Result) -> None: ...
+    async def finish(self, out: Frames, result: Result) -> None: ...
 
-    async def error(self, response: web.StreamResponse, error: ApiError) -> None: ...
+    def error(self, out: Frames, error: ApiError) -> None: ...
 
 
 async def serve_stream(
@@ -111,22 +135,26 @@ async def serve_stream(
     error, after it the dialect's error frame."""
     pending = await pull_next(events)
     response: web.StreamResponse | None = None
+    out = Frames()
     try:
         response = await dialect.open(request)
-        await dialect.start(response)
+        dialect.start(out)
         while True:
+            if not pending.done():
+                await out.flush(response)  # nothing else ready: what gathered goes out now
             event = await pending
             if isinstance(event, Finished):
                 break
             pending = await pull_next(events)
             if isinstance(event, TokenEvent):
-                await dialect.token(response, event)
-        await dialect.finish(response, event.result)
+                dialect.token(out, event)
+        await dialect.finish(out, event.result)
+        await out.flush(response)
         await response.write_eof()
     except ConnectionResetError:
         pass  # the client went away; the finally below stops the generation
     except Exception as e:
-        await end_with_error(request, response, e, dialect.error)
+        await end_with_error(request, response, out, e, dialect)
     finally:
         await finish_pull(pending, events)
     return opened(response)

@@ -180,18 +180,18 @@ class _ChatStream:
     async def open(self, request: web.Request) -> web.StreamResponse:
         return await sse.open_stream(request)
 
-    async def start(self, response: web.StreamResponse) -> None:
-        await response.write(self._chunk(c.Delta(role="assistant", content="")))
+    def start(self, out: sse.Frames) -> None:
+        out.add(self._chunk(c.Delta(role="assistant", content="")))
 
-    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
+    def token(self, out: sse.Frames, event: TokenEvent) -> None:
         if event.reasoning or not event.text:
             return
         if self.scanner is None:
-            await response.write(self._chunk(c.Delta(content=event.text)))
+            out.add(self._chunk(c.Delta(content=event.text)))
             return
-        await self._pieces(response, self.scanner.feed(event.text))
+        self._pieces(out, self.scanner.feed(event.text))
 
-    async def _pieces(self, response: web.StreamResponse, pieces: list[tools.Piece]) -> None:
+    def _pieces(self, out: sse.Frames, pieces: list[tools.Piece]) -> None:
         for piece in pieces:
             delta: c.Delta | None = None
             if isinstance(piece, tools.Text):
@@ -206,14 +206,14 @@ class _ChatStream:
                 function = t.DeltaFunction(arguments=piece.delta)
                 delta = c.Delta(tool_calls=[t.DeltaToolCall(index=piece.index, function=function)])
             if delta is not None:
-                await response.write(self._chunk(delta))
+                out.add(self._chunk(delta))
 
-    async def finish(self, response: web.StreamResponse, result: Result) -> None:
+    async def finish(self, out: sse.Frames, result: Result) -> None:
         if result.status == "failed":
             raise generation_failed(result)
         if self.scanner is not None:
-            await self._pieces(response, self.scanner.finish())
-        await response.write(self._chunk(c.Delta(), _finish_reason(result)))
+            self._pieces(out, self.scanner.finish())
+        out.add(self._chunk(c.Delta(), _finish_reason(result)))
         if self.include_usage:
             usage = c.ChatCompletionChunk(
                 id=self.ident,
@@ -222,11 +222,11 @@ class _ChatStream:
                 choices=[],
                 usage=_usage(result),
             )
-            await response.write(sse.frame(usage))
-        await response.write(b"data: [DONE]\n\n")
+            out.add(sse.frame(usage))
+        out.add(b"data: [DONE]\n\n")
 
-    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
-        await response.write(sse.frame(error_body(error)))
+    def error(self, out: sse.Frames, error: ApiError) -> None:
+        out.add(sse.frame(error_body(error)))
 
 
 def setup(app: web.Application) -> None:

@@ -220,6 +220,7 @@ async def create_model_response(request: web.Request) -> web.Response:
             sampling=sampling,
             anchor_window=True,  # Freddy continues responses up to 24 h old
             visible=req.store,
+            announce=False,  # the id is shown only with the stored reply
         )
     )
     result = await _generate(engine, owner, events, req, target)

@@ -166,6 +166,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             owner=request[OWNER],
             sampling=sampling,
             enable_thinking=_thinking(req),
+            announce=bool(req.stream),
         )
     )
     await _start(events, anchor_param)
@@ -185,48 +186,48 @@ class _Phases:
     first token, then reasoning and message text each open with a start event and close with
     an end event when the other kind begins or generation ends."""
 
-    def __init__(self, response: web.StreamResponse) -> None:
-        self.response = response
+    def __init__(self, out: sse.Frames) -> None:
+        self.out = out
         self.phase: Phase = "prompt"
 
-    async def send(self, event: lm.StreamEvent) -> None:
+    def send(self, event: lm.StreamEvent) -> None:
         tag = type(event).__struct_config__.tag
-        await self.response.write(sse.frame(event, cast(str, tag)))
+        self.out.add(sse.frame(event, cast(str, tag)))
 
-    async def begin(self, model: str) -> None:
-        await self.send(lm.ChatStart(model_instance_id=model))
-        await self.send(lm.PromptProcessingStart())
+    def begin(self, model: str) -> None:
+        self.send(lm.ChatStart(model_instance_id=model))
+        self.send(lm.PromptProcessingStart())
 
-    async def _enter(self, phase: Phase) -> None:
+    def _enter(self, phase: Phase) -> None:
         if self.phase == phase:
             return
         if self.phase == "prompt":
-            await self.send(lm.PromptProcessingEnd())
+            self.send(lm.PromptProcessingEnd())
         elif self.phase == "reasoning":
-            await self.send(lm.ReasoningEnd())
+            self.send(lm.ReasoningEnd())
         elif self.phase == "message":
-            await self.send(lm.MessageEnd())
+            self.send(lm.MessageEnd())
         if phase == "reasoning":
-            await self.send(lm.ReasoningStart())
+            self.send(lm.ReasoningStart())
         elif phase == "message":
-            await self.send(lm.MessageStart())
+            self.send(lm.MessageStart())
         self.phase = phase
 
-    async def token(self, event: TokenEvent) -> None:
+    def token(self, event: TokenEvent) -> None:
         if not event.text:
             return
         if event.reasoning:
-            await self._enter("reasoning")
-            await self.send(lm.ReasoningDelta(content=event.text))
+            self._enter("reasoning")
+            self.send(lm.ReasoningDelta(content=event.text))
         else:
-            await self._enter("message")
-            await self.send(lm.MessageDelta(content=event.text))
+            self._enter("message")
+            self.send(lm.MessageDelta(content=event.text))
 
-    async def end(self) -> None:
+    def end(self) -> None:
         """Closes the open phase. The result always carries a message, so an empty reply still
         gets its (empty) message.start/message.end pair."""
-        await self._enter("message")
-        await self._enter("done")
+        self._enter("message")
+        self._enter("done")
 
 
 class _LmStudioStream:
@@ -240,23 +241,23 @@ class _LmStudioStream:
     async def open(self, request: web.Request) -> web.StreamResponse:
         return await sse.open_stream(request)
 
-    async def start(self, response: web.StreamResponse) -> None:
-        self.phases = _Phases(response)
-        await self.phases.begin(self.engine.model_name)
+    def start(self, out: sse.Frames) -> None:
+        self.phases = _Phases(out)
+        self.phases.begin(self.engine.model_name)
 
-    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
+    def token(self, out: sse.Frames, event: TokenEvent) -> None:
         assert self.phases is not None
-        await self.phases.token(event)
+        self.phases.token(event)
 
-    async def finish(self, response: web.StreamResponse, result: Result) -> None:
+    async def finish(self, out: sse.Frames, result: Result) -> None:
         assert self.phases is not None
-        await self.phases.end()
+        self.phases.end()
         if result.status == "failed":
-            await self.phases.send(_stream_error(generation_failed(result)))
-        await self.phases.send(lm.ChatEnd(result=_chat_result(result, self.engine)))
+            self.phases.send(_stream_error(generation_failed(result)))
+        self.phases.send(lm.ChatEnd(result=_chat_result(result, self.engine)))
 
-    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
-        await response.write(sse.frame(_stream_error(error), "error"))
+    def error(self, out: sse.Frames, error: ApiError) -> None:
+        out.add(sse.frame(_stream_error(error), "error"))
 
 
 def setup(app: web.Application) -> None:

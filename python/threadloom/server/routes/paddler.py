@@ -98,20 +98,20 @@ class _PaddlerStream:
         await response.prepare(request)
         return response
 
-    async def start(self, response: web.StreamResponse) -> None:
+    def start(self, out: sse.Frames) -> None:
         return None
 
-    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
+    def token(self, out: sse.Frames, event: TokenEvent) -> None:
         if event.text:
-            await response.write(_line(_token_frame(self.request_id, self.slot, event.text)))
+            out.add(_line(_token_frame(self.request_id, self.slot, event.text)))
 
-    async def finish(self, response: web.StreamResponse, result: Result) -> None:
+    async def finish(self, out: sse.Frames, result: Result) -> None:
         if result.status == "failed":
             raise generation_failed(result)
-        await response.write(_line(_token_frame(self.request_id, self.slot, None)))
+        out.add(_line(_token_frame(self.request_id, self.slot, None)))
 
-    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
-        await response.write(_line(error_frame(self.request_id, error)))
+    def error(self, out: sse.Frames, error: ApiError) -> None:
+        out.add(_line(error_frame(self.request_id, error)))
 
 
 def setup(app: web.Application) -> None:

@@ -95,38 +95,36 @@ class ResponsesStream:
         self.message_index = 0
         self.call: tuple[int, str, tools.CallStarted] | None = None  # index, item id, call
 
-    async def _send(self, response: web.StreamResponse, event: s._Event) -> None:
+    def _send(self, out: sse.Frames, event: s._Event) -> None:
         event.sequence_number = self.seq
         self.seq += 1
         tag = type(event).__struct_config__.tag
-        await response.write(sse.frame(event, tag))  # type: ignore[arg-type]
+        out.add(sse.frame(event, tag))  # type: ignore[arg-type]
 
     async def open(self, request: web.Request) -> web.StreamResponse:
         return await sse.open_stream(request)
 
-    async def start(self, response: web.StreamResponse) -> None:
+    def start(self, out: sse.Frames) -> None:
         in_progress = self.draft.build("in_progress", [], None)
-        await self._send(response, s.ResponseCreated(sequence_number=0, response=in_progress))
-        await self._send(response, s.ResponseInProgress(sequence_number=0, response=in_progress))
+        self._send(out, s.ResponseCreated(sequence_number=0, response=in_progress))
+        self._send(out, s.ResponseInProgress(sequence_number=0, response=in_progress))
         compaction = self.draft.compaction
         if compaction is not None:
             for event in (s.OutputItemAdded, s.OutputItemDone):
-                await self._send(
-                    response, event(sequence_number=0, output_index=0, item=compaction)
-                )
+                self._send(out, event(sequence_number=0, output_index=0, item=compaction))
             self.index = 1
         if self.scanner is None:
             # Without tools the reply is a message: announced at once, as OpenAI does.
-            await self._open_message(response)
+            self._open_message(out)
 
-    async def _open_message(self, response: web.StreamResponse) -> None:
+    def _open_message(self, out: sse.Frames) -> None:
         item_id = message_id(self.draft.id)
         self.text, self.message_index = [], self.index
         self.index += 1
         empty = message(item_id, "", "in_progress")
         empty.content = []
         added = s.OutputItemAdded(sequence_number=0, output_index=self.message_index, item=empty)
-        await self._send(response, added)
+        self._send(out, added)
         part = s.ContentPartAdded(
             sequence_number=0,
             item_id=item_id,
@@ -134,14 +132,14 @@ class ResponsesStream:
             content_index=0,
             part=s.OutputText(text=""),
         )
-        await self._send(response, part)
+        self._send(out, part)
 
-    async def _close_message(self, response: web.StreamResponse, status: str) -> None:
+    def _close_message(self, out: sse.Frames, status: str) -> None:
         if self.text is None:
             return
         item_id, index, text = message_id(self.draft.id), self.message_index, "".join(self.text)
-        await self._send(
-            response,
+        self._send(
+            out,
             s.OutputTextDone(
                 sequence_number=0, item_id=item_id, output_index=index, content_index=0, text=text
             ),
@@ -153,25 +151,23 @@ class ResponsesStream:
             content_index=0,
             part=s.OutputText(text=text),
         )
-        await self._send(response, part)
+        self._send(out, part)
         done = message(item_id, text, status)
-        await self._send(
-            response, s.OutputItemDone(sequence_number=0, output_index=index, item=done)
-        )
+        self._send(out, s.OutputItemDone(sequence_number=0, output_index=index, item=done))
         self.text = None
 
-    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
+    def token(self, out: sse.Frames, event: TokenEvent) -> None:
         if event.reasoning or not event.text:
             return
         if self.scanner is None:
-            await self._text(response, event.text)
+            self._text(out, event.text)
             return
         for piece in self.scanner.feed(event.text):
-            await self._piece(response, piece)
+            self._piece(out, piece)
 
-    async def _text(self, response: web.StreamResponse, text: str) -> None:
+    def _text(self, out: sse.Frames, text: str) -> None:
         if self.text is None:
-            await self._open_message(response)
+            self._open_message(out)
         assert self.text is not None
         self.text.append(text)
         delta = s.OutputTextDelta(
@@ -181,19 +177,19 @@ class ResponsesStream:
             content_index=0,
             delta=text,
         )
-        await self._send(response, delta)
+        self._send(out, delta)
 
-    async def _piece(self, response: web.StreamResponse, piece: tools.Piece) -> None:
+    def _piece(self, out: sse.Frames, piece: tools.Piece) -> None:
         if isinstance(piece, tools.Text):
-            await self._text(response, piece.text)
+            self._text(out, piece.text)
         elif isinstance(piece, tools.CallStarted):
-            await self._close_message(response, "completed")  # calls come after the text
+            self._close_message(out, "completed")  # calls come after the text
             item_id = call_item_id(self.draft.id, piece.index)
             self.call = (self.index, item_id, piece)
             started = tools.ToolCall(id=piece.id, name=piece.name, arguments="")
             item = call_item(self.draft.id, piece.index, started, "in_progress")
-            await self._send(
-                response, s.OutputItemAdded(sequence_number=0, output_index=self.index, item=item)
+            self._send(
+                out, s.OutputItemAdded(sequence_number=0, output_index=self.index, item=item)
             )
             self.index += 1
         elif isinstance(piece, tools.CallArguments) and self.call is not None:
@@ -201,12 +197,12 @@ class ResponsesStream:
             delta = s.FunctionCallArgumentsDelta(
                 sequence_number=0, item_id=item_id, output_index=index, delta=piece.delta
             )
-            await self._send(response, delta)
+            self._send(out, delta)
         elif isinstance(piece, tools.CallDone) and self.call is not None:
             index, item_id, _ = self.call
             call = piece.call
-            await self._send(
-                response,
+            self._send(
+                out,
                 s.FunctionCallArgumentsDone(
                     sequence_number=0,
                     item_id=item_id,
@@ -216,26 +212,22 @@ class ResponsesStream:
                 ),
             )
             item = call_item(self.draft.id, piece.index, call, "completed")
-            await self._send(
-                response, s.OutputItemDone(sequence_number=0, output_index=index, item=item)
-            )
+            self._send(out, s.OutputItemDone(sequence_number=0, output_index=index, item=item))
             self.call = None
 
-    async def finish(self, response: web.StreamResponse, result: Result) -> None:
+    async def finish(self, out: sse.Frames, result: Result) -> None:
         if self.scanner is not None:
             for piece in self.scanner.finish():
-                await self._piece(response, piece)
+                self._piece(out, piece)
         final = self.draft.finished(result)
         if self.call is not None:  # cut off (max_output_tokens): not a call; its item ends
             index, _, started = self.call
             cut = tools.ToolCall(id=started.id, name=started.name, arguments="")
             item = call_item(self.draft.id, started.index, cut, "incomplete")
-            await self._send(
-                response, s.OutputItemDone(sequence_number=0, output_index=index, item=item)
-            )
+            self._send(out, s.OutputItemDone(sequence_number=0, output_index=index, item=item))
         elif self.text is None and not result.tool_calls:
-            await self._open_message(response)  # an empty reply is still a message
-        await self._close_message(response, result.status)
+            self._open_message(out)  # an empty reply is still a message
+        self._close_message(out, result.status)
         end: type[s.ResponseCompleted | s.ResponseIncomplete | s.ResponseFailed] = (
             s.ResponseCompleted
             if result.status == "completed"
@@ -243,8 +235,8 @@ class ResponsesStream:
             if result.status == "incomplete"
             else s.ResponseFailed
         )
-        await self._send(response, end(sequence_number=0, response=final))
+        self._send(out, end(sequence_number=0, response=final))
 
-    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
+    def error(self, out: sse.Frames, error: ApiError) -> None:
         frame = s.StreamError(sequence_number=0, code=error.code, message=error.message)
-        await self._send(response, frame)
+        self._send(out, frame)

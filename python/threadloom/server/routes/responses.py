@@ -206,6 +206,7 @@ def _generation(draft: _Draft, owner: str, inputs: list[dict[str, str]]) -> Requ
         output_schema=draft.schema,
         output_schema_field=draft.schema_field,
         tools=draft.tools,
+        announce=bool(draft.req.stream or draft.req.background),
     )
 
 
@@ -300,10 +301,14 @@ async def get_response(request: web.Request) -> web.Response:
     try:
         stored, _, outputs = await _lookup(engine, owner, rid)
     except ApiError as e:
-        running = await _running(engine, owner, rid) if e.status == 404 else None
-        if running is None:
+        if e.status != 404:
             raise
-        return json_response(running)
+        running = await _running(engine, owner, rid)
+        if running is not None:
+            return json_response(running)
+        # The reply may have been stored (and its pending record settled, in the same
+        # transaction) between the two reads: an announced id must not answer 404 then.
+        stored, _, outputs = await _lookup(engine, owner, rid)
     status = stored.status
     error = _failure(stored.error) if status == "failed" else None
     _, incomplete = _details(status)

@@ -207,14 +207,14 @@ class _ReplyStream:
     async def open(self, request: web.Request) -> web.StreamResponse:
         return await sse.open_stream(request)
 
-    async def _send(self, response: web.StreamResponse, event: s.StreamEvent) -> None:
+    def _send(self, out: sse.Frames, event: s.StreamEvent) -> None:
         tag = type(event).__struct_config__.tag
-        await response.write(sse.frame(event, str(tag)))
+        out.add(sse.frame(event, str(tag)))
 
-    async def start(self, response: web.StreamResponse) -> None:
+    def start(self, out: sse.Frames) -> None:
         st = self.started
-        await self._send(
-            response,
+        self._send(
+            out,
             s.StreamStarted(
                 response_id=st.response_id,
                 after=self.point.after,
@@ -224,16 +224,16 @@ class _ReplyStream:
             ),
         )
 
-    async def token(self, response: web.StreamResponse, event: TokenEvent) -> None:
+    def token(self, out: sse.Frames, event: TokenEvent) -> None:
         if event.text:
-            await self._send(response, s.StreamDelta(text=event.text, reasoning=event.reasoning))
+            self._send(out, s.StreamDelta(text=event.text, reasoning=event.reasoning))
 
-    async def finish(self, response: web.StreamResponse, result: Result) -> None:
+    async def finish(self, out: sse.Frames, result: Result) -> None:
         await _record_moved(self.engine, self.owner, self.point, result)
-        await self._send(response, s.StreamDone(reply=_reply(self.point, result)))
+        self._send(out, s.StreamDone(reply=_reply(self.point, result)))
 
-    async def error(self, response: web.StreamResponse, error: ApiError) -> None:
-        await self._send(response, s.StreamError(message=error.message, code=error.code))
+    def error(self, out: sse.Frames, error: ApiError) -> None:
+        self._send(out, s.StreamError(message=error.message, code=error.code))
 
 
 def setup(app: web.Application) -> None:

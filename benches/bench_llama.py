@@ -129,36 +129,45 @@ def llama_server(
 
 
 def peer(args: argparse.Namespace) -> None:
+    """Issue 25's table: per model and slot count, threadloom's llama-cpp backend (stored
+    conversations) vs llama-server (history resent), same GGUF, slots and threads: aggregate
+    tok/s, TTFT p50/p99, the server process's CPU per generated token; and the raw batched
+    `llama_decode` ceiling at the highest level."""
     if not args.llama_server:
         sys.exit("peer: give --llama-server PATH")
-    levels = args.levels or [1, 2, 4]
+    levels = args.levels or [1, 2, 4, 8]
     for name, model, template in (
         ("SmolLM2", smollm2_path(), None),
         ("Gemma 3 270M", gemma_path(), "gemma"),
     ):
-        ours = measure(
-            sys.executable, llama_args(model, template, 2, args.threads, args.gpu_layers),
-            levels, 3, args.rounds,
-        )  # fmt: skip
-        command, url = llama_server(args.llama_server, model, 2, args.threads, args.gpu_layers)
-        if template:
-            command += ["--jinja", "--chat-template", template]
-        with tempfile.TemporaryDirectory() as tmp:
-            theirs = measure_command(command, url, levels, 3, args.rounds, chat_turn, cwd=tmp)
-        print(f"\n{name}: threadloom llama-cpp (stored conversations)")
-        report(ours)
-        print(f"\n{name}: llama-server (history resent, cache_prompt)")
-        report(theirs)
-        print(f"\n| {name}: conversations | threadloom tok/s | llama-server tok/s | ratio "
-              "| TTFT p50 threadloom / llama-server |")  # fmt: skip
-        print("|---|---|---|---|---|")
-        for n in levels:
-            a, b = merged(ours, n), merged(theirs, n)
-            ta = percentile([r.ttft for r in a[1]], 50) * 1000
-            tb = percentile([r.ttft for r in b[1]], 50) * 1000
-            print(
-                f"| {n} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f}x | {ta:.0f} / {tb:.0f} ms |"
+        for slots in args.slots_list or [2, 8]:
+            ours = measure(
+                sys.executable, llama_args(model, template, slots, args.threads, args.gpu_layers),
+                levels, 3, args.rounds,
+            )  # fmt: skip
+            command, url = llama_server(
+                args.llama_server, model, slots, args.threads, args.gpu_layers
             )
+            if template:
+                command += ["--jinja", "--chat-template", template]
+            with tempfile.TemporaryDirectory() as tmp:
+                theirs = measure_command(command, url, levels, 3, args.rounds, chat_turn, cwd=tmp)
+            print(f"\n{name}, {slots} slots, {args.threads} threads (threadloom / llama-server)")
+            print("| conversations | threadloom tok/s | llama-server tok/s | ratio "
+                  "| TTFT p50 ms | TTFT p99 ms | CPU ms/token |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|")
+            for n in levels:
+                a, b = merged(ours, n), merged(theirs, n)
+                pa = [percentile([r.ttft for r in x[1]], q) * 1e3 for x in (a, b) for q in (50, 99)]
+                ca, cb = cpu_per_token(ours, n), cpu_per_token(theirs, n)
+                print(
+                    f"| {n} | {a[0]:.1f} | {b[0]:.1f} | {a[0] / b[0]:.2f}x | {pa[0]:.0f} / "
+                    f"{pa[2]:.0f} | {pa[1]:.0f} / {pa[3]:.0f} | {ca:.1f} / {cb:.1f} |",
+                    flush=True,
+                )
+        top = max(levels)
+        ceiling = raw_ceiling(model, top, args.threads)
+        print(f"\n{name}: raw batched llama_decode ceiling at {top}: {ceiling:.1f} tok/s")
 
 
 def backends(args: argparse.Namespace) -> None:
@@ -232,6 +241,7 @@ def main() -> None:
     parser.add_argument("--levels", type=lambda v: [int(x) for x in v.split(",")])
     parser.add_argument("--checkout")
     parser.add_argument("--threads-list", type=lambda v: [int(x) for x in v.split(",")])
+    parser.add_argument("--slots-list", type=lambda v: [int(x) for x in v.split(",")])
     args = parser.parse_args()
     parts = {"batching": batching, "peer": peer, "backends": backends, "compare": compare}
     for part in args.parts:

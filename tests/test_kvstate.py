@@ -334,3 +334,29 @@ def test_a_saved_state_is_read_while_its_request_waits_not_on_the_step_thread(
     assert [n for kind, _, n in backend.log if kind == "restore"] == [42]
     assert disk.readers and all(r.startswith("threadloom-kvread") for r in disk.readers)
     assert disk.stats.restored == 1
+
+
+def test_no_saved_state_is_read_for_a_conversation_its_free_slot_still_holds(
+    tmp_path: Path,
+) -> None:
+    """A conversation restored into its slot and continued there again: the slot holds more of
+    it than the saved file, so the reader thread leaves the file alone."""
+    disk = _Watched(tmp_path / "kv")
+    backend = ScriptedBackend(lambda ids: [7] * 100_000, 1, 100_000)
+    s = Scheduler(backend, states=disk)
+    try:
+        for ids, tag in ((IDS[:40], TAG), (IDS[50:90], StateTag("thread_b", "resp_b"))):
+            job = _Count(ids, 3, tag)
+            s.submit(job)
+            assert job.done.wait(10)
+        disk.flush()
+        turn = [*IDS[:40], 7, 7, 7, 5, 6]
+        for more in ([], [7, 7, 7, 8, 9]):  # restored from the file, then continued in place
+            job = _Count([*turn, *more], 3, TAG)
+            s.submit(job)
+            assert job.done.wait(10)
+            turn = [*turn, *more]
+    finally:
+        s.close()
+    assert len(disk.readers) == 1
+    assert [kind for kind, _, _ in backend.log].count("restore") == 1

@@ -116,6 +116,9 @@ class _Slot:
     job: Job | None = None
     # The stored conversation the slot's state belongs to (None: not to be saved).
     tag: StateTag | None = None
+    # What the slot held when its last job ended, for the reader thread (under the lock): a
+    # request its own free slot can continue needs no saved state read.
+    held: Sequence[int] = ()
 
 
 class ComputeTurns:
@@ -208,11 +211,18 @@ class Scheduler:
             self._cond.notify()
 
     def _read_saved(self, job: Job) -> tuple[Found, memoryview] | None:
-        """The saved state sharing most of `job`'s prompt, read (reader thread)."""
+        """The saved state sharing most of `job`'s prompt, read (reader thread); none when a
+        free slot of the same owner holds as much (the conversation is still there)."""
         assert self.states is not None
         found = self.states.find(job.owner, job.ids)
-        payload = None if found is None else self.states.load(found)
-        return None if found is None or payload is None else (found, payload)
+        if found is None:
+            return None
+        with self._cond:
+            kept = [s.held for s in self.slots if s.job is None and s.owner == job.owner]
+        if any(common_prefix(h, job.ids) + CONTINUATION_SLACK >= found.shared for h in kept):
+            return None
+        payload = self.states.load(found)
+        return None if payload is None else (found, payload)
 
     def running(self) -> list[Job]:
         """The admitted jobs and the queued ones."""
@@ -293,6 +303,7 @@ class Scheduler:
             slot, shared = self._pick(job)
             previous = _Slot(slot.index, slot.owner, slot.last_used, None, slot.tag)
             slot.job = job
+            slot.held = ()
             slot.owner = job.owner
             slot.tag = job.tag
             slot.last_used = next(self._clock)
@@ -432,10 +443,12 @@ class Scheduler:
             job.timings.prefilled = time.perf_counter()
 
     def _end(self, job: Job, finish: Finish, error: str | None = None) -> None:
+        held = list(self.backend.held(job.seq)) if self.states is not None else []
         with self._cond:
             self._active.remove(job)
             slot = self.slots[job.seq]
             slot.job = None
+            slot.held = held
             slot.last_used = next(self._clock)
         job.timings.ended = time.perf_counter()
         _call(job.on_end, finish, error)

@@ -222,3 +222,31 @@ def test_a_saved_state_restores_into_another_sequence(
         assert not backend.load_state(1, data, ids[:-3])
     finally:
         backend.close()
+
+
+def test_a_shared_prefix_copied_into_another_sequence_continues_as_evaluated(
+    gemma_path: Path, prompts: list[list[int]]
+) -> None:
+    """`share_prefix`: a sequence given another's first tokens by a cache copy answers exactly
+    as one that evaluated them (split the same way: evaluating 4 tokens on their own is not
+    bitwise the batch that held them), and the source keeps its own state."""
+    backend = LlamaCppBackend(gemma_path, sequences=3, context_length=512, threads=2)
+    try:
+        prompt = prompts[2]
+        cut = len(prompt) - 4
+        backend.prefill(2, 0, prompt[:cut])
+        backend.decode([(2, GREEDY)])
+        backend.prefill(2, cut, prompt[cut:])
+        evaluated = [backend.decode([(2, GREEDY)])[0] for _ in range(8)]
+        alone = generate(backend, [(0, prompt, GREEDY)], 8)[0]
+        assert backend.share_prefix(0, 1, cut) == cut
+        assert list(backend.held(1)) == prompt[:cut]
+        assert backend.save_state(1) is None  # the copy lands with the next step
+        backend.prefill(1, cut, prompt[cut:])
+        copied = [backend.decode([(1, GREEDY)])[0] for _ in range(8)]
+        assert copied == evaluated
+        # The source keeps what it held.
+        assert list(backend.held(0)) == [*prompt, *alone[:7]]
+        assert backend.share_prefix(0, 2, 0) == 0
+    finally:
+        backend.close()

@@ -252,3 +252,49 @@ def test_compute_turns_are_first_come_first_served() -> None:
         t.join()
     middle = "".join(order[20:180])
     assert "aaa" not in middle and "bbb" not in middle, "".join(order)
+
+
+def test_a_new_conversation_copies_the_opening_its_owner_holds_elsewhere() -> None:
+    """A conversation sharing its beginning (a system prompt) with another of the same owner
+    goes to a free slot of its own and gets that beginning copied, not evaluated; the other
+    conversation keeps its slot. Another tenant with the same opening gets nothing."""
+    s, backend = scheduler(sequences=3)
+    opening = list(range(100, 160))
+    try:
+        first = Collect([*opening, *range(1, 21)], 2, owner="alice")
+        s.submit(first)
+        assert first.done.wait(5)
+        second = Collect([*opening, *range(21, 41)], 2, owner="alice")
+        s.submit(second)
+        assert second.done.wait(5)
+        assert second.seq != first.seq and second.cached == len(opening)
+        assert ("share", second.seq, len(opening)) in backend.log
+        assert backend.held(first.seq)[: len(opening) + 20] == [*opening, *range(1, 21)]
+        evaluated = backend.prompt_tokens_evaluated
+        other = Collect([*opening, *range(41, 61)], 2, owner="bob")
+        s.submit(other)
+        assert other.done.wait(5)
+        assert other.cached == 0 and backend.prompt_tokens_evaluated - evaluated == 80
+        assert [e for e in backend.log if e[0] == "share"] == [("share", second.seq, 60)]
+    finally:
+        s.close()
+
+
+def test_a_continuation_keeps_its_slot_when_its_reply_re_tokenizes_differently() -> None:
+    """The stored reply is rendered again as text, and its tokens need not be the ones the
+    model sampled (a word sampled in byte tokens is merged when re-tokenized). A prompt that
+    holds all of the previous prompt is still that conversation's continuation: it takes its
+    own slot, not an empty one."""
+    s, _ = scheduler(sequences=3)
+    prompt = list(range(100, 140))
+    try:
+        first = Collect(prompt, 20, owner="alice")
+        s.submit(first)
+        assert first.done.wait(5)
+        # The reply re-tokenized: its first 5 tokens as sampled, then different ones.
+        again = Collect([*prompt, *[TOKEN] * 5, *[9] * 15, *range(200, 210)], 2, owner="alice")
+        s.submit(again)
+        assert again.done.wait(5)
+        assert again.seq == first.seq and again.cached == len(prompt) + 5
+    finally:
+        s.close()

@@ -32,9 +32,12 @@ log = logging.getLogger("threadloom.scheduler")
 
 Finish = Literal["stop", "length", "cancelled", "error"]
 
-# Tokens at the end of a slot's state that a continuation may re-tokenize differently (the
-# stored reply is re-rendered as text, and a reply cut by max_tokens may end mid-word).
+# Tokens a continuation may miss of the prompt a slot last evaluated (a reply cut by
+# max_tokens may end mid-word, and re-rendering it moves the boundary).
 CONTINUATION_SLACK = 8
+# A new conversation copies the beginning another of its owner's slots holds when they share
+# at least this many tokens: copying a cache stream costs about as much as evaluating a few.
+MIN_SHARED_PREFIX = 16
 DEFAULT_PREFILL_CHUNK = 64
 
 
@@ -119,6 +122,15 @@ class _Slot:
     # What the slot held when its last job ended, for the reader thread (under the lock): a
     # request its own free slot can continue needs no saved state read.
     held: Sequence[int] = ()
+    # The length of the prompt its last job had.
+    prompt: int = 0
+
+    def continued_by(self, shared: int, held: int) -> bool:
+        """Whether a prompt sharing `shared` of the slot's `held` tokens continues its
+        conversation: it holds all of the slot's last prompt. The reply after that prompt is
+        stored as text and re-rendered, and need not re-tokenize as it was sampled (a model
+        may spell a word in byte tokens that the tokenizer merges), so it may differ."""
+        return shared >= min(held, self.prompt) - CONTINUATION_SLACK
 
 
 class ComputeTurns:
@@ -265,9 +277,11 @@ class Scheduler:
                 done = self._closing and not self._active
             for job in refused:
                 _call(job.on_refused, Overloaded("cancelled before a slot was free"))
-            for job, previous in admitted:
+            for job, previous, source in admitted:
                 if self.states is not None:
                     self._swap_states(job, previous)
+                if source is not None:
+                    self._share(job, *source)
                 _call(job.on_start)
             if done:
                 return
@@ -293,17 +307,21 @@ class Scheduler:
         self._queue = deque(keep)
         return refused
 
-    def _admit(self) -> list[tuple[Job, _Slot]]:
-        """Gives waiting jobs free slots; returns each with a copy of its slot as it was."""
+    def _admit(self) -> list[tuple[Job, _Slot, tuple[int, int] | None]]:
+        """Gives waiting jobs free slots; returns each with a copy of its slot as it was, and
+        the slot and length of a prefix to copy into it (`_prefix_source`)."""
         admitted = []
         while self._queue and not self._closing and any(s.job is None for s in self.slots):
             if not _ready(self._queue[0]):
                 break  # its saved state is still being read: first come, first served
             job = self._queue.popleft()
             slot, shared = self._pick(job)
+            source = self._prefix_source(job, slot, shared)
             previous = _Slot(slot.index, slot.owner, slot.last_used, None, slot.tag)
+            previous.prompt = slot.prompt
             slot.job = job
             slot.held = ()
+            slot.prompt = len(job.ids)
             slot.owner = job.owner
             slot.tag = job.tag
             slot.last_used = next(self._clock)
@@ -312,8 +330,24 @@ class Scheduler:
             job.cached = job.position = min(shared, len(job.ids) - 1)
             job.timings.admitted = time.perf_counter()
             self._active.append(job)
-            admitted.append((job, previous))
+            admitted.append((job, previous, source))
         return admitted
+
+    def _prefix_source(self, job: Job, slot: _Slot, shared: int) -> tuple[int, int] | None:
+        """Another slot of the same owner (running or not) holding a longer beginning of
+        `job`'s prompt than `slot` does (a system prompt, a shared opening): copying it is
+        cheaper than evaluating it again, and evicts nobody. Only the owner's own slots: one
+        tenant's cache never serves another's, not even as a faster first token."""
+        if not self.affinity:
+            return None
+        best, most = None, shared + MIN_SHARED_PREFIX - 1
+        for s in self.slots:
+            if s is slot or s.owner != job.owner:
+                continue
+            n = common_prefix(self.backend.held(s.index), job.ids)
+            if n > most:
+                best, most = s.index, n
+        return None if best is None else (best, min(most, len(job.ids) - 1))
 
     def _pick(self, job: Job) -> tuple[_Slot, int]:
         free = [s for s in self.slots if s.job is None]
@@ -322,9 +356,9 @@ class Scheduler:
         for s in mine:
             held = self.backend.held(s.index)
             n = common_prefix(held, job.ids)
-            # A continuation: the slot holds (nearly) all of this prompt's beginning. Sharing
-            # only a system prompt is not enough; that would evict another conversation.
-            if n > shared and n >= len(held) - CONTINUATION_SLACK:
+            # Sharing only a system prompt is not enough; that would evict another
+            # conversation.
+            if n > shared and s.continued_by(n, len(held)):
                 best, shared = s, n
         if best is not None:
             return best, shared
@@ -340,8 +374,7 @@ class Scheduler:
         assert self.states is not None
         early = job.saved.result() if job.saved is not None else None
         job.saved = None  # the payload is megabytes: not kept for the whole reply
-        held = len(self.backend.held(job.seq))
-        if job.cached < held - CONTINUATION_SLACK:
+        if not previous.continued_by(job.cached, len(self.backend.held(job.seq))):
             self._save(previous)
         found = self.states.find(job.owner, job.ids)
         if found is None or found.shared <= job.cached + CONTINUATION_SLACK:
@@ -362,6 +395,19 @@ class Scheduler:
             return
         self.states.stats.restored += 1
         job.cached = job.position = min(found.shared, len(job.ids) - 1)
+
+    def _share(self, job: Job, src: int, n: int) -> None:
+        """Copies the first `n` tokens of slot `src` into `job`'s slot, unless its own saved
+        state restored as much. A failure costs only the reuse."""
+        if n < job.cached + MIN_SHARED_PREFIX:
+            return
+        try:
+            got = self.backend.share_prefix(src, job.seq, n)
+        except Exception:
+            log.exception("copying a shared prefix failed")
+            return
+        if got > job.cached:
+            job.cached = job.position = min(got, len(job.ids) - 1)
 
     def _save(self, slot: _Slot) -> None:
         """Saves the state of the conversation `slot` holds (scheduler thread, or after it):

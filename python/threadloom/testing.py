@@ -107,6 +107,12 @@ class ScriptedBackend:
         self.log.append(("restore", seq, len(ids)))
         return True
 
+    def share_prefix(self, src: int, dst: int, n: int) -> int:
+        n = min(n, len(self._held[src]))
+        self._held[dst], self._pending[dst], self._replies[dst] = self._held[src][:n], None, None
+        self.log.append(("share", dst, n))
+        return n
+
     def close(self) -> None:
         self._held = [[] for _ in self._held]
 

@@ -102,6 +102,12 @@ class Backend(Protocol):
         empty) when the data does not fit this model and context."""
         ...
 
+    def share_prefix(self, src: int, dst: int, n: int) -> int:
+        """Replaces `dst`'s state with the first `n` evaluated tokens of `src`, copied rather
+        than evaluated again; returns how many `dst` now holds (0: the backend cannot, and
+        `dst` is unchanged)."""
+        ...
+
     def close(self) -> None: ...
 
 

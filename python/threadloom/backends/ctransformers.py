@@ -156,6 +156,9 @@ class CTransformersBackend:
     def load_state(self, seq: int, data: StateData, ids: Sequence[int]) -> bool:
         return False
 
+    def share_prefix(self, src: int, dst: int, n: int) -> int:
+        return 0  # each sequence is its own model instance: nothing to copy between them
+
     def close(self) -> None:
         self._llms = []
         self._held = []

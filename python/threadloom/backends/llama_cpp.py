@@ -131,6 +131,8 @@ class LlamaCppBackend:
             group=decode_group,
         )
         self._sequences = sequences
+        # Sequences whose cache copy (`share_prefix`) waits for the next llama_decode.
+        self._copying: set[int] = set()
 
     @property
     def context_length(self) -> int:
@@ -156,6 +158,7 @@ class LlamaCppBackend:
         wants = [
             (seq, p.temperature, p.top_k, p.top_p, p.repetition_penalty, p.seed) for seq, p in batch
         ]
+        self._copying.clear()  # this step's llama_decode makes the pending copies
         if not constraints:
             return self._steps.step(wants)
         # The core reads the matchers themselves: only its own `Constraint`s will do (what
@@ -164,6 +167,8 @@ class LlamaCppBackend:
 
     def save_state(self, seq: int) -> tuple[Sequence[int], bytes] | None:
         lib = self._lib
+        if seq in self._copying:
+            return None  # its copy lands with the next step
         ids = self._steps.evaluated(seq)
         if not ids:
             return None
@@ -187,6 +192,21 @@ class LlamaCppBackend:
             return False
         self._steps.restore(seq, ids)
         return True
+
+    def share_prefix(self, src: int, dst: int, n: int) -> int:
+        """llama.cpp copies `src`'s cache stream into `dst`'s at the next `llama_decode`
+        (each sequence has its own stream: the whole stream is copied, then cut to `n`), so
+        `dst`'s state cannot be saved before that step ran."""
+        lib = self._lib
+        ids = self._steps.evaluated(src)[:n]
+        if not ids:
+            return 0
+        self._steps.clear(dst)
+        lib.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        lib.llama_memory_seq_rm(self._mem, dst, len(ids), -1)
+        self._steps.restore(dst, ids)
+        self._copying.add(dst)
+        return len(ids)
 
     def _open(self) -> None:
         # The core holds the context's address: after `close` it would be a dangling one.

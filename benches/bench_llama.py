@@ -65,7 +65,7 @@ def raw_ceiling(model: str, n: int, threads: int, steps: int = 48) -> float:
     cp.kv_unified, cp.swa_full = False, True
     ctx = lc.llama_init_from_model(model_ptr, cp)
     batch = lc.llama_batch_init(512, 0, 1)
-    prompt = [2, 818, 5279, 529, 496, 1620, 236761, 108]
+    prompt = [1, 818, 5279, 529, 496, 1620, 2361, 108]  # ids every vocabulary here has
     for s in range(n):
         batch.n_tokens = len(prompt)
         for i, t in enumerate(prompt):

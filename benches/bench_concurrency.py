@@ -160,6 +160,11 @@ async def chat_turn(
         "temperature": 0,
         "stream": True,
         "cache_prompt": True,
+        # threadloom's default sampling (SamplingParams: a 1.1 repetition penalty over the last
+        # 64 tokens, prompt included), which llama-server leaves off by default: the same
+        # replies, so both generate as many tokens from the same histories.
+        "repeat_penalty": 1.1,
+        "repeat_last_n": 64,
         "stream_options": {"include_usage": True},
     }
     req = Request(sent=time.perf_counter())

@@ -1645,3 +1645,15 @@ def test_settle_pending_removes_the_record_with_the_append(store: Store) -> None
             settle_pending=True,
         )
     assert store.get_pending(kept, owner="alice") == b"{}"
+
+
+def test_a_history_read_names_its_end_and_a_limit_that_is_not_negative(store: Store) -> None:
+    """Both stores refuse alike (the core's rule), with InvalidInput, not a conversion error."""
+    store.create_thread("t")
+    store.append([{"role": "user", "content": "hi"}], thread="t")
+    with pytest.raises(threadloom.errors.InvalidInput, match="give one of thread"):
+        store.history()
+    with pytest.raises(threadloom.errors.InvalidInput, match="must not be negative"):
+        store.history(thread="t", limit=-1)
+    assert store.history(thread="t", limit=0) == []
+    assert [t.content for t in store.history(thread="t", limit=1)] == ["hi"]

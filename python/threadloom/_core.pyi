@@ -36,6 +36,7 @@ __all__ = [
     "check_append_shape",
     "check_branch_room",
     "check_create",
+    "check_history",
     "check_length",
     "check_metadata_change",
     "check_page_limit",
@@ -382,6 +383,9 @@ def parse_anchor(
     thread: str | None = None, response: str | None = None, turn: str | None = None
 ) -> tuple[_AnchorKind, Any]:
     """("root", None), ("thread", id), ("response", id) or ("turn", key)."""
+
+def check_history(root: bool, limit: int | None = None) -> None:
+    """InvalidInput for a history read that names no end (`root`) or a negative limit."""
 
 def thread_cursor(last_activity_ms: int, thread_id: str) -> str: ...
 def parse_thread_cursor(cursor: str) -> tuple[int, str]: ...

@@ -36,12 +36,12 @@ mod _core {
     use crate::py::records::{Appended, Response, ResponseInfo, Thread, ThreadPage, Turn};
     #[pymodule_export]
     use crate::py::rules::{
-        check_append_shape, check_branch_room, check_create, check_length, check_metadata_change,
-        check_page_limit, check_response_id_free, check_state_change, check_summary,
-        check_thread_write, new_response_id, new_thread_id, new_turn_key, normalize_metadata,
-        not_found, parse_anchor, parse_thread_cursor, parse_thread_state, parse_turn_id,
-        parse_turns, quote, thread_cursor, turn_id_string, validate_owner, validate_response_id,
-        validate_thread_id, Retention,
+        check_append_shape, check_branch_room, check_create, check_history, check_length,
+        check_metadata_change, check_page_limit, check_response_id_free, check_state_change,
+        check_summary, check_thread_write, new_response_id, new_thread_id, new_turn_key,
+        normalize_metadata, not_found, parse_anchor, parse_thread_cursor, parse_thread_state,
+        parse_turn_id, parse_turns, quote, thread_cursor, turn_id_string, validate_owner,
+        validate_response_id, validate_thread_id, Retention,
     };
     #[pymodule_export]
     use crate::py::seal::{open_compaction, seal_compaction};

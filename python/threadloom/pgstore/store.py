@@ -25,7 +25,7 @@ from threadloom._core import (
     ThreadPage,
     Turn,
 )
-from threadloom.errors import InvalidInput, NotFound
+from threadloom.errors import NotFound
 from threadloom.pgstore import branches as branch_records
 from threadloom.pgstore import maintenance, rows, writes
 from threadloom.pgstore.connection import Conn, Database, now_ms
@@ -380,10 +380,7 @@ class PostgresStore:
         """The conversation ending at a thread's head, a response or a turn, oldest first;
         with `limit`, only its newest `limit` turns."""
         anchor = _core.parse_anchor(thread, response, turn)
-        if anchor[0] == "root":
-            raise InvalidInput("give one of thread, response and turn")
-        if limit is not None and limit < 0:
-            raise InvalidInput("limit must not be negative")
+        _core.check_history(anchor[0] == "root", limit)
         return self._db.call(lambda c: self._history(c, owner, anchor, limit))
 
     def _history(

@@ -343,6 +343,14 @@ pub fn quote(text: &str) -> String {
 
 // ---- the store's decisions (`store::decide`), for the PostgreSQL store ---------------------
 
+/// A history read's rules (`decide::check_history`): an end named, a limit not negative.
+#[pyfunction]
+#[pyo3(signature = (root, limit=None))]
+pub fn check_history(root: bool, limit: Option<i64>) -> PyResult<()> {
+    store::decide::check_history(root, limit)?;
+    Ok(())
+}
+
 /// Raises unless turns may be written after `thread`'s head: StateConflict for a thread that is
 /// not open, or whose head is not `expected_head` (a turn id, "" for an empty thread; None:
 /// not checked) or not `continued_turn` (the last turn of the response continued).

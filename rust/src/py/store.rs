@@ -7,13 +7,12 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::error::Error;
 use crate::ids;
 use crate::py::records::{
     metadata_text, Appended, Response, ResponseInfo, Thread, ThreadPage, Turn,
 };
 use crate::py::rules::{anchor_from, new_turns, parse_expected_head, Retention};
-use crate::store::{self, Anchor, AppendOptions, StoreOptions, ThreadState};
+use crate::store::{self, decide, Anchor, AppendOptions, StoreOptions, ThreadState};
 
 /// The conversation store: an LMDB file of turns, responses and threads.
 ///
@@ -244,13 +243,10 @@ impl Store {
         thread: Option<String>,
         response: Option<String>,
         turn: Option<String>,
-        limit: Option<usize>,
+        limit: Option<i64>,
     ) -> PyResult<Py<PyList>> {
         let anchor = anchor_from(thread, response, turn)?;
-        if anchor == Anchor::Root {
-            return Err(Error::InvalidInput("give one of thread, response and turn".into()).into());
-        }
-        let limit = limit.unwrap_or(usize::MAX);
+        let limit = decide::check_history(anchor == Anchor::Root, limit)?.unwrap_or(usize::MAX);
         let buffer = py.detach(|| self.inner.history_tail(owner, &anchor, limit))?;
         let turns = (0..buffer.len())
             .map(|i| Bound::new(py, Turn::from_raw(py, &buffer.raw(i)?)?))

@@ -135,6 +135,21 @@ pub fn check_page_limit(limit: usize) -> Result<()> {
     Ok(())
 }
 
+/// A history read: it ends at a thread, a response or a turn (`root`: none named), and keeps
+/// its newest `limit` turns (None: all of them).
+pub fn check_history(root: bool, limit: Option<i64>) -> Result<Option<usize>> {
+    if root {
+        return Err(Error::InvalidInput(
+            "give one of thread, response and turn".into(),
+        ));
+    }
+    match limit {
+        Some(n) if n < 0 => Err(Error::InvalidInput("limit must not be negative".into())),
+        Some(n) => Ok(Some(usize::try_from(n).unwrap_or(usize::MAX))),
+        None => Ok(None),
+    }
+}
+
 /// The errors for a record that is missing (or another owner's, or expired: they read alike).
 pub fn thread_not_found(id: &str) -> Error {
     Error::NotFound(format!("thread {id:?} not found"))
@@ -154,6 +169,20 @@ mod tests {
 
     const A: TurnKey = [1; 16];
     const B: TurnKey = [2; 16];
+
+    #[test]
+    fn a_history_names_its_end_and_a_limit_that_is_not_negative() {
+        assert!(matches!(
+            check_history(true, None),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            check_history(false, Some(-1)),
+            Err(Error::InvalidInput(_))
+        ));
+        assert_eq!(check_history(false, Some(0)).unwrap(), Some(0));
+        assert_eq!(check_history(false, None).unwrap(), None);
+    }
 
     #[test]
     fn a_thread_write_needs_an_open_thread_at_the_expected_head() {

@@ -148,9 +148,16 @@ def peer(args: argparse.Namespace) -> None:
             command, url = llama_server(
                 args.llama_server, model, slots, args.threads, args.gpu_layers
             )
-            if template:
-                command += ["--jinja", "--chat-template", template]
             with tempfile.TemporaryDirectory() as tmp:
+                if template:
+                    # The template's text, as a file: `--chat-template NAME` with `--jinja`
+                    # would take the name itself as the template (a 3-token prompt).
+                    from threadloom.models import resolve_chat_template
+
+                    path = os.path.join(tmp, "template.jinja")
+                    with open(path, "w") as f:
+                        f.write(resolve_chat_template(template))
+                    command += ["--jinja", "--chat-template-file", path]
                 theirs = measure_command(command, url, levels, 3, args.rounds, chat_turn, cwd=tmp)
             print(f"\n{name}, {slots} slots, {args.threads} threads (threadloom / llama-server)")
             print("| conversations | threadloom tok/s | llama-server tok/s | ratio "

@@ -140,6 +140,8 @@ def peer(args: argparse.Namespace) -> None:
         ("SmolLM2", smollm2_path(), None),
         ("Gemma 3 270M", gemma_path(), "gemma"),
     ):
+        if args.models and name.split()[0].lower() not in args.models:
+            continue
         for slots in args.slots_list or [2, 8]:
             ours = measure(
                 sys.executable, llama_args(model, template, slots, args.threads, args.gpu_layers),
@@ -249,6 +251,7 @@ def main() -> None:
     parser.add_argument("--checkout")
     parser.add_argument("--threads-list", type=lambda v: [int(x) for x in v.split(",")])
     parser.add_argument("--slots-list", type=lambda v: [int(x) for x in v.split(",")])
+    parser.add_argument("--models", type=lambda v: v.lower().split(","), help="smollm2,gemma")
     args = parser.parse_args()
     parts = {"batching": batching, "peer": peer, "backends": backends, "compare": compare}
     for part in args.parts:

@@ -223,7 +223,13 @@ impl<D: Decoder> Steps<D> {
         entries.extend(wanted);
         let capacity = self.decoder.capacity().max(1);
         let mut rows = Vec::new();
-        for part in entries.chunks(capacity) {
+        for part in entries.chunks_mut(capacity) {
+            // llama.cpp splits a batch over per-sequence caches into one micro-batch per run of
+            // consecutive sequence ids, in batch order: sorted, the sequences decoding
+            // together form as few runs as their ids allow (in admission order, four
+            // sequences could cost four graph evaluations instead of one).
+            part.sort_by_key(|e| (e.seq, e.pos));
+            let part = &*part;
             if let Err(code) = self.decoder.decode(part) {
                 for e in part {
                     self.clear(e.seq as usize);

@@ -11,6 +11,8 @@ struct Fake {
     caches: Vec<Vec<u32>>,
     rows: Vec<Vec<f32>>,
     calls: usize,
+    /// The sequence id of each entry of the last batch, in batch order.
+    order: Vec<u32>,
 }
 
 impl Fake {
@@ -20,6 +22,7 @@ impl Fake {
             caches: vec![Vec::new(); sequences],
             rows: Vec::new(),
             calls: 0,
+            order: Vec::new(),
         }
     }
 }
@@ -42,6 +45,7 @@ impl Decoder for Fake {
     fn decode(&mut self, batch: &[Entry]) -> Result<(), i32> {
         assert!(batch.len() <= self.capacity);
         self.calls += 1;
+        self.order = batch.iter().map(|e| e.seq).collect();
         self.rows = vec![Vec::new(); batch.len()];
         for (row, e) in batch.iter().enumerate() {
             let cache = &mut self.caches[e.seq as usize];
@@ -151,6 +155,29 @@ fn riders_evaluate_in_the_step_of_the_decoding_sequences() {
     steps.step(&mut [want(0)]).unwrap();
     assert_eq!(steps.decoder().calls, calls + 1);
     assert_eq!(steps.evaluated(1), &[3, 4, 5]);
+}
+
+#[test]
+fn a_batch_lists_its_sequences_in_id_order_whatever_order_they_are_asked_in() {
+    // llama.cpp evaluates one micro-batch per run of consecutive sequence ids.
+    let prompts: [&[u32]; 3] = [&[1, 2], &[3, 4, 5], &[6]];
+    let mut steps = Steps::new(Fake::new(3, 64), 3, 4096, None);
+    for (seq, ids) in prompts.iter().enumerate() {
+        steps.prefill(seq, 0, ids).unwrap();
+    }
+    let first = steps.step(&mut [want(2), want(0), want(1)]).unwrap();
+    assert_eq!(steps.decoder().order, vec![0, 0, 1, 1, 1, 2]);
+    let second = steps.step(&mut [want(1), want(2), want(0)]).unwrap();
+    assert_eq!(steps.decoder().order, vec![0, 1, 2]);
+    // Each answer still goes to the sequence that asked for it.
+    for (seq, ids) in prompts.iter().enumerate() {
+        let alone = generate(&[*ids], 2, None, 64).remove(0);
+        let at = [1, 2, 0][seq];
+        assert_eq!(
+            vec![first[at].unwrap(), second[[2, 0, 1][seq]].unwrap()],
+            alone
+        );
+    }
 }
 
 #[test]

@@ -313,21 +313,28 @@ class _Watched(StateCache):
         return super().load(found)
 
 
-def test_a_saved_state_is_read_while_its_request_waits_not_on_the_step_thread(
-    tmp_path: Path,
-) -> None:
+def _evicted(tmp_path: Path) -> tuple[_Watched, ScriptedBackend, Scheduler]:
+    """One slot; conversation TAG ran, then another took the slot: TAG's state is on disk."""
     disk = _Watched(tmp_path / "kv")
     backend = ScriptedBackend(lambda ids: [7] * 100_000, 1, 100_000)
     s = Scheduler(backend, states=disk)
+    for ids, tag in ((IDS[:40], TAG), (IDS[50:90], StateTag("thread_b", "resp_b"))):
+        _run(s, _Count(ids, 3, tag))
+    disk.flush()
+    return disk, backend, s
+
+
+def _run(s: Scheduler, job: _Count) -> None:
+    s.submit(job)
+    assert job.done.wait(10)
+
+
+def test_a_saved_state_is_read_while_its_request_waits_not_on_the_step_thread(
+    tmp_path: Path,
+) -> None:
+    disk, backend, s = _evicted(tmp_path)
     try:
-        for ids, tag in ((IDS[:40], TAG), (IDS[50:90], StateTag("thread_b", "resp_b"))):
-            job = _Count(ids, 3, tag)
-            s.submit(job)
-            assert job.done.wait(10)
-        disk.flush()  # the first conversation's state is on disk now
-        again = _Count([*IDS[:40], 7, 7, 7, 5, 6], 3, TAG)
-        s.submit(again)
-        assert again.done.wait(10)
+        _run(s, _Count([*IDS[:40], 7, 7, 7, 5, 6], 3, TAG))
     finally:
         s.close()
     # The prompt and the reply's evaluated tokens (40 + 2) came back from the saved state.
@@ -341,21 +348,12 @@ def test_no_saved_state_is_read_for_a_conversation_its_free_slot_still_holds(
 ) -> None:
     """A conversation restored into its slot and continued there again: the slot holds more of
     it than the saved file, so the reader thread leaves the file alone."""
-    disk = _Watched(tmp_path / "kv")
-    backend = ScriptedBackend(lambda ids: [7] * 100_000, 1, 100_000)
-    s = Scheduler(backend, states=disk)
+    disk, backend, s = _evicted(tmp_path)
     try:
-        for ids, tag in ((IDS[:40], TAG), (IDS[50:90], StateTag("thread_b", "resp_b"))):
-            job = _Count(ids, 3, tag)
-            s.submit(job)
-            assert job.done.wait(10)
-        disk.flush()
         turn = [*IDS[:40], 7, 7, 7, 5, 6]
         for more in ([], [7, 7, 7, 8, 9]):  # restored from the file, then continued in place
-            job = _Count([*turn, *more], 3, TAG)
-            s.submit(job)
-            assert job.done.wait(10)
             turn = [*turn, *more]
+            _run(s, _Count(turn, 3, TAG))
     finally:
         s.close()
     assert len(disk.readers) == 1

@@ -183,8 +183,8 @@ def test_page_after() -> None:
 
 
 def test_generation_failed() -> None:
-    from threadloom.conversation import THREAD_DELETED
     from threadloom.events import Result, Usage
+    from threadloom.recording import THREAD_DELETED
 
     def failed(error: str | None) -> Result:
         return Result(

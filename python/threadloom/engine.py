@@ -24,13 +24,13 @@ from threadloom.backends.base import BackendFactory, SamplingParams, physical_co
 from threadloom.batch import run_batch
 from threadloom.bridge import LoopBridge
 from threadloom.compaction import Compactor, Summary, compaction_turn, store_key
-from threadloom.conversation import THREAD_DELETED, Conversations, Destination, Prepared
 from threadloom.errors import BackendError, ContextLengthExceeded, InvalidInput, NotFound
 from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
 from threadloom.formats import OutputFormats
 from threadloom.generation import ENDED, Signal, TextJob
 from threadloom.kvstate import StateCache, StateTag
 from threadloom.locks import KeyedLocks
+from threadloom.recording import THREAD_DELETED, Destination, Prepared, Recorder
 from threadloom.request import Message, Request, make_request
 from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, ComputeTurns, Scheduler
 from threadloom.storage import ConversationStore, StoreStats, close_store, open_store
@@ -168,7 +168,7 @@ class Engine:
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
         summarizer = Summarizer(self.prompt, self.generate_text, opened, self.model_name)
-        self.conversations = Conversations(
+        self.recorder = Recorder(
             opened, self.prompt, summarizer, self.model_name, self.tool_family
         )
         self.compactor = Compactor(compaction_key or store_key(opened), summarizer)
@@ -184,11 +184,11 @@ class Engine:
 
     @property
     def store(self) -> ConversationStore:
-        return self.conversations.store
+        return self.recorder.store
 
     @store.setter
     def store(self, store: ConversationStore) -> None:
-        self.conversations.store = store
+        self.recorder.store = store
 
     def close(self) -> None:
         """Cancels running generations and closes everything. From async code prefer
@@ -307,7 +307,7 @@ class Engine:
         A missing thread is not created."""
         req = inputs if isinstance(inputs, Request) else make_request(inputs, options)
         new = req.check(self.context_length)
-        prepared = await self.offload(lambda: self.conversations.prepare(req, new, create=False))
+        prepared = await self.offload(lambda: self.recorder.prepare(req, new, create=False))
         return prepared.assembly
 
     def generate_text(self, ids: Sequence[int], params: SamplingParams, owner: str) -> str:
@@ -403,7 +403,7 @@ class Engine:
         try:
             await self.offload(lambda: self.store.delete_response(response_id, owner=owner))
         except NotFound:
-            check = self.conversations.check_not_running
+            check = self.recorder.check_not_running
             await self.offload(lambda: check(owner, response_id, "response_id"))
             raise
         for states in self.group.state_caches():
@@ -438,7 +438,7 @@ class Engine:
 
     async def pending_response(self, owner: str, response_id: str) -> Destination | None:
         """Where an announced response that is still generating goes; None when there is none."""
-        return await self.offload(lambda: self.conversations.pending(owner, response_id))
+        return await self.offload(lambda: self.recorder.pending(owner, response_id))
 
     async def store_stats(self) -> StoreStats:
         """The store's `stats()` (for /metrics), read in the engine's worker threads."""
@@ -448,7 +448,7 @@ class Engine:
         """What a previous run left: responses it announced but did not store (for the
         group's first engine only), and saved states of conversations deleted or swept while
         it was down."""
-        recovered = self.conversations.recover() if first else 0
+        recovered = self.recorder.recover() if first else 0
         if recovered:
             log.warning(
                 "stored %d responses a previous run announced but did not finish", recovered
@@ -494,10 +494,10 @@ class Engine:
         await self.offload(lambda: branches.register(self.store, owner, thread, response_id, after))
 
     async def remove_turn(self, owner: str, thread: str, turn_id: str) -> Thread | None:
-        """`Conversations.remove_turn` in the thread's turn: after any generation on it has
+        """`Recorder.remove_turn` in the thread's turn: after any generation on it has
         stored its reply, and before the next one reads it."""
         return await self.in_turn(
-            owner, thread, lambda _: self.conversations.remove_turn(owner, thread, turn_id)
+            owner, thread, lambda _: self.recorder.remove_turn(owner, thread, turn_id)
         )
 
     # ---- internals -----------------------------------------------------------------------
@@ -505,7 +505,7 @@ class Engine:
     async def _begin(
         self, req: Request, new: list[dict[str, str]]
     ) -> tuple[Prepared, Constraint | None, tuple[str, str] | None]:
-        """The store's half before a generation (`Conversations.begin`: one worker hop) in the
+        """The store's half before a generation (`Recorder.begin`: one worker hop) in the
         turn of the thread the request writes to, whichever handle named it; returns the lock
         key it holds. A request naming its thread takes the turn first. One continuing a
         response learns the thread from the read, so it takes the turn after it, and reads
@@ -557,7 +557,7 @@ class Engine:
         """The format first: a schema that cannot be enforced is refused before the store
         creates anything."""
         constraint = self.formats.constraint(req)
-        return self.conversations.begin(req, new, response_id), constraint
+        return self.recorder.begin(req, new, response_id), constraint
 
     def _forget_pending(self, owner: str, response_id: str | None) -> None:
         """Drops the pending record of a request refused after `begin` wrote it (its id was
@@ -689,7 +689,7 @@ class _Run:
             response_id, owner = self.response_id, self.req.owner
             destination = self.prepared.destination
             return await self.engine.offload(
-                lambda: self.engine.conversations.save(owner, destination, result, response_id)
+                lambda: self.engine.recorder.save(owner, destination, result, response_id)
             )
         finally:
             self.untrack()

@@ -18,9 +18,9 @@ from aiohttp import web
 
 from threadloom._core import new_response_id
 from threadloom.backends.base import SamplingParams
-from threadloom.conversation import THREAD_DELETED
 from threadloom.engine import Engine, Event, Finished, Result
 from threadloom.errors import ThreadloomError
+from threadloom.recording import THREAD_DELETED
 from threadloom.registry import Lease, LoadedModel
 from threadloom.request import Request
 from threadloom.server.errors import ApiError

@@ -78,7 +78,11 @@ INTERRUPTED = "the server stopped before the reply was finished"
 THREAD_DELETED = "the conversation was deleted while the reply was generated"
 
 
-class Conversations:
+class Recorder:
+    """Records generations in the conversation store: `begin` reads and checks what a request
+    continues, assembles its prompt and announces its id; `save` stores the reply. (The OpenAI
+    Conversations API is `server/routes/conversations.py`, another thing.)"""
+
     def __init__(
         self,
         store: ConversationStore,

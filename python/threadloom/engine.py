@@ -514,7 +514,7 @@ class Engine:
         if req.previous_response_id is not None:
             # A response still generating here is waited for: it is the history asked for.
             await self.settled(owner, req.previous_response_id)
-        response_id = new_response_id() if req.stores else None
+        response_id = new_response_id() if req.keeps_reply else None
         turns = self._thread_turns
 
         def work() -> tuple[Prepared, Constraint | None]:
@@ -523,7 +523,7 @@ class Engine:
         held: tuple[str, str] | None = None
         announced = False
         try:
-            if req.stores and req.thread is not None:
+            if req.keeps_reply and req.thread is not None:
                 held = (owner, req.thread)
                 await turns.acquire(held)
                 return (*await self.offload(work), held)
@@ -532,7 +532,7 @@ class Engine:
                 begun = await self.offload(work)
                 announced = response_id is not None and req.announce
                 thread = begun[0].destination.thread
-                if not req.stores or thread is None:
+                if not req.keeps_reply or thread is None:
                     return (*begun, None)
                 if await turns.acquire_unchanged((owner, thread), stamp):
                     held = (owner, thread)

@@ -143,7 +143,7 @@ class Recorder:
                 head = previous.last_turn
             at = HistoryEnd(turn=previous.last_turn)
         assembly = self._assemble(req, new, at)
-        if req.stores and assembly.messages_total + 1 > MAX_THREAD_MESSAGES:
+        if req.keeps_reply and assembly.messages_total + 1 > MAX_THREAD_MESSAGES:
             # The store would refuse the reply after the generation; refuse it before.
             raise LimitExceeded(
                 f"a conversation may hold at most {MAX_THREAD_MESSAGES} messages; this one "

@@ -34,8 +34,8 @@ class Request(msgspec.Struct, kw_only=True):
     # Continue after any stored turn (a branch): the reply is stored after it, in no thread.
     after_turn: str | None = None
     history: list[dict[str, str]] | None = None
-    # The caller's wish to keep the reply (the dialects' `store` field); `stores` says whether
-    # it is kept. Not to be confused with `Engine.store`, the conversation store itself.
+    # The caller's wish to keep the reply (the dialects' `store` field); `keeps_reply` says
+    # whether it is kept. Not to be confused with `Engine.store`, the conversation store.
     store: bool = True
     sampling: SamplingParams | None = None
     strategy: Strategy = "tokens"
@@ -75,7 +75,7 @@ class Request(msgspec.Struct, kw_only=True):
         return self.history is not None
 
     @property
-    def stores(self) -> bool:
+    def keeps_reply(self) -> bool:
         """Whether the reply is written to the conversation store: `store` was asked and the
         request is not stateless (a history given in full is never stored)."""
         return self.store and not self.stateless

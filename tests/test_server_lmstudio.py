@@ -388,7 +388,7 @@ async def test_error_after_the_stream_started_is_an_error_event(
     def store_full(*args: Any, **kwargs: Any) -> None:
         raise StoreFull("the store is full")
 
-    monkeypatch.setattr(client.app[ENGINE].conversations, "save", store_full)
+    monkeypatch.setattr(client.app[ENGINE].recorder, "save", store_full)
     frames = await stream(client, input="doomed")
     assert [name for name, _ in frames][:2] == ["chat.start", "prompt_processing.start"]
     name, data = frames[-1]

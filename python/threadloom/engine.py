@@ -168,9 +168,7 @@ class Engine:
         # too), before it is stored: one place for metrics, whatever dialect asked for it.
         self.on_finished: list[Callable[[Result], None]] = []
         summarizer = Summarizer(self.prompt, self.generate_text, opened, self.model_name)
-        self.recorder = Recorder(
-            opened, self.prompt, summarizer, self.model_name, self.tool_family
-        )
+        self.recorder = Recorder(opened, self.prompt, summarizer, self.model_name, self.tool_family)
         self.compactor = Compactor(compaction_key or store_key(opened), summarizer)
         self._recover(states, first=not self.group.recovered)
         self.group.recovered = True
@@ -688,8 +686,11 @@ class _Run:
                 return result
             response_id, owner = self.response_id, self.req.owner
             destination = self.prepared.destination
+            announced = self.req.announce
             return await self.engine.offload(
-                lambda: self.engine.recorder.save(owner, destination, result, response_id)
+                lambda: self.engine.recorder.save(
+                    owner, destination, result, response_id, announced=announced
+                )
             )
         finally:
             self.untrack()

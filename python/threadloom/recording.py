@@ -261,21 +261,24 @@ class Recorder:
             past, turn_ids = turn_messages(turns), [t.id for t in turns]
         return self.summarizer.assemble(trimmed, past, shown, kwargs, owner, turn_ids)
 
-    def save(self, owner: str, to: Destination, result: Result, response_id: str) -> Result:
+    def save(
+        self, owner: str, to: Destination, result: Result, response_id: str, *, announced: bool
+    ) -> Result:
         """Stores the inputs and the reply as one response and drops its pending record, in one
         store transaction. On a thread, the reply goes after the turn the model saw
         (`to.head`); if the thread moved on meanwhile (another server wrote to it, or it was
         locked), the reply is kept as a branch from that turn instead and the result names no
         thread: no turn is lost, and none is stored after a history the model did not see. If
         the thread was deleted, the reply is kept the same way, as failed (`THREAD_DELETED`).
-        Whichever way it goes, the response records the `previous_response_id` it continued."""
+        Whichever way it goes, the response records the `previous_response_id` it continued.
+        Only an `announced` reply has a pending record to drop."""
         turns = [*to.new, *self._outputs(result)]
         head = to.head
         info = self._info(to, result, response_id)
         if to.thread is not None and result.error == THREAD_DELETED:
             # Ended by deleting its thread: never stored in it, even when the save runs before
             # the delete commits.
-            appended = self._branch(owner, to, turns, info)
+            appended = self._branch(owner, to, turns, info, announced)
         elif to.thread is not None:
             try:
                 appended = self.store.append(
@@ -286,18 +289,24 @@ class Recorder:
                     response=info,
                     expected_head=head if head is not None else "",
                     anchor_window=to.anchor_window,
-                    settle_pending=True,
+                    settle_pending=announced,
                 )
             except StateConflict:
-                appended = self._branch(owner, to, turns, info)
+                appended = self._branch(owner, to, turns, info, announced)
             except NotFound:
                 # The thread was deleted meanwhile: the reply ends as failed, kept where the
                 # announced id still answers.
                 result = msgspec.structs.replace(result, status="failed", error=THREAD_DELETED)
-                appended = self._branch(owner, to, turns, self._info(to, result, response_id))
+                appended = self._branch(
+                    owner, to, turns, self._info(to, result, response_id), announced
+                )
         elif to.after_turn is not None:
             appended = self.store.append(
-                turns, owner=owner, after_turn=to.after_turn, response=info, settle_pending=True
+                turns,
+                owner=owner,
+                after_turn=to.after_turn,
+                response=info,
+                settle_pending=announced,
             )
         else:
             appended = self.store.append(
@@ -306,7 +315,7 @@ class Recorder:
                 previous_response_id=to.previous_response_id,
                 response=info,
                 anchor_window=to.anchor_window,
-                settle_pending=True,
+                settle_pending=announced,
             )
         response = appended.response
         return msgspec.structs.replace(
@@ -343,7 +352,12 @@ class Recorder:
         )
 
     def _branch(
-        self, owner: str, to: Destination, turns: list[dict[str, str]], info: ResponseInfo
+        self,
+        owner: str,
+        to: Destination,
+        turns: list[dict[str, str]],
+        info: ResponseInfo,
+        announced: bool,
     ) -> Appended:
         """Stores a reply meant for a thread outside it: after the response it continued (so
         it keeps its `previous_response_id`), else after the turn the model saw, else (those
@@ -355,14 +369,14 @@ class Recorder:
                     owner=owner,
                     previous_response_id=to.previous_response_id,
                     response=info,
-                    settle_pending=True,
+                    settle_pending=announced,
                 )
         if to.head is not None:
             with contextlib.suppress(NotFound):
                 return self.store.append(
-                    turns, owner=owner, after_turn=to.head, response=info, settle_pending=True
+                    turns, owner=owner, after_turn=to.head, response=info, settle_pending=announced
                 )
-        return self.store.append(turns, owner=owner, response=info, settle_pending=True)
+        return self.store.append(turns, owner=owner, response=info, settle_pending=announced)
 
     def announce(self, owner: str, to: Destination, response_id: str) -> None:
         """Records the response as running before its id is announced."""
@@ -397,7 +411,7 @@ class Recorder:
                 alone = Destination(new=to.new, head=None, thread=None, previous_response_id=None)
                 for destination in (to, alone):
                     try:
-                        self.save(owner, destination, result, response_id)
+                        self.save(owner, destination, result, response_id, announced=True)
                         stored += 1
                         break
                     except ThreadloomError:

@@ -315,8 +315,9 @@ class Scheduler:
             if not _ready(self._queue[0]):
                 break  # its saved state is still being read: first come, first served
             job = self._queue.popleft()
-            slot, shared = self._pick(job)
-            source = self._prefix_source(job, slot, shared)
+            holding = self._holding(job)
+            slot, shared = self._pick(job, holding)
+            source = self._prefix_source(job, slot, shared, holding)
             previous = _Slot(slot.index, slot.owner, slot.last_used, None, slot.tag)
             previous.prompt = slot.prompt
             slot.job = job
@@ -333,39 +334,45 @@ class Scheduler:
             admitted.append((job, previous, source))
         return admitted
 
-    def _prefix_source(self, job: Job, slot: _Slot, shared: int) -> tuple[int, int] | None:
-        """Another slot of the same owner (running or not) holding a longer beginning of
-        `job`'s prompt than `slot` does (a system prompt, a shared opening): copying it is
-        cheaper than evaluating it again, and evicts nobody. Only the owner's own slots: one
-        tenant's cache never serves another's, not even as a faster first token."""
+    def _holding(self, job: Job) -> dict[int, tuple[int, int]]:
+        """For each slot of `job`'s owner (running or not): how many tokens of `job`'s prompt
+        it holds, and how many it holds in all. Only the owner's own slots: one tenant's cache
+        never serves another's, not even as a faster first token."""
         if not self.affinity:
-            return None
-        best, most = None, shared + MIN_SHARED_PREFIX - 1
+            return {}
+        out = {}
         for s in self.slots:
-            if s is slot or s.owner != job.owner:
-                continue
-            n = common_prefix(self.backend.held(s.index), job.ids)
-            if n > most:
-                best, most = s.index, n
+            if s.owner == job.owner:
+                held = self.backend.held(s.index)
+                out[s.index] = (common_prefix(held, job.ids), len(held))
+        return out
+
+    def _prefix_source(
+        self, job: Job, slot: _Slot, shared: int, holding: dict[int, tuple[int, int]]
+    ) -> tuple[int, int] | None:
+        """Another slot of the same owner holding a longer beginning of `job`'s prompt than
+        `slot` does (a system prompt, a shared opening): copying it is cheaper than evaluating
+        it again, and evicts nobody."""
+        best, most = None, shared + MIN_SHARED_PREFIX - 1
+        for index, (n, _) in holding.items():
+            if index != slot.index and n > most:
+                best, most = index, n
         return None if best is None else (best, min(most, len(job.ids) - 1))
 
-    def _pick(self, job: Job) -> tuple[_Slot, int]:
+    def _pick(self, job: Job, holding: dict[int, tuple[int, int]]) -> tuple[_Slot, int]:
         free = [s for s in self.slots if s.job is None]
-        mine = [s for s in free if s.owner == job.owner] if self.affinity else []
+        mine = [s for s in free if s.index in holding]
         best, shared = None, 0
         for s in mine:
-            held = self.backend.held(s.index)
-            n = common_prefix(held, job.ids)
+            n, held = holding[s.index]
             # Sharing only a system prompt is not enough; that would evict another
             # conversation.
-            if n > shared and s.continued_by(n, len(held)):
+            if n > shared and s.continued_by(n, held):
                 best, shared = s, n
         if best is not None:
             return best, shared
         coldest = min(free, key=lambda s: s.last_used)
-        if coldest in mine:
-            return coldest, common_prefix(self.backend.held(coldest.index), job.ids)
-        return coldest, 0
+        return coldest, holding[coldest.index][0] if coldest in mine else 0
 
     def _swap_states(self, job: Job, previous: _Slot) -> None:
         """Before `job` overwrites its slot: saves the conversation the slot held if this is

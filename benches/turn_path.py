@@ -78,6 +78,19 @@ async def one_turn(tally: Tally, store: str, in_conversation: bool) -> None:
             return real(executor, func, *args)
 
         loop.run_in_executor = counted  # type: ignore[method-assign]
+        try:  # the engine's own worker threads (since they replaced its executor)
+            from threadloom.workers import Workers
+        except ImportError:
+            pass
+        else:
+            run = Workers.run
+
+            def counted_run(self: Any, work: Any) -> Any:
+                if tally.on:
+                    tally.trips += 1
+                return run(self, work)
+
+            Workers.run = counted_run  # type: ignore[method-assign]
         body: dict[str, Any] = {"input": "hello"}
         if in_conversation:
             conv = await (await client.post("/v1/conversations", json={})).json()

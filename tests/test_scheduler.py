@@ -235,23 +235,43 @@ def test_compute_turns_are_first_come_first_served() -> None:
     """Two models' schedulers stepping without pause alternate: a step that ends and asks
     again goes behind the one already waiting (a plain lock lets it jump the queue)."""
     turns = ComputeTurns()
+    turns.join()
+    turns.join()
     order: list[str] = []
     both = threading.Barrier(2)
 
     def step_often(name: str) -> None:
         both.wait()
         for _ in range(100):
-            with turns:
+            ticket = turns.take()
+            try:
                 order.append(name)
                 threading.Event().wait(0.0002)  # a step's work, the GIL released
+            finally:
+                turns.give(ticket)
 
     threads = [threading.Thread(target=step_often, args=(n,)) for n in "ab"]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert len(order) == 200
     middle = "".join(order[20:180])
     assert "aaa" not in middle and "bbb" not in middle, "".join(order)
+
+
+def test_a_scheduler_alone_takes_no_compute_turn() -> None:
+    """Turns cost a step three Condition round trips: only schedulers that share the cores
+    with another take them, from the moment the second joins until it leaves."""
+    turns = ComputeTurns()
+    turns.join()
+    assert turns.take() is None
+    turns.join()
+    ticket = turns.take()
+    assert ticket == 0
+    turns.give(ticket)
+    turns.leave()
+    assert turns.take() is None
 
 
 def test_a_new_conversation_copies_the_opening_its_owner_holds_elsewhere() -> None:

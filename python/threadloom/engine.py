@@ -11,7 +11,6 @@ import os
 import sys
 import threading
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -22,7 +21,7 @@ from threadloom._core import Assembly, Constraint, Thread, new_response_id
 from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
 from threadloom.batch import run_batch
-from threadloom.bridge import LoopBridge
+from threadloom.bridge import LoopBridge, mailbox
 from threadloom.compaction import Compactor, Summary, compaction_turn, store_key
 from threadloom.errors import BackendError, ContextLengthExceeded, InvalidInput, NotFound
 from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
@@ -35,6 +34,7 @@ from threadloom.request import Message, Request, make_request
 from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, ComputeTurns, Scheduler
 from threadloom.storage import ConversationStore, StoreStats, close_store, open_store
 from threadloom.summarize import Summarizer
+from threadloom.workers import Workers
 
 __all__ = [
     "Engine",
@@ -159,7 +159,7 @@ class Engine:
             compute=self.group.compute,
         )
         # Assembly and store reads and writes.
-        self._executor = ThreadPoolExecutor(max_workers=slots + 4, thread_name_prefix="threadloom")
+        self._workers = Workers(slots + 4, "threadloom")
         # Saves in flight: each runs to the end even when its caller went away.
         self._completions: set[asyncio.Future[Result]] = set()
         # Pending records of refused requests being dropped.
@@ -194,7 +194,7 @@ class Engine:
         with contextlib.suppress(ValueError):
             self.group.engines.remove(self)
         self.scheduler.close()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._workers.shutdown()
         if self._owns_store:
             close_store(self.store)
 
@@ -574,7 +574,7 @@ class Engine:
         """Runs store or assembly work in the engine's worker threads, off the event loop: the
         one way the engine and the routes do it (a PostgreSQL round trip or an LMDB commit
         must never stall the other clients)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        return await self._workers.run(work)
 
     def _job(
         self,
@@ -612,6 +612,7 @@ class _Run:
         self.engine, self.req, self.prepared = engine, req, prepared
         self.loop = asyncio.get_running_loop()
         self.bridge: LoopBridge[Signal] = LoopBridge(self.loop)
+        self.mailbox = mailbox(self.loop)
         self.ended: asyncio.Future[None] = self.loop.create_future()
         self.response_id = prepared.response_id
         self.owner, self.thread = req.owner, prepared.destination.thread
@@ -646,9 +647,8 @@ class _Run:
 
     def _sink(self, signal: Signal) -> None:
         self.bridge.put(signal)
-        if signal == ENDED:
-            with contextlib.suppress(RuntimeError):  # the loop is gone
-                self.loop.call_soon_threadsafe(_resolve, self.ended)
+        if signal is ENDED:
+            self.mailbox.post(_resolve, self.ended)
 
     async def admitted(self) -> None:
         """Queues the job and waits for its slot; raises if it was refused."""
@@ -670,10 +670,13 @@ class _Run:
     async def tokens(self) -> AsyncGenerator[TokenEvent]:
         pending = self.pending
         while True:
+            ended = False
             for signal in pending:
                 if isinstance(signal, TokenEvent):
                     yield signal
-            if ENDED in pending:
+                elif signal is ENDED:
+                    ended = True
+            if ended:
                 return
             pending = await self.bridge.take()
 

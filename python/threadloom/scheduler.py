@@ -83,7 +83,8 @@ class Job:
         self.ids = ids
         self.params = params
         self.owner = owner
-        self.cancel = threading.Event()
+        # Set from any thread (`Scheduler.cancel`); the loop looks at it every step.
+        self.cancelled = False
         self.timings = Timings()
         self.seq = -1
         self.cached = 0
@@ -137,21 +138,38 @@ class ComputeTurns:
     """A first-come, first-served lock the schedulers of several models take around each step
     (a prompt chunk and one decode step): each model computes with the whole thread budget in
     turn instead of two models oversubscribing the cores. FIFO, so a scheduler that steps
-    again at once cannot starve another that waits (a plain Lock gives no such order)."""
+    again at once cannot starve another that waits (a plain Lock gives no such order). A
+    scheduler alone takes no turn: the lock would cost it three Condition round trips a
+    step for nothing."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._next_ticket = 0
         self._serving = 0
+        self._schedulers = 0
 
-    def __enter__(self) -> None:
+    def join(self) -> None:
+        with self._cond:
+            self._schedulers += 1
+
+    def leave(self) -> None:
+        with self._cond:
+            self._schedulers -= 1
+
+    def take(self) -> int | None:
+        """Waits for this scheduler's turn; returns its ticket for `give` (None: alone)."""
+        if self._schedulers < 2:
+            return None
         with self._cond:
             ticket = self._next_ticket
             self._next_ticket += 1
             while ticket != self._serving:
                 self._cond.wait()
+        return ticket
 
-    def __exit__(self, *_: object) -> None:
+    def give(self, ticket: int | None) -> None:
+        if ticket is None:
+            return
         with self._cond:
             self._serving += 1
             self._cond.notify_all()
@@ -184,6 +202,7 @@ class Scheduler:
         # Saved states of conversations whose slot went to another (backends that can).
         self.states = states
         self._compute = compute or ComputeTurns()
+        self._compute.join()
         self._clock = itertools.count(1)
         self._cond = threading.Condition()
         self._queue: deque[Job] = deque()
@@ -243,7 +262,7 @@ class Scheduler:
 
     def cancel(self, job: Job) -> None:
         """Stops `job`: a queued one is dropped, a running one ends as cancelled."""
-        job.cancel.set()
+        job.cancelled = True
         with self._cond:
             self._cond.notify()
 
@@ -252,9 +271,10 @@ class Scheduler:
         with self._cond:
             self._closing = True
             for job in self._active:
-                job.cancel.set()
+                job.cancelled = True
             self._cond.notify()
         self._thread.join()
+        self._compute.leave()
         self._reader.shutdown(wait=True)
         if self.states is not None:
             for slot in self.slots:
@@ -285,25 +305,27 @@ class Scheduler:
                 _call(job.on_start)
             if done:
                 return
+            turn = self._compute.take()
             try:
-                with self._compute:
-                    self._step()
+                self._step()
             except BaseException:  # a bug (or a Rust panic) must not kill the thread all wait on
                 log.exception("scheduler step failed")
                 for job in list(self._active):
                     self._end(job, "error", "internal error in the scheduler")
+            finally:
+                self._compute.give(turn)
 
     def _has_work(self) -> bool:
         return (
             self._closing
             or bool(self._active)
             or (bool(self._queue) and _ready(self._queue[0]))
-            or any(j.cancel.is_set() for j in self._queue)
+            or any(j.cancelled for j in self._queue)
         )
 
     def _take_refused(self) -> list[Job]:
-        keep = [j for j in self._queue if not j.cancel.is_set()]
-        refused = [j for j in self._queue if j.cancel.is_set()]
+        keep = [j for j in self._queue if not j.cancelled]
+        refused = [j for j in self._queue if j.cancelled]
         self._queue = deque(keep)
         return refused
 
@@ -430,7 +452,7 @@ class Scheduler:
             self.states.save_soon(slot.owner, saved[0], saved[1], slot.tag)
 
     def _step(self) -> None:
-        for job in [j for j in self._active if j.cancel.is_set()]:
+        for job in [j for j in self._active if j.cancelled]:
             self._end(job, "cancelled")
         # The waiting prompts' next chunks, oldest first, while they fit in one chunk's worth
         # of tokens (the first always goes). A chunk is always the next `prefill_chunk`

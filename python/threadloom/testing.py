@@ -51,7 +51,9 @@ class ScriptedBackend:
     def prefill(self, seq: int, keep: int, ids: Sequence[int]) -> None:
         if not ids:
             raise ValueError("prefill needs at least one token")
-        self._held[seq] = [*self._held[seq][:keep], *ids]
+        held = self._held[seq]
+        del held[keep:]  # in place: a long conversation's prompt is not copied each chunk
+        held.extend(ids)
         self._pending[seq] = None
         self._replies[seq] = None
         self.prompt_tokens_evaluated += len(ids)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import codecs
 
+_UTF8 = codecs.getincrementaldecoder("utf-8")
+
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 
@@ -20,6 +22,8 @@ class StopMatcher:
 
     def feed(self, text: str) -> str:
         """Returns the text that is safe to emit now."""
+        if not self.stops:  # the common case, on every token
+            return text
         if self.stopped:
             return ""
         self.pending += text
@@ -92,7 +96,7 @@ class Utf8Stream:
     """Reassembles UTF-8 characters split across token pieces."""
 
     def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._decoder = _UTF8(errors="replace")
 
     def feed(self, piece: bytes) -> str:
         return self._decoder.decode(piece)

@@ -1,0 +1,106 @@
+"""The engine's worker threads and the loop's mailbox: results and errors come back to the
+awaiting coroutine, a cancelled waiter leaves its work running, closing fails what has not
+started, and calls posted together wake the loop once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from threadloom.bridge import LoopBridge, mailbox
+from threadloom.workers import Workers
+
+
+def test_work_returns_its_result_or_raises_its_error_in_the_caller() -> None:
+    workers = Workers(2, "test")
+
+    async def main() -> None:
+        assert await workers.run(lambda: threading.current_thread().name) in {"test_0", "test_1"}
+        empty: dict[str, int] = {}
+        with pytest.raises(KeyError, match="missing"):
+            await workers.run(lambda: empty["missing"])
+        results = await asyncio.gather(*(workers.run(lambda i=i: i * i) for i in range(50)))  # type: ignore[misc]
+        assert results == [i * i for i in range(50)]
+
+    try:
+        asyncio.run(main())
+    finally:
+        workers.shutdown()
+
+
+def test_a_cancelled_waiter_leaves_its_work_running_to_the_end() -> None:
+    workers = Workers(1, "test")
+    finished = threading.Event()
+
+    def slow() -> None:
+        time.sleep(0.1)
+        finished.set()
+
+    async def main() -> None:
+        task = asyncio.ensure_future(workers.run(slow))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await workers.run(lambda: finished.is_set())  # ran after `slow` ended
+
+    try:
+        asyncio.run(main())
+    finally:
+        workers.shutdown()
+
+
+def test_closing_fails_the_work_that_has_not_started_and_refuses_more() -> None:
+    workers = Workers(1, "test")
+    release = threading.Event()
+
+    async def main() -> None:
+        running = workers.run(release.wait)
+        queued = workers.run(lambda: "never")
+        await asyncio.sleep(0.02)
+        closing = asyncio.get_running_loop().run_in_executor(None, workers.shutdown)
+        await asyncio.sleep(0.02)
+        release.set()
+        await closing
+        assert await running is True
+        with pytest.raises(RuntimeError, match="closed"):
+            await queued
+        with pytest.raises(RuntimeError, match="closed"):
+            workers.run(lambda: None)
+
+    asyncio.run(main())
+
+
+def test_calls_posted_together_wake_the_loop_once_and_run_in_order() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        box = mailbox(loop)
+        assert mailbox(loop) is box
+        wakes = 0
+        real = loop.call_soon_threadsafe
+
+        def counting(*args: object) -> asyncio.Handle:
+            nonlocal wakes
+            wakes += 1
+            return real(*args)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
+        streams: list[LoopBridge[int]] = [LoopBridge(loop), LoopBridge(loop)]
+
+        def produce() -> None:  # a scheduler step after step, two streams' tokens each
+            for i in range(100):
+                for stream in streams:
+                    stream.put(i)
+
+        # The loop is busy (blocked here) while another thread posts: one wake-up for all
+        # of both streams' items.
+        thread = threading.Thread(target=produce)
+        thread.start()
+        thread.join()
+        for stream in streams:
+            assert await stream.take() == list(range(100))
+        assert wakes == 1
+
+    asyncio.run(main())

@@ -100,6 +100,7 @@ def profile(
     finally:
         scheduler.close()
     produced = sum(j.count for j in jobs)
+    ttfts = [j.timings.time_to_first_token_s or 0.0 for j in jobs]
     return {
         "tok/s": produced / wall,
         "wall ms/token": 1000 * wall / produced,
@@ -107,6 +108,8 @@ def profile(
         "other ms/token": 1000 * (wall - (d1 - d0)) / produced,
         "cpu ms/token": 1000 * cpu / produced,
         "decode calls": c1 - c0,
+        "ttft p50": 1000 * sorted(ttfts)[len(ttfts) // 2],
+        "ttft max": 1000 * max(ttfts),
     }
 
 
@@ -125,13 +128,17 @@ def main() -> None:
     questions = [f"Question {i}: tell me a short fact about the number {i * 7}." for i in range(9)]
     prompts = [prompt.assemble_messages([{"role": "user", "content": q}]).ids for q in questions]
     print(f"\n{args.model}, {args.tokens}-token replies, {args.threads} threads")
-    print("| streams | tok/s | wall ms/token | in llama_decode | everything else | CPU ms/token |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| streams | tok/s | wall ms/token | in llama_decode | everything else | CPU ms/token "
+        "| TTFT p50 / max ms |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for n in args.streams:
         r = profile(model, prompts, n, args.tokens, args.threads)
         print(
             f"| {n} | {r['tok/s']:.1f} | {r['wall ms/token']:.2f} | {r['decode ms/token']:.2f} "
-            f"| {r['other ms/token']:.2f} | {r['cpu ms/token']:.2f} |",
+            f"| {r['other ms/token']:.2f} | {r['cpu ms/token']:.2f} "
+            f"| {r['ttft p50']:.0f} / {r['ttft max']:.0f} |",
             flush=True,
         )
 

@@ -251,6 +251,24 @@ def test_get_unknown_thread(store: Store) -> None:
         store.get_thread("nope")
 
 
+def test_a_missing_record_says_what_it_is_about(store: Store) -> None:
+    """NotFound carries the kind and id of the record it is about, on both stores, so a
+    caller tells a missing thread from a missing response without reading the message."""
+    store.create_thread("t", owner="alice")
+    a = store.append(msgs("q", "a"), owner="alice", thread="t", response=ResponseInfo("m"))
+    assert a.response is not None
+    response_id, turn_id = a.response.id, a.turn_ids[0]
+    lookups: list[tuple[Callable[[], object], str, str]] = [
+        (lambda: store.get_thread("t", owner="bob"), "thread", "t"),
+        (lambda: store.get_response(response_id, owner="bob"), "response", response_id),
+        (lambda: store.history(owner="bob", turn=turn_id), "turn", turn_id),
+    ]
+    for lookup, kind, ident in lookups:
+        with pytest.raises(NotFound) as caught:
+            lookup()
+        assert (caught.value.kind, caught.value.id) == (kind, ident)
+
+
 def test_owner_isolation(store: Store) -> None:
     store.create_thread("t", owner="alice")
     a = store.append(msgs("q", "a"), owner="alice", thread="t", response=ResponseInfo("m"))

@@ -26,8 +26,8 @@ class ThreadloomError(Exception):
     """Base class of every threadloom error. What it is about, where that is known, travels
     with it, so a caller tells errors apart by these and never by the message text: `kind`
     (the sort of object: "thread", "response", "turn", "model"), `id` (that object's id) and
-    `param` (the argument or request field at fault; the server reports it). The Rust core's
-    errors carry only their message."""
+    `param` (the argument or request field at fault; the server reports it). The Rust core
+    raises NotFound with its `kind` and `id`; its other errors carry their message."""
 
     def __init__(
         self,

@@ -324,6 +324,8 @@ class Scheduler:
         )
 
     def _take_refused(self) -> list[Job]:
+        if not any(j.cancelled for j in self._queue):
+            return []
         keep = [j for j in self._queue if not j.cancelled]
         refused = [j for j in self._queue if j.cancelled]
         self._queue = deque(keep)

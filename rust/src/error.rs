@@ -7,7 +7,7 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// An id that does not exist, belongs to another owner, or has expired.
-    NotFound(String),
+    NotFound(Missing),
     /// The operation is illegal in the object's current state (locked thread, failed response...).
     StateConflict(String),
     /// A size or count limit would be exceeded.
@@ -26,6 +26,26 @@ pub enum Error {
     Backend(String),
     /// The prompt and the requested output do not fit the model's context.
     ContextLength(ContextOverflow),
+}
+
+/// What a NotFound error is about, so callers tell missing records apart without reading the
+/// message: the record's kind ("thread", "response", "turn") and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub kind: &'static str,
+    pub id: String,
+    pub message: String,
+}
+
+impl Error {
+    /// NotFound about the `kind` record `id`.
+    pub fn missing(kind: &'static str, id: impl Into<String>, message: String) -> Error {
+        Error::NotFound(Missing {
+            kind,
+            id: id.into(),
+            message,
+        })
+    }
 }
 
 /// The numbers behind a context-length error.
@@ -57,8 +77,8 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub fn message(&self) -> &str {
         match self {
-            Error::NotFound(m)
-            | Error::StateConflict(m)
+            Error::NotFound(m) => &m.message,
+            Error::StateConflict(m)
             | Error::LimitExceeded(m)
             | Error::InvalidInput(m)
             | Error::StoreFull(m)

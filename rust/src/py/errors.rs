@@ -4,7 +4,7 @@
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyDict, PyType};
 
 use crate::error::Error;
 
@@ -39,15 +39,35 @@ impl From<Error> for PyErr {
                     ))
                 }
             };
-            match &err {
-                Error::ContextLength(c) => {
-                    match cls.call1((message, c.prompt_tokens, c.max_tokens, c.context_length)) {
-                        Ok(instance) => PyErr::from_value(instance),
-                        Err(e) => e,
-                    }
-                }
-                _ => PyErr::from_type(cls, message),
+            if !matches!(err, Error::ContextLength(_) | Error::NotFound(_)) {
+                return PyErr::from_type(cls, message);
+            }
+            match instance(py, &cls, &err, message) {
+                Ok(instance) => PyErr::from_value(instance),
+                Err(e) => e,
             }
         })
+    }
+}
+
+/// The exception of an error that carries more than its message: its numbers, or what it is
+/// about.
+fn instance<'py>(
+    py: Python<'py>,
+    cls: &Bound<'py, PyType>,
+    err: &Error,
+    message: String,
+) -> PyResult<Bound<'py, PyAny>> {
+    match err {
+        Error::ContextLength(c) => {
+            cls.call1((message, c.prompt_tokens, c.max_tokens, c.context_length))
+        }
+        Error::NotFound(m) => {
+            let about = PyDict::new(py);
+            about.set_item("kind", m.kind)?;
+            about.set_item("id", &m.id)?;
+            cls.call((message,), Some(&about))
+        }
+        _ => cls.call1((message,)),
     }
 }

@@ -86,9 +86,11 @@ pub fn check_create(id: &str, exist_ok: bool, live: bool, tombstoned: bool) -> R
         )));
     }
     if tombstoned && exist_ok {
-        return Err(Error::NotFound(format!(
-            "thread {id:?} was deleted or expired"
-        )));
+        return Err(Error::missing(
+            "thread",
+            id,
+            format!("thread {id:?} was deleted or expired"),
+        ));
     }
     Ok(false)
 }
@@ -152,15 +154,17 @@ pub fn check_history(root: bool, limit: Option<i64>) -> Result<Option<usize>> {
 
 /// The errors for a record that is missing (or another owner's, or expired: they read alike).
 pub fn thread_not_found(id: &str) -> Error {
-    Error::NotFound(format!("thread {id:?} not found"))
+    Error::missing("thread", id, format!("thread {id:?} not found"))
 }
 
 pub fn response_not_found(id: &str) -> Error {
-    Error::NotFound(format!("response {id:?} not found"))
+    Error::missing("response", id, format!("response {id:?} not found"))
 }
 
 pub fn turn_not_found(key: &TurnKey) -> Error {
-    Error::NotFound(format!("turn {:?} not found", ids::turn_id_string(key)))
+    let id = ids::turn_id_string(key);
+    let message = format!("turn {id:?} not found");
+    Error::missing("turn", id, message)
 }
 
 #[cfg(test)]

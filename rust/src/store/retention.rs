@@ -85,10 +85,14 @@ impl Retention {
             )));
         }
         if windowed && now_ms - created_ms > self.anchor_window_ms {
-            return Err(Error::NotFound(format!(
-                "response {id} is older than the {} s window for continuing a response",
-                self.anchor_window_ms / 1000
-            )));
+            return Err(Error::missing(
+                "response",
+                id,
+                format!(
+                    "response {id} is older than the {} s window for continuing a response",
+                    self.anchor_window_ms / 1000
+                ),
+            ));
         }
         Ok(())
     }

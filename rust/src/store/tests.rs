@@ -389,10 +389,11 @@ fn get_thread_errors() {
     let (_dir, s) = store();
     s.create_thread(A, Some("mine"), None, true, false).unwrap();
     let message = assert_err!(s.get_thread(A, "nope"), NotFound);
-    assert!(message.contains("nope"), "{message}");
+    assert!(message.message.contains("nope"), "{message:?}");
+    assert_eq!((message.kind, message.id.as_str()), ("thread", "nope"));
     // Another tenant's thread reads exactly like a missing one.
     let message = assert_err!(s.get_thread(B, "mine"), NotFound);
-    assert!(message.contains("not found"), "{message}");
+    assert!(message.message.contains("not found"), "{message:?}");
     assert_err!(s.get_thread(A, "bad id"), InvalidInput);
     assert_err!(s.get_thread("", "mine"), InvalidInput);
 }
@@ -1142,7 +1143,7 @@ fn response_anchors_check_status_owner_and_window() {
         ),
         NotFound
     );
-    assert!(message.contains("window"), "{message}");
+    assert!(message.message.contains("window"), "{message:?}");
     s.append(
         A,
         &after_response(&inc.id),
@@ -1197,7 +1198,10 @@ fn turn_anchors_branch_and_check_owner() {
         ),
         NotFound
     );
-    assert!(message.contains(&ids::turn_id_string(&a1)), "{message}");
+    assert!(
+        message.message.contains(&ids::turn_id_string(&a1)),
+        "{message:?}"
+    );
     assert_err!(
         s.append(
             A,
@@ -1473,7 +1477,7 @@ fn get_and_delete_responses() {
     let r = respond(&s, A, &Anchor::Root, &["q", "a"]);
     assert_eq!(s.get_response(A, &r).unwrap().id, r);
     let message = assert_err!(s.get_response(B, &r), NotFound);
-    assert!(message.contains(&r), "{message}");
+    assert!(message.message.contains(&r), "{message:?}");
     assert_err!(s.get_response(A, &ids::new_response_id()), NotFound);
     assert_err!(s.get_response(A, "resp_short"), InvalidInput);
     assert_err!(s.get_response(A, "thread_abc"), InvalidInput);

@@ -257,7 +257,16 @@ def engine_turns(store: str, levels: list[int], timing: tuple[float, float, int]
 
 async def stream_once(url: str) -> tuple[float, int, list[int]]:
     """Seconds from request to the last byte, frames received, and each frame's size."""
-    body = msgspec.json.encode({"input": STREAM_MARKER, "stream": True, "store": False})
+    # All STREAM_TOKENS tokens (the default cap is lower): the request's fixed cost must be
+    # spread over as many frames as the bare handler's, or it reads as a cost per frame.
+    body = msgspec.json.encode(
+        {
+            "input": STREAM_MARKER,
+            "stream": True,
+            "store": False,
+            "max_output_tokens": STREAM_TOKENS,
+        }
+    )
     sizes: list[int] = []
     async with ClientSession() as session:
         t0 = time.perf_counter()

@@ -79,7 +79,7 @@ async def one_turn(tally: Tally, store: str, in_conversation: bool) -> None:
 
         loop.run_in_executor = counted  # type: ignore[method-assign]
         try:  # the engine's own worker threads (since they replaced its executor)
-            from threadloom.workers import Workers
+            from threadloom.bridge import Workers
         except ImportError:
             pass
         else:

@@ -21,7 +21,7 @@ from threadloom._core import Assembly, Constraint, Thread, new_response_id
 from threadloom.backends import BackendName, load_backend
 from threadloom.backends.base import BackendFactory, SamplingParams, physical_cores
 from threadloom.batch import run_batch
-from threadloom.bridge import LoopBridge, mailbox
+from threadloom.bridge import LoopBridge, Workers, mailbox
 from threadloom.compaction import Compactor, Summary, compaction_turn, store_key
 from threadloom.errors import BackendError, ContextLengthExceeded, InvalidInput, NotFound
 from threadloom.events import Event, Finished, Result, Started, TokenEvent, Usage
@@ -34,7 +34,6 @@ from threadloom.request import Message, Request, make_request
 from threadloom.scheduler import DEFAULT_PREFILL_CHUNK, ComputeTurns, Scheduler
 from threadloom.storage import ConversationStore, StoreStats, close_store, open_store
 from threadloom.summarize import Summarizer
-from threadloom.workers import Workers
 
 __all__ = [
     "Engine",

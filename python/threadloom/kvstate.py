@@ -42,9 +42,14 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     x = a if isinstance(a, list) else list(a)
     y = b if isinstance(b, list) else list(b)
-    if x[:n] == y[:n]:
-        return n
     lo, hi = 0, n  # x[:lo] == y[:lo]; they differ before hi
+    # The answer is mostly short (another conversation: an opening at most) or all of the
+    # shorter one (the same conversation): the head first, so the first case copies little.
+    head = min(n, 64)
+    if x[:head] != y[:head]:
+        hi = head
+    elif x[:n] == y[:n]:
+        return n
     while hi - lo > 16:
         mid = (lo + hi) // 2
         if x[lo:mid] == y[lo:mid]:

@@ -1,4 +1,4 @@
-"""The engine's worker threads and the loop's mailbox: results and errors come back to the
+"""The loop's mailbox and the engine's worker threads: results and errors come back to the
 awaiting coroutine, a cancelled waiter leaves its work running, closing fails what has not
 started, and calls posted together wake the loop once."""
 
@@ -9,8 +9,7 @@ import threading
 import time
 
 import pytest
-from threadloom.bridge import LoopBridge, mailbox
-from threadloom.workers import Workers
+from threadloom.bridge import LoopBridge, Workers, mailbox
 
 
 def test_work_returns_its_result_or_raises_its_error_in_the_caller() -> None:

@@ -8,7 +8,10 @@ The same script profiles an older checkout's backend (PYTHONPATH=<checkout>/pyth
 backend has no core step loop, `llama_decode` is timed through a wrapper of its ctypes handle.
 
 Usage: python benches/bench_token_path.py [--model gemma|smollm2] [--streams 1 8]
-       [--tokens 64] [--threads 2]
+       [--tokens 64] [--threads 2] [--churn CLIENTS]
+
+`--churn 4`: only the placement run instead: 4 clients, each starting a fresh conversation as
+soon as its last ends, on 8 slots (aggregate tok/s).
 """
 
 from __future__ import annotations
@@ -113,12 +116,47 @@ def profile(
     }
 
 
+def churn(model: str, prompts: list[list[int]], clients: int, jobs: int, threads: int) -> float:
+    """Aggregate tok/s of `clients` conversations at a time on 8 slots, each client starting
+    a fresh one (no slot to continue) as soon as its last ends, replies of 16 to 48 tokens:
+    where new conversations are placed decides how many runs of consecutive sequence ids a
+    step decodes."""
+    backend = LlamaCppBackend(Path(model), sequences=8, context_length=1024, threads=threads)
+    scheduler = Scheduler(backend)
+    produced = 0
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        nonlocal produced
+        for i in range(jobs):
+            job = Reply(prompts[(k + i) % len(prompts)], 16 + (7 * k + 11 * i) % 33)
+            job.owner = f"client-{k}-{i}"  # fresh: no slot holds its prompt
+            scheduler.submit(job)
+            job.done.wait()
+            with lock:
+                produced += job.count
+
+    try:
+        started = time.perf_counter()
+        threads_ = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+        for t in threads_:
+            t.start()
+        for t in threads_:
+            t.join()
+        return produced / (time.perf_counter() - started)
+    finally:
+        scheduler.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=sorted(TEMPLATES), default="gemma")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--churn", type=int, metavar="CLIENTS", help="only the churn run, with this many clients"
+    )
     args = parser.parse_args()
     model = gemma_path() if args.model == "gemma" else smollm2_path()
     template = TEMPLATES[args.model]
@@ -127,6 +165,10 @@ def main() -> None:
     )
     questions = [f"Question {i}: tell me a short fact about the number {i * 7}." for i in range(9)]
     prompts = [prompt.assemble_messages([{"role": "user", "content": q}]).ids for q in questions]
+    if args.churn:
+        rate = churn(model, prompts, args.churn, 12, args.threads)
+        print(f"{args.model}, {args.churn} clients of fresh conversations: {rate:.1f} tok/s")
+        return
     print(f"\n{args.model}, {args.tokens}-token replies, {args.threads} threads")
     print(
         "| streams | tok/s | wall ms/token | in llama_decode | everything else | CPU ms/token "

@@ -75,6 +75,34 @@ def test_two_generations_alternate_tokens() -> None:
     assert a.finish == b.finish == "length" and len(a.tokens) == len(b.tokens) == 60
 
 
+def test_a_new_conversation_goes_beside_the_running_ones() -> None:
+    """llama.cpp decodes a run of consecutive sequence ids in one pass and a gap costs
+    another: a new conversation takes a free slot next to a running one, even where a
+    slot elsewhere was used less recently."""
+    s, _ = scheduler(sequences=4)
+    try:
+        first = Collect([1, 2, 3], 10_000)
+        s.submit(first)
+        assert first.started.wait(10)
+        assert first.seq == 0
+        # Slots 1 and 2 run a job each and go free again; slot 3 was never used.
+        brief = [Collect([9, 9, 9], 10_000, owner="b"), Collect([8, 8, 8], 10_000, owner="b")]
+        for job in brief:
+            s.submit(job)
+            assert job.started.wait(10)
+        assert [job.seq for job in brief] == [1, 2]
+        for job in brief:
+            s.cancel(job)
+            assert job.done.wait(10)
+        # The least recently used free slot is 3; the one beside the running 0 is 1.
+        new = Collect([4, 5, 6], 10_000, owner="c")
+        s.submit(new)
+        assert new.started.wait(10)
+        assert new.seq == 1
+    finally:
+        s.close()
+
+
 def test_long_prompt_is_prefilled_in_chunks_between_decode_steps() -> None:
     s, backend = scheduler(prefill_chunk=4, delay_s=0.001)
     decoding = Collect([1, 2, 3], 500)

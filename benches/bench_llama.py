@@ -150,6 +150,10 @@ def peer(args: argparse.Namespace) -> None:
             command, url = llama_server(
                 args.llama_server, model, slots, args.threads, args.gpu_layers
             )
+            if args.no_prompt_cache:
+                # llama-server keeps evicted prompts' states in RAM (8 GiB by default), as
+                # threadloom keeps them on disk; without it its clients re-evaluate them.
+                command += ["--cache-ram", "0"]
             with tempfile.TemporaryDirectory() as tmp:
                 if template:
                     # The template's text, as a file: `--chat-template NAME` with `--jinja`
@@ -161,7 +165,9 @@ def peer(args: argparse.Namespace) -> None:
                         f.write(resolve_chat_template(template))
                     command += ["--jinja", "--chat-template-file", path]
                 theirs = measure_command(command, url, levels, 3, args.rounds, chat_turn, cwd=tmp)
-            print(f"\n{name}, {slots} slots, {args.threads} threads (threadloom / llama-server)")
+            cache = ", llama-server without its prompt cache" if args.no_prompt_cache else ""
+            print(f"\n{name}, {slots} slots, {args.threads} threads{cache}")
+            print("(threadloom / llama-server)")
             print("| conversations | threadloom tok/s | llama-server tok/s | ratio "
                   "| TTFT p50 ms | TTFT p99 ms | CPU ms/token |")  # fmt: skip
             print("|---|---|---|---|---|---|---|")
@@ -252,6 +258,9 @@ def main() -> None:
     parser.add_argument("--threads-list", type=lambda v: [int(x) for x in v.split(",")])
     parser.add_argument("--slots-list", type=lambda v: [int(x) for x in v.split(",")])
     parser.add_argument("--models", type=lambda v: v.lower().split(","), help="smollm2,gemma")
+    parser.add_argument(
+        "--no-prompt-cache", action="store_true", help="peer: llama-server with --cache-ram 0"
+    )
     args = parser.parse_args()
     parts = {"batching": batching, "peer": peer, "backends": backends, "compare": compare}
     for part in args.parts:

@@ -78,7 +78,8 @@ impl LlamaSteps {
     /// Keeps `keep` held tokens of `seq` and queues `ids` after them for the next step.
     fn prefill(&mut self, seq: usize, keep: usize, ids: Vec<u32>) -> PyResult<()> {
         self.check(seq)?;
-        Ok(self.inner.prefill(seq, keep, &ids)?)
+        self.inner.prefill(seq, keep, &ids);
+        Ok(())
     }
 
     /// One step: evaluates every queued token and the last sampled token of each sequence in

@@ -92,7 +92,7 @@ impl<D: Decoder> Steps<D> {
 
     /// Keeps the first `keep` held tokens of `seq`, forgets the rest (and a sampled token),
     /// and queues `ids` after them for the next step's batch.
-    pub fn prefill(&mut self, seq: usize, keep: usize, ids: &[u32]) -> Result<()> {
+    pub fn prefill(&mut self, seq: usize, keep: usize, ids: &[u32]) {
         let keep = keep.min(self.seqs[seq].ids.len());
         if keep < self.seqs[seq].evaluated {
             // Cutting back does not fail with a full-size cache; if it ever does, forget it
@@ -111,7 +111,6 @@ impl<D: Decoder> Steps<D> {
         s.rng = None;
         s.ids.truncate(keep);
         s.ids.extend_from_slice(ids);
-        Ok(())
     }
 
     /// Forgets everything `seq` holds.

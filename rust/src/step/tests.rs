@@ -96,7 +96,7 @@ fn generate(prompts: &[&[u32]], n: usize, group: Option<usize>, capacity: usize)
         group,
     );
     for (seq, p) in prompts.iter().enumerate() {
-        steps.prefill(seq, 0, p).unwrap();
+        steps.prefill(seq, 0, p);
     }
     let mut out = vec![Vec::new(); prompts.len()];
     for _ in 0..n {
@@ -130,7 +130,7 @@ fn a_prompt_longer_than_the_batch_is_split_with_the_logits_in_the_last_call() {
 #[test]
 fn a_cut_back_sequence_equals_a_fresh_one() {
     let mut steps = Steps::new(Fake::new(1, 64), 1, 4096, None);
-    steps.prefill(0, 0, &[1, 2, 3, 4]).unwrap();
+    steps.prefill(0, 0, &[1, 2, 3, 4]);
     for _ in 0..6 {
         steps.step(&mut [want(0)]).unwrap();
     }
@@ -138,7 +138,7 @@ fn a_cut_back_sequence_equals_a_fresh_one() {
     assert_eq!(held.len(), 9);
     assert_eq!(steps.evaluated(0), &held[..]);
     // Keep the first 3, continue with another turn; compare with evaluating it from nothing.
-    steps.prefill(0, 3, &[9, 9]).unwrap();
+    steps.prefill(0, 3, &[9, 9]);
     let reused: Vec<_> = (0..4)
         .map(|_| steps.step(&mut [want(0)]).unwrap()[0].unwrap())
         .collect();
@@ -148,9 +148,9 @@ fn a_cut_back_sequence_equals_a_fresh_one() {
 #[test]
 fn riders_evaluate_in_the_step_of_the_decoding_sequences() {
     let mut steps = Steps::new(Fake::new(2, 64), 2, 4096, None);
-    steps.prefill(0, 0, &[1, 2]).unwrap();
+    steps.prefill(0, 0, &[1, 2]);
     steps.step(&mut [want(0)]).unwrap();
-    steps.prefill(1, 0, &[3, 4, 5]).unwrap();
+    steps.prefill(1, 0, &[3, 4, 5]);
     let calls = steps.decoder().calls;
     steps.step(&mut [want(0)]).unwrap();
     assert_eq!(steps.decoder().calls, calls + 1);
@@ -163,7 +163,7 @@ fn a_batch_lists_its_sequences_in_id_order_whatever_order_they_are_asked_in() {
     let prompts: [&[u32]; 3] = [&[1, 2], &[3, 4, 5], &[6]];
     let mut steps = Steps::new(Fake::new(3, 64), 3, 4096, None);
     for (seq, ids) in prompts.iter().enumerate() {
-        steps.prefill(seq, 0, ids).unwrap();
+        steps.prefill(seq, 0, ids);
     }
     let first = steps.step(&mut [want(2), want(0), want(1)]).unwrap();
     assert_eq!(steps.decoder().order, vec![0, 0, 1, 1, 1, 2]);
@@ -183,7 +183,7 @@ fn a_batch_lists_its_sequences_in_id_order_whatever_order_they_are_asked_in() {
 #[test]
 fn a_full_context_gives_none_and_keeps_the_sequence() {
     let mut steps = Steps::new(Fake::new(1, 64), 1, 5, None);
-    steps.prefill(0, 0, &[1, 2, 3, 4]).unwrap();
+    steps.prefill(0, 0, &[1, 2, 3, 4]);
     assert!(steps.step(&mut [want(0)]).unwrap()[0].is_some());
     assert!(steps.step(&mut [want(0)]).unwrap()[0].is_some());
     assert_eq!(steps.step(&mut [want(0)]).unwrap(), vec![None]);
@@ -193,7 +193,7 @@ fn a_full_context_gives_none_and_keeps_the_sequence() {
 #[test]
 fn a_failed_decode_clears_the_sequences_it_held() {
     let mut steps = Steps::new(Fake::new(1, 64), 1, 4096, None);
-    steps.prefill(0, 0, &[1, 2]).unwrap();
+    steps.prefill(0, 0, &[1, 2]);
     steps.step(&mut [want(0)]).unwrap();
     // Corrupt the fake's cache so the next position does not line up: the decode fails.
     steps.decoder().caches[0].push(7);
@@ -213,6 +213,6 @@ fn a_restored_sequence_continues_from_its_tokens() {
     // Nothing new to evaluate: the last token is evaluated again for its logits.
     let first = steps.step(&mut [want(0)]).unwrap()[0].unwrap();
     let mut fresh = Steps::new(Fake::new(1, 64), 1, 4096, None);
-    fresh.prefill(0, 0, prompt).unwrap();
+    fresh.prefill(0, 0, prompt);
     assert_eq!(first, fresh.step(&mut [want(0)]).unwrap()[0].unwrap());
 }

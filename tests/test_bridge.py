@@ -5,8 +5,10 @@ started, and calls posted together wake the loop once."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 from threadloom.bridge import LoopBridge, Workers, mailbox
@@ -103,3 +105,19 @@ def test_calls_posted_together_wake_the_loop_once_and_run_in_order() -> None:
         assert wakes == 1
 
     asyncio.run(main())
+
+
+def test_a_finished_loop_is_not_kept_alive_by_its_mailbox() -> None:
+    """Every `asyncio.run` (`Engine.respond_sync`, a batch job's calls) makes a loop: its
+    mailbox must not keep it, or a long batch job grows without bound."""
+
+    async def use() -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = asyncio.get_running_loop()
+        bridge: LoopBridge[int] = LoopBridge(loop)
+        bridge.put(1)
+        assert await bridge.take() == [1]
+        return weakref.ref(loop)
+
+    gone = asyncio.run(use())
+    gc.collect()
+    assert gone() is None

@@ -30,7 +30,9 @@ class Mailbox:
     """Calls posted from any thread, run on the loop in the order posted."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weak: the registry below is keyed weakly by the loop, and a value that held its key
+        # would keep every loop `asyncio.run` ever made alive.
+        self._loop = weakref.ref(loop)
         self._lock = threading.Lock()
         self._calls: list[tuple[Callable[[Any], None], Any]] = []
 
@@ -39,9 +41,10 @@ class Mailbox:
         with self._lock:
             self._calls.append((call, arg))
             wake = len(self._calls) == 1
-        if wake:
+        loop = self._loop() if wake else None
+        if loop is not None:
             with contextlib.suppress(RuntimeError):  # a closed loop has nobody left to tell
-                self._loop.call_soon_threadsafe(self._run)
+                loop.call_soon_threadsafe(self._run)
 
     def _run(self) -> None:
         with self._lock:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import subprocess
+import sys
 import threading
 import time
 import weakref
+from pathlib import Path
 
 import pytest
 from threadloom.bridge import LoopBridge, Workers, mailbox
@@ -121,3 +124,23 @@ def test_a_finished_loop_is_not_kept_alive_by_its_mailbox() -> None:
     gone = asyncio.run(use())
     gc.collect()
     assert gone() is None
+
+
+def test_work_running_at_exit_is_finished_first(tmp_path: Path) -> None:
+    """The worker threads never hold the interpreter open while idle, but a store write
+    running when the program ends is waited for, as an executor's would be."""
+    marker = tmp_path / "written"
+    script = f"""
+import asyncio, time
+from threadloom.bridge import Workers
+workers = Workers(1, "test")
+def slow_write():
+    time.sleep(0.3)
+    open({str(marker)!r}, "w").write("done")
+async def main():
+    workers.run(slow_write)
+    await asyncio.sleep(0.05)
+asyncio.run(main())
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    assert marker.read_text() == "done"

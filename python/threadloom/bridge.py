@@ -13,6 +13,7 @@ fifth of the CPU."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import queue
@@ -100,7 +101,9 @@ _Item = tuple[Callable[[], Any], "asyncio.Future[Any]", Mailbox]
 
 
 class Workers:
-    """Up to `size` threads, started as work needs them."""
+    """Up to `size` threads, started as work needs them. Daemon threads, so an idle pool never
+    holds the interpreter open; at exit, work already running (a store write) is waited
+    for, as an executor's would be."""
 
     def __init__(self, size: int, name: str) -> None:
         if size < 1:
@@ -111,6 +114,7 @@ class Workers:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._closed = False
+        _pools.add(self)
 
     def run(self, work: Callable[[], T]) -> asyncio.Future[T]:
         """On a loop: `work()` in a worker thread. Cancelling the future leaves the work
@@ -134,6 +138,8 @@ class Workers:
     def shutdown(self) -> None:
         """Refuses new work, fails what has not started and waits for what runs."""
         with self._lock:
+            if self._closed:
+                return
             self._closed = True
             threads = list(self._threads)
         while True:
@@ -159,6 +165,15 @@ class Workers:
             del item, work, future  # nothing of a finished job is kept while idle
             with self._lock:
                 self._idle += 1
+
+
+_pools: weakref.WeakSet[Workers] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for pool in list(_pools):
+        pool.shutdown()
 
 
 def _succeed(done: tuple[asyncio.Future[Any], Any]) -> None:

@@ -103,6 +103,23 @@ def test_a_new_conversation_goes_beside_the_running_ones() -> None:
         s.close()
 
 
+def test_prompt_evaluation_lasts_until_the_step_that_evaluates_it() -> None:
+    """A batching backend evaluates queued prompt chunks in the step's decode call (the
+    scripted one takes `delay_s` there): the prompt's evaluation time covers that call, so
+    the time to the first token is the queue wait plus the prompt's evaluation."""
+    s, _ = scheduler(sequences=1, delay_s=0.05, prefill_chunk=4)
+    try:
+        job = Collect(list(range(1, 11)), 1)
+        s.submit(job)
+        assert job.done.wait(10)
+    finally:
+        s.close()
+    t = job.timings
+    assert t.prompt_eval_s >= 0.05
+    assert t.time_to_first_token_s is not None
+    assert abs(t.time_to_first_token_s - (t.queue_s + t.prompt_eval_s)) < 1e-9
+
+
 def test_long_prompt_is_prefilled_in_chunks_between_decode_steps() -> None:
     s, backend = scheduler(prefill_chunk=4, delay_s=0.001)
     decoding = Collect([1, 2, 3], 500)

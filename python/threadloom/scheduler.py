@@ -47,6 +47,7 @@ class Timings:
 
     submitted: float = field(default_factory=time.perf_counter)
     admitted: float | None = None
+    # The end of the step that evaluated the prompt's last token (and sampled the first).
     prefilled: float | None = None
     first_token: float | None = None
     ended: float | None = None
@@ -497,7 +498,9 @@ class Scheduler:
         now = time.perf_counter()
         for job, token in zip(decoding, tokens, strict=True):
             if job.timings.first_token is None:
-                job.timings.first_token = now
+                # A batching backend evaluates the prompt's last chunk in this step's call,
+                # with the first token: its evaluation ends here, not when it was queued.
+                job.timings.prefilled = job.timings.first_token = now
             if token is None:
                 self._end(job, "length")
                 continue
@@ -528,8 +531,6 @@ class Scheduler:
             self._end(job, "error", f"{type(e).__name__}: {e}")
             return
         job.position = start + len(chunk)
-        if job.position >= len(job.ids):
-            job.timings.prefilled = time.perf_counter()
 
     def _end(self, job: Job, finish: Finish, error: str | None = None) -> None:
         held = list(self.backend.held(job.seq)) if self.states is not None else []

@@ -162,7 +162,7 @@ class Workers:
                 box.post(_succeed, (future, work()))
             except BaseException as e:
                 box.post(_fail, (future, e))
-            del item, work, future  # nothing of a finished job is kept while idle
+            del item, work, future, box  # nothing of a finished job is kept while idle
             with self._lock:
                 self._idle += 1
 

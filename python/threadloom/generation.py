@@ -39,9 +39,6 @@ class TextJob(Job):
         self._utf8 = Utf8Stream()
         self._stops = StopMatcher(params.stop)
         self._think = ThinkSplitter(split_thinking)
-        # Nothing to hold back or reroute: each token's text goes straight out (the common
-        # case, and this runs on the scheduler's thread for every token).
-        self._plain = not split_thinking and not self._stops.stops
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.output_ids: list[int] = []
@@ -55,12 +52,7 @@ class TextJob(Job):
         if token in self._eog:
             return "stop"
         self.output_ids.append(token)
-        text = self._utf8.feed(self._tokenizer.piece(token) or b"")
-        if self._plain:
-            if text:
-                self._piece(False, text)
-            return None
-        self._emit(text)
+        self._emit(self._utf8.feed(self._tokenizer.piece(token) or b""))
         return "stop" if self._stops.stopped else None
 
     def on_end(self, finish: Finish, error: str | None) -> None:

@@ -50,6 +50,8 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         hi = head
     elif x[:n] == y[:n]:
         return n
+    else:
+        lo = head
     while hi - lo > 16:
         mid = (lo + hi) // 2
         if x[lo:mid] == y[lo:mid]:

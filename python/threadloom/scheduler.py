@@ -47,8 +47,6 @@ class Timings:
 
     submitted: float = field(default_factory=time.perf_counter)
     admitted: float | None = None
-    # The end of the step that evaluated the prompt's last token (and sampled the first).
-    prefilled: float | None = None
     first_token: float | None = None
     ended: float | None = None
 
@@ -58,9 +56,11 @@ class Timings:
 
     @property
     def prompt_eval_s(self) -> float:
-        if self.admitted is None or self.prefilled is None:
+        """Until the first token: a batching backend evaluates the prompt's last chunk in the
+        step's call that samples it, so the evaluation ends there, not when it was queued."""
+        if self.admitted is None or self.first_token is None:
             return 0.0
-        return self.prefilled - self.admitted
+        return self.first_token - self.admitted
 
     @property
     def time_to_first_token_s(self) -> float | None:
@@ -498,9 +498,7 @@ class Scheduler:
         now = time.perf_counter()
         for job, token in zip(decoding, tokens, strict=True):
             if job.timings.first_token is None:
-                # A batching backend evaluates the prompt's last chunk in this step's call,
-                # with the first token: its evaluation ends here, not when it was queued.
-                job.timings.prefilled = job.timings.first_token = now
+                job.timings.first_token = now
             if token is None:
                 self._end(job, "length")
                 continue

@@ -38,9 +38,6 @@ log = logging.getLogger("threadloom.server")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-# Request ids name a request in logs and headers and guard nothing, so `random`'s (reseeded
-# in a forked child) will do: `secrets` reads the kernel's, a system call that hands the GIL
-# to another thread and waits to get it back, on every request.
 # /openapi.json describes only what the public source says; tools fetch it before a key.
 OPEN_PATHS = frozenset({"/health", "/openapi.json", "/"})
 METRICS_PATH = "/metrics"
@@ -170,6 +167,9 @@ def request_id(request: web.Request) -> str:
     rid = request.get(REQUEST_ID)
     if rid is None:
         given = request.headers.get("X-Request-Id", "")
+        # Request ids name a request in logs and headers and guard nothing, so `random`'s
+        # (reseeded in a forked child) will do: `secrets` reads the kernel's, a system call
+        # that hands the GIL to another thread and waits to get it back, on every request.
         rid = given if _CLIENT_REQUEST_ID.fullmatch(given) else f"req_{random.getrandbits(64):016x}"
         request[REQUEST_ID] = rid
     return rid

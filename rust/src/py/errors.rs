@@ -39,35 +39,33 @@ impl From<Error> for PyErr {
                     ))
                 }
             };
-            if !matches!(err, Error::ContextLength(_) | Error::NotFound(_)) {
-                return PyErr::from_type(cls, message);
-            }
-            match instance(py, &cls, &err, message) {
-                Ok(instance) => PyErr::from_value(instance),
+            match instance(py, &cls, &err, &message) {
+                Ok(Some(instance)) => PyErr::from_value(instance),
+                Ok(None) => PyErr::from_type(cls, message),
                 Err(e) => e,
             }
         })
     }
 }
 
-/// The exception of an error that carries more than its message: its numbers, or what it is
-/// about.
+/// The exception of an error that carries more than its message (its numbers, or what it is
+/// about); None for one that carries only its message.
 fn instance<'py>(
     py: Python<'py>,
     cls: &Bound<'py, PyType>,
     err: &Error,
-    message: String,
-) -> PyResult<Bound<'py, PyAny>> {
+    message: &str,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     match err {
-        Error::ContextLength(c) => {
-            cls.call1((message, c.prompt_tokens, c.max_tokens, c.context_length))
-        }
+        Error::ContextLength(c) => cls
+            .call1((message, c.prompt_tokens, c.max_tokens, c.context_length))
+            .map(Some),
         Error::NotFound(m) => {
             let about = PyDict::new(py);
             about.set_item("kind", m.kind)?;
             about.set_item("id", &m.id)?;
-            cls.call((message,), Some(&about))
+            cls.call((message,), Some(&about)).map(Some)
         }
-        _ => cls.call1((message,)),
+        _ => Ok(None),
     }
 }
